@@ -1,0 +1,296 @@
+//! The local config file (`wavelink.yaml`): the embedded default's source of functions.
+//!
+//! Structural problems (bad YAML, an unknown field, a malformed address) make the whole file
+//! invalid. A function with bad annotations or a bad name is rejected on its own: the others are
+//! still served, so one typo never takes down every function.
+
+use std::collections::{BTreeMap, HashSet};
+use std::fmt;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use serde::{Deserialize, Deserializer};
+
+use crate::duration::parse_duration;
+use crate::function::FunctionId;
+use crate::spec::FunctionSpec;
+
+/// The whole file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct LocalConfig {
+    /// Functions are reached at `<name>.<namespace>.<domain>`.
+    #[serde(default = "default_domain")]
+    pub domain: String,
+    #[serde(default)]
+    pub proxy: ProxyConfig,
+    #[serde(default)]
+    pub functions: Vec<FunctionConfig>,
+}
+
+fn default_domain() -> String {
+    "example.com".to_owned()
+}
+
+/// The `proxy:` section.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct ProxyConfig {
+    /// Where clients connect.
+    #[serde(default = "default_listen")]
+    pub listen: SocketAddr,
+    /// Admin API, metrics and health (never expose it to clients).
+    #[serde(default = "default_admin")]
+    pub admin: SocketAddr,
+    /// Worker threads of the proxy service.
+    #[serde(default = "default_threads")]
+    pub threads: usize,
+    /// On SIGTERM, in-flight requests get this long to finish.
+    #[serde(default = "default_grace_period", deserialize_with = "duration_field")]
+    pub grace_period: Duration,
+    /// Time to establish a connection to an instance before the attempt fails.
+    #[serde(default = "default_connect_timeout", deserialize_with = "duration_field")]
+    pub connect_timeout: Duration,
+}
+
+impl Default for ProxyConfig {
+    fn default() -> Self {
+        ProxyConfig {
+            listen: default_listen(),
+            admin: default_admin(),
+            threads: default_threads(),
+            grace_period: default_grace_period(),
+            connect_timeout: default_connect_timeout(),
+        }
+    }
+}
+
+fn default_listen() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 8080))
+}
+fn default_admin() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 9090))
+}
+fn default_threads() -> usize {
+    1
+}
+fn default_grace_period() -> Duration {
+    Duration::from_secs(30)
+}
+fn default_connect_timeout() -> Duration {
+    Duration::from_secs(1)
+}
+
+/// One entry of `functions:` as written.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct FunctionConfig {
+    pub name: String,
+    #[serde(default = "default_namespace")]
+    pub namespace: String,
+    /// How instances start; they get a listening socket (`LISTEN_FDS=1`) or `PORT`.
+    #[serde(default)]
+    pub command: Vec<String>,
+    /// `wavelink.dev/*` settings, as on a Kubernetes Deployment.
+    #[serde(default)]
+    pub annotations: BTreeMap<String, ScalarString>,
+    /// Static Regular Instances (`ip:port`), for a proxy run without a controller.
+    #[serde(default)]
+    pub instances: Vec<SocketAddr>,
+}
+
+fn default_namespace() -> String {
+    "default".to_owned()
+}
+
+/// A YAML scalar read as text, so `container-concurrency: 4` works as well as `"4"` (Kubernetes
+/// annotations are always strings; hand-written YAML often is not).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ScalarString(pub String);
+
+impl<'de> Deserialize<'de> for ScalarString {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Scalar {
+            Text(String),
+            Integer(i64),
+            Float(f64),
+            Bool(bool),
+        }
+        Ok(ScalarString(match Scalar::deserialize(deserializer)? {
+            Scalar::Text(s) => s,
+            Scalar::Integer(n) => n.to_string(),
+            Scalar::Float(x) => x.to_string(),
+            Scalar::Bool(b) => b.to_string(),
+        }))
+    }
+}
+
+fn duration_field<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Duration, D::Error> {
+    let text = String::deserialize(deserializer)?;
+    parse_duration(&text).map_err(serde::de::Error::custom)
+}
+
+/// A function that passed validation.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FunctionDef {
+    pub id: FunctionId,
+    pub spec: FunctionSpec,
+    pub command: Vec<String>,
+    pub instances: Vec<SocketAddr>,
+}
+
+/// A function that did not, with why.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RejectedFunction {
+    /// `namespace/name` as written, even when it is not a valid id.
+    pub function: String,
+    pub error: String,
+}
+
+impl fmt::Display for RejectedFunction {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "function {} rejected: {}", self.function, self.error)
+    }
+}
+
+/// The config file could not be used at all.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{0}")]
+    Yaml(#[from] serde_yaml_ng::Error),
+    #[error("domain {0:?} is not a DNS name")]
+    Domain(String),
+    #[error("proxy.threads must be at least 1")]
+    Threads,
+}
+
+impl LocalConfig {
+    /// Parses the file's text. Per-function problems are not errors here; see [`Self::functions`].
+    pub fn from_yaml(text: &str) -> Result<Self, ConfigError> {
+        let config: LocalConfig = serde_yaml_ng::from_str(text)?;
+        let domain_ok = !config.domain.is_empty()
+            && config
+                .domain
+                .split('.')
+                .all(|label| !label.is_empty() && label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-'));
+        if !domain_ok {
+            return Err(ConfigError::Domain(config.domain));
+        }
+        if config.proxy.threads == 0 {
+            return Err(ConfigError::Threads);
+        }
+        Ok(config)
+    }
+
+    /// Validates every function: the accepted ones in file order, and the rejected ones with the
+    /// reason (invalid name, bad annotations, or a duplicate of an earlier entry).
+    pub fn functions(&self) -> (Vec<FunctionDef>, Vec<RejectedFunction>) {
+        let mut accepted = Vec::new();
+        let mut rejected = Vec::new();
+        let mut seen = HashSet::new();
+        for entry in &self.functions {
+            let written = format!("{}/{}", entry.namespace, entry.name);
+            let reject = |error: String| RejectedFunction { function: written.clone(), error };
+            let id = match FunctionId::new(&entry.namespace, &entry.name) {
+                Ok(id) => id,
+                Err(e) => {
+                    rejected.push(reject(e));
+                    continue;
+                }
+            };
+            if !seen.insert(id.clone()) {
+                rejected.push(reject("defined more than once; the first definition is used".into()));
+                continue;
+            }
+            let annotations = entry.annotations.iter().map(|(k, v)| (k.as_str(), v.0.as_str()));
+            match FunctionSpec::from_annotations(annotations) {
+                Ok(spec) => accepted.push(FunctionDef {
+                    id,
+                    spec,
+                    command: entry.command.clone(),
+                    instances: entry.instances.clone(),
+                }),
+                Err(e) => rejected.push(reject(e.to_string())),
+            }
+        }
+        (accepted, rejected)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::spec::keys;
+
+    const EXAMPLE: &str = r#"
+domain: example.com
+proxy: { listen: 127.0.0.1:8080, admin: 127.0.0.1:9090, grace-period: 5s }
+functions:
+  - name: hello
+    namespace: default
+    command: ["wavelink", "fn"]
+    annotations: { wavelink.dev/container-concurrency: "2", wavelink.dev/queue-timeout: 2s }
+    instances: ["127.0.0.1:9001", "127.0.0.1:9002"]
+  - name: typed
+    annotations: { wavelink.dev/container-concurrency: 4 }
+"#;
+
+    #[test]
+    fn parses_the_example() {
+        let config = LocalConfig::from_yaml(EXAMPLE).expect("valid");
+        assert_eq!(config.proxy.grace_period, Duration::from_secs(5));
+        assert_eq!(config.proxy.connect_timeout, Duration::from_secs(1));
+        let (accepted, rejected) = config.functions();
+        assert!(rejected.is_empty(), "{rejected:?}");
+        assert_eq!(accepted.len(), 2);
+        assert_eq!(accepted[0].id.host(&config.domain), "hello.default.example.com");
+        assert_eq!(accepted[0].spec.container_concurrency, 2);
+        assert_eq!(accepted[0].spec.queue_timeout, Duration::from_secs(2));
+        assert_eq!(accepted[0].instances.len(), 2);
+        assert_eq!(accepted[1].id.namespace, "default");
+        assert_eq!(accepted[1].spec.container_concurrency, 4);
+    }
+
+    #[test]
+    fn an_empty_file_means_defaults() {
+        let config = LocalConfig::from_yaml("{}").expect("valid");
+        assert_eq!(config.domain, "example.com");
+        assert_eq!(config.proxy.listen, "127.0.0.1:8080".parse().unwrap());
+        assert!(config.functions().0.is_empty());
+    }
+
+    #[test]
+    fn a_bad_function_is_rejected_alone() {
+        let text = r#"
+functions:
+  - { name: good }
+  - { name: bad, annotations: { wavelink.dev/container-concurrency: "0" } }
+  - { name: Bad_Name }
+  - { name: good }
+"#;
+        let (accepted, rejected) = LocalConfig::from_yaml(text).expect("valid").functions();
+        assert_eq!(accepted.iter().map(|f| f.id.name.as_str()).collect::<Vec<_>>(), ["good"]);
+        assert_eq!(rejected.len(), 3);
+        assert_eq!(rejected[0].function, "default/bad");
+        assert!(rejected[0].error.contains(keys::CONTAINER_CONCURRENCY), "{}", rejected[0]);
+        assert!(rejected[0].error.contains("\"0\""));
+        assert!(rejected[0].error.contains("from 1 to 1000"));
+        assert!(rejected[1].error.contains("DNS label"));
+        assert!(rejected[2].error.contains("more than once"));
+    }
+
+    #[test]
+    fn structural_errors_fail_the_file_with_a_location() {
+        let e = LocalConfig::from_yaml("proxy: { listen: nowhere }").unwrap_err().to_string();
+        assert!(e.contains("proxy"), "{e}");
+        let e = LocalConfig::from_yaml("functoins: []").unwrap_err().to_string();
+        assert!(e.contains("unknown field `functoins`"), "{e}");
+        let e = LocalConfig::from_yaml("proxy: { grace-period: soon }").unwrap_err().to_string();
+        assert!(e.contains("soon"), "{e}");
+        assert!(LocalConfig::from_yaml("domain: 'bad domain'").is_err());
+        assert!(LocalConfig::from_yaml("proxy: { threads: 0 }").is_err());
+        assert!(LocalConfig::from_yaml("functions: [{ name: x, instances: [localhost] }]").is_err());
+    }
+}

@@ -1,0 +1,16 @@
+//! WaveLink's sans-IO domain: what to do, never how to do it.
+//!
+//! Function specs parsed from `wavelink.dev/*` annotations (one vocabulary for Kubernetes and the
+//! local config), the local config file, and the wire types components exchange. No tokio, no
+//! sockets, no Kubernetes client: everything here is plain data and functions, tested directly.
+#![forbid(unsafe_code)]
+
+pub mod config;
+pub mod duration;
+pub mod function;
+pub mod spec;
+pub mod stats;
+
+pub use config::{FunctionDef, LocalConfig, RejectedFunction};
+pub use function::FunctionId;
+pub use spec::{FunctionSpec, InvalidSpec, ScalingMode, SpecError};

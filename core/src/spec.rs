@@ -1,0 +1,633 @@
+//! The function contract: `wavelink.dev/*` annotations parsed into a [`FunctionSpec`].
+//!
+//! One vocabulary for Kubernetes Deployments and the local config. Every key is described once in
+//! [`ANNOTATIONS`] (default, accepted values, meaning); the parser, the error messages and the
+//! documentation test all read that table, so they cannot drift apart.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::time::Duration;
+
+use crate::duration::{HumanDuration, parse_duration};
+
+/// Every key this crate understands starts with this.
+pub const ANNOTATION_PREFIX: &str = "wavelink.dev/";
+/// The label that marks a Deployment as a WaveLink function (a label, not an annotation).
+pub const FUNCTION_LABEL: &str = "wavelink.dev/function";
+
+/// Annotation key names.
+pub mod keys {
+    pub const CONTAINER_CONCURRENCY: &str = "wavelink.dev/container-concurrency";
+    pub const TARGET_UTILIZATION: &str = "wavelink.dev/target-utilization-percentage";
+    pub const MIN_SCALE: &str = "wavelink.dev/min-scale";
+    pub const MAX_SCALE: &str = "wavelink.dev/max-scale";
+    pub const INITIAL_SCALE: &str = "wavelink.dev/initial-scale";
+    pub const WINDOW: &str = "wavelink.dev/window";
+    pub const PANIC_WINDOW_PERCENTAGE: &str = "wavelink.dev/panic-window-percentage";
+    pub const PANIC_THRESHOLD_PERCENTAGE: &str = "wavelink.dev/panic-threshold-percentage";
+    pub const SCALE_DOWN_DELAY: &str = "wavelink.dev/scale-down-delay";
+    pub const METRIC_AGGREGATION: &str = "wavelink.dev/metric-aggregation";
+    pub const SCALING_MODE: &str = "wavelink.dev/scaling-mode";
+    pub const EMERGENCY_MAX: &str = "wavelink.dev/emergency-max";
+    pub const EMERGENCY_KEEPALIVE: &str = "wavelink.dev/emergency-keepalive";
+    pub const QUEUE_TIMEOUT: &str = "wavelink.dev/queue-timeout";
+    pub const QUEUE_DEPTH: &str = "wavelink.dev/queue-depth";
+    pub const SPORADIC_THRESHOLD: &str = "wavelink.dev/sporadic-threshold";
+    pub const PORT: &str = "wavelink.dev/port";
+}
+
+/// What values a key accepts. Its `Display` is the "accepted range" of error messages and docs.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Accepted {
+    Integer { min: u64, max: u64 },
+    Number { min: f64, max: f64 },
+    Duration { min: Duration, max: Duration },
+    OneOf(&'static [&'static str]),
+}
+
+impl fmt::Display for Accepted {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Accepted::Integer { min, max } => write!(f, "an integer from {min} to {max}"),
+            Accepted::Number { min, max } => write!(f, "a number from {min} to {max}"),
+            Accepted::Duration { min, max } => write!(
+                f,
+                "a duration from {} to {} (like 60s, 1500ms, 1m30s)",
+                HumanDuration(*min),
+                HumanDuration(*max)
+            ),
+            Accepted::OneOf(choices) => write!(f, "one of {}", choices.join(", ")),
+        }
+    }
+}
+
+/// One row of the annotation table.
+#[derive(Debug, Clone, Copy)]
+pub struct AnnotationKey {
+    pub name: &'static str,
+    pub default: &'static str,
+    pub accepted: Accepted,
+    pub meaning: &'static str,
+}
+
+const fn secs(s: u64) -> Duration {
+    Duration::from_secs(s)
+}
+
+/// The annotation table: the single source of truth for keys, defaults and ranges.
+pub static ANNOTATIONS: &[AnnotationKey] = &[
+    AnnotationKey {
+        name: keys::CONTAINER_CONCURRENCY,
+        default: "1",
+        accepted: Accepted::Integer { min: 1, max: 1000 },
+        meaning: "hard limit of in-flight requests per instance (RI and EI)",
+    },
+    AnnotationKey {
+        name: keys::TARGET_UTILIZATION,
+        default: "70",
+        accepted: Accepted::Number { min: 1.0, max: 100.0 },
+        meaning: "the autoscaler aims at this share of RI capacity",
+    },
+    AnnotationKey {
+        name: keys::MIN_SCALE,
+        default: "0",
+        accepted: Accepted::Integer { min: 0, max: 10_000 },
+        meaning: "fewest RIs",
+    },
+    AnnotationKey {
+        name: keys::MAX_SCALE,
+        default: "0",
+        accepted: Accepted::Integer { min: 0, max: 10_000 },
+        meaning: "most RIs; 0 means unbounded",
+    },
+    AnnotationKey {
+        name: keys::INITIAL_SCALE,
+        default: "1",
+        accepted: Accepted::Integer { min: 0, max: 10_000 },
+        meaning: "RIs when the function is first deployed",
+    },
+    AnnotationKey {
+        name: keys::WINDOW,
+        default: "60s",
+        accepted: Accepted::Duration { min: secs(2), max: secs(3600) },
+        meaning: "stable window the autoscaler aggregates concurrency over",
+    },
+    AnnotationKey {
+        name: keys::PANIC_WINDOW_PERCENTAGE,
+        default: "10",
+        accepted: Accepted::Number { min: 1.0, max: 100.0 },
+        meaning: "panic window as a share of the stable window",
+    },
+    AnnotationKey {
+        name: keys::PANIC_THRESHOLD_PERCENTAGE,
+        default: "200",
+        accepted: Accepted::Number { min: 110.0, max: 1000.0 },
+        meaning: "enter panic when panic-window demand reaches this share of current capacity",
+    },
+    AnnotationKey {
+        name: keys::SCALE_DOWN_DELAY,
+        default: "0s",
+        accepted: Accepted::Duration { min: secs(0), max: secs(3600) },
+        meaning: "how long demand must stay lower before RIs are removed",
+    },
+    AnnotationKey {
+        name: keys::METRIC_AGGREGATION,
+        default: "max",
+        accepted: Accepted::OneOf(&["max", "avg"]),
+        meaning: "`max` (peak concurrency per second) or `avg` over the window",
+    },
+    AnnotationKey {
+        name: keys::SCALING_MODE,
+        default: "dual",
+        accepted: Accepted::OneOf(&["dual", "async", "sync", "fast-only"]),
+        meaning: "`dual` spills overflow to Wavelets; baselines: `async` (Knative-like queue), \
+                  `sync` (Lambda-like), `fast-only` (every instance from Wavelets)",
+    },
+    AnnotationKey {
+        name: keys::EMERGENCY_MAX,
+        default: "100",
+        accepted: Accepted::Integer { min: 0, max: 100_000 },
+        meaning: "concurrent Emergency Instances per function across Wavelets",
+    },
+    AnnotationKey {
+        name: keys::EMERGENCY_KEEPALIVE,
+        default: "2s",
+        accepted: Accepted::Duration { min: secs(0), max: secs(3600) },
+        meaning: "an idle EI is reused within this, then destroyed; 0 means one request per EI",
+    },
+    AnnotationKey {
+        name: keys::QUEUE_TIMEOUT,
+        default: "30s",
+        accepted: Accepted::Duration { min: secs(0), max: secs(3600) },
+        meaning: "longest wait for a slot before 503 with Retry-After",
+    },
+    AnnotationKey {
+        name: keys::QUEUE_DEPTH,
+        default: "10000",
+        accepted: Accepted::Integer { min: 0, max: 1_000_000 },
+        meaning: "most requests waiting for a slot per function and proxy; beyond it, 503 at once",
+    },
+    AnnotationKey {
+        name: keys::SPORADIC_THRESHOLD,
+        default: "60s",
+        accepted: Accepted::Duration { min: secs(0), max: secs(86_400) },
+        meaning: "in `dual`, a function whose mean inter-arrival time is above this is served by \
+                  EIs alone and never holds an idle RI; 0 disables the rule",
+    },
+    AnnotationKey {
+        name: keys::PORT,
+        default: "8080",
+        accepted: Accepted::Integer { min: 1, max: 65_535 },
+        meaning: "container port of the function",
+    },
+];
+
+/// The annotation reference as a Markdown table (the one in `docs/annotations.md`).
+pub fn markdown_table() -> String {
+    let mut table = String::from("| key | default | accepted | meaning |\n|---|---|---|---|\n");
+    for key in ANNOTATIONS {
+        table.push_str(&format!("| `{}` | `{}` | {} | {} |\n", key.name, key.default, key.accepted, key.meaning));
+    }
+    table
+}
+
+/// Looks a key up in [`ANNOTATIONS`].
+pub fn annotation_key(name: &str) -> Option<&'static AnnotationKey> {
+    ANNOTATIONS.iter().find(|k| k.name == name)
+}
+
+/// How the autoscaler aggregates per-second concurrency over its window.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum MetricAggregation {
+    Max,
+    Avg,
+}
+
+/// How a function absorbs load its Regular Instances cannot take.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ScalingMode {
+    /// Overflow goes to Emergency Instances on Wavelets (the WaveLink design).
+    Dual,
+    /// Overflow waits in the proxy for RI capacity (Knative-like baseline).
+    Async,
+    /// A request without a slot asks for one more RI and waits for it (Lambda-like baseline).
+    Sync,
+    /// Every instance comes from Wavelets (FaaS-only, Dirigent-like baseline).
+    FastOnly,
+}
+
+impl ScalingMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ScalingMode::Dual => "dual",
+            ScalingMode::Async => "async",
+            ScalingMode::Sync => "sync",
+            ScalingMode::FastOnly => "fast-only",
+        }
+    }
+}
+
+/// A function's validated configuration.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FunctionSpec {
+    pub container_concurrency: u32,
+    /// Fraction of capacity the autoscaler aims at, in (0, 1].
+    pub target_utilization: f64,
+    pub min_scale: u32,
+    /// `None` means unbounded.
+    pub max_scale: Option<u32>,
+    pub initial_scale: u32,
+    pub window: Duration,
+    pub panic_window_percentage: f64,
+    pub panic_threshold_percentage: f64,
+    pub scale_down_delay: Duration,
+    pub metric_aggregation: MetricAggregation,
+    pub scaling_mode: ScalingMode,
+    pub emergency_max: u32,
+    pub emergency_keepalive: Duration,
+    pub queue_timeout: Duration,
+    pub queue_depth: u32,
+    /// `None` when the sporadic rule is disabled.
+    pub sporadic_threshold: Option<Duration>,
+    pub port: u16,
+}
+
+impl Default for FunctionSpec {
+    fn default() -> Self {
+        match FunctionSpec::from_annotations(std::iter::empty::<(&str, &str)>()) {
+            Ok(spec) => spec,
+            // The defaults are checked by a unit test; they are constants of this file.
+            Err(e) => panic!("built-in annotation defaults are invalid: {e}"),
+        }
+    }
+}
+
+/// One problem with one annotation (or a pair that contradict each other).
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum SpecError {
+    #[error("{key}: {value:?} is not accepted; expected {accepted}")]
+    Invalid { key: &'static str, value: String, accepted: Accepted },
+    #[error("{key}: unknown annotation{}", suggestion.map(|s| format!(" (did you mean {s}?)")).unwrap_or_default())]
+    Unknown { key: String, suggestion: Option<&'static str> },
+    #[error("{key}: {value:?} contradicts {other_key}={other_value:?}; {reason}")]
+    Conflict { key: &'static str, value: String, other_key: &'static str, other_value: String, reason: &'static str },
+}
+
+/// Every problem found in one function's annotations.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("{}", .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "))]
+pub struct InvalidSpec(pub Vec<SpecError>);
+
+impl FunctionSpec {
+    /// Parses annotations; keys outside `wavelink.dev/` are ignored, unknown keys inside it are
+    /// errors (a typo must not silently fall back to a default). All problems are reported at once.
+    pub fn from_annotations<I, K, V>(annotations: I) -> Result<Self, InvalidSpec>
+    where
+        I: IntoIterator<Item = (K, V)>,
+        K: AsRef<str>,
+        V: AsRef<str>,
+    {
+        let mut reader = Reader { values: BTreeMap::new(), errors: Vec::new() };
+        for (key, value) in annotations {
+            let key = key.as_ref();
+            let Some(_) = key.strip_prefix(ANNOTATION_PREFIX) else { continue };
+            match annotation_key(key) {
+                Some(known) => {
+                    reader.values.insert(known.name, value.as_ref().to_owned());
+                }
+                // The function label may also be set as an annotation; it is not a setting.
+                None if key == FUNCTION_LABEL => {}
+                None => reader.errors.push(SpecError::Unknown { key: key.to_owned(), suggestion: closest_key(key) }),
+            }
+        }
+
+        let spec = FunctionSpec {
+            container_concurrency: reader.integer(keys::CONTAINER_CONCURRENCY) as u32,
+            target_utilization: reader.number(keys::TARGET_UTILIZATION) / 100.0,
+            min_scale: reader.integer(keys::MIN_SCALE) as u32,
+            max_scale: match reader.integer(keys::MAX_SCALE) {
+                0 => None,
+                n => Some(n as u32),
+            },
+            initial_scale: reader.integer(keys::INITIAL_SCALE) as u32,
+            window: reader.duration(keys::WINDOW),
+            panic_window_percentage: reader.number(keys::PANIC_WINDOW_PERCENTAGE),
+            panic_threshold_percentage: reader.number(keys::PANIC_THRESHOLD_PERCENTAGE),
+            scale_down_delay: reader.duration(keys::SCALE_DOWN_DELAY),
+            metric_aggregation: match reader.choice(keys::METRIC_AGGREGATION) {
+                "avg" => MetricAggregation::Avg,
+                _ => MetricAggregation::Max,
+            },
+            scaling_mode: match reader.choice(keys::SCALING_MODE) {
+                "async" => ScalingMode::Async,
+                "sync" => ScalingMode::Sync,
+                "fast-only" => ScalingMode::FastOnly,
+                _ => ScalingMode::Dual,
+            },
+            emergency_max: reader.integer(keys::EMERGENCY_MAX) as u32,
+            emergency_keepalive: reader.duration(keys::EMERGENCY_KEEPALIVE),
+            queue_timeout: reader.duration(keys::QUEUE_TIMEOUT),
+            queue_depth: reader.integer(keys::QUEUE_DEPTH) as u32,
+            sporadic_threshold: Some(reader.duration(keys::SPORADIC_THRESHOLD)).filter(|d| !d.is_zero()),
+            port: reader.integer(keys::PORT) as u16,
+        };
+
+        if let Some(max) = spec.max_scale
+            && spec.min_scale > max
+        {
+            reader.errors.push(SpecError::Conflict {
+                key: keys::MIN_SCALE,
+                value: spec.min_scale.to_string(),
+                other_key: keys::MAX_SCALE,
+                other_value: max.to_string(),
+                reason: "min-scale must not exceed max-scale (0 means unbounded)",
+            });
+        }
+
+        if reader.errors.is_empty() { Ok(spec) } else { Err(InvalidSpec(reader.errors)) }
+    }
+}
+
+/// Reads typed values, falling back to the default and recording an error for a bad value, so
+/// one pass reports every problem.
+struct Reader {
+    values: BTreeMap<&'static str, String>,
+    errors: Vec<SpecError>,
+}
+
+impl Reader {
+    fn raw(&self, key: &'static str) -> (&'static AnnotationKey, Option<&str>) {
+        let known = annotation_key(key).unwrap_or_else(|| panic!("{key} is not in ANNOTATIONS"));
+        (known, self.values.get(key).map(|v| v.trim()))
+    }
+
+    fn invalid(&mut self, known: &'static AnnotationKey, value: &str) {
+        self.errors.push(SpecError::Invalid { key: known.name, value: value.to_owned(), accepted: known.accepted });
+    }
+
+    fn integer(&mut self, key: &'static str) -> u64 {
+        let (known, value) = self.raw(key);
+        let Accepted::Integer { min, max } = known.accepted else { unreachable!("{key} is not an integer") };
+        let parse = |text: &str| {
+            // Digits only: "+5", "5.0" and "0x5" are not what a user meant to type.
+            (!text.is_empty() && text.bytes().all(|b| b.is_ascii_digit()))
+                .then(|| text.parse::<u64>().ok())
+                .flatten()
+                .filter(|n| (min..=max).contains(n))
+        };
+        match value {
+            Some(text) => match parse(text) {
+                Some(n) => n,
+                None => {
+                    let text = text.to_owned();
+                    self.invalid(known, &text);
+                    parse(known.default).unwrap_or(min)
+                }
+            },
+            None => parse(known.default).unwrap_or(min),
+        }
+    }
+
+    fn number(&mut self, key: &'static str) -> f64 {
+        let (known, value) = self.raw(key);
+        let Accepted::Number { min, max } = known.accepted else { unreachable!("{key} is not a number") };
+        let parse = |text: &str| text.parse::<f64>().ok().filter(|n| n.is_finite() && *n >= min && *n <= max);
+        match value {
+            Some(text) => match parse(text) {
+                Some(n) => n,
+                None => {
+                    let text = text.to_owned();
+                    self.invalid(known, &text);
+                    parse(known.default).unwrap_or(min)
+                }
+            },
+            None => parse(known.default).unwrap_or(min),
+        }
+    }
+
+    fn duration(&mut self, key: &'static str) -> Duration {
+        let (known, value) = self.raw(key);
+        let Accepted::Duration { min, max } = known.accepted else { unreachable!("{key} is not a duration") };
+        let parse = |text: &str| parse_duration(text).ok().filter(|d| *d >= min && *d <= max);
+        match value {
+            Some(text) => match parse(text) {
+                Some(d) => d,
+                None => {
+                    let text = text.to_owned();
+                    self.invalid(known, &text);
+                    parse(known.default).unwrap_or(min)
+                }
+            },
+            None => parse(known.default).unwrap_or(min),
+        }
+    }
+
+    fn choice(&mut self, key: &'static str) -> &'static str {
+        let (known, value) = self.raw(key);
+        let Accepted::OneOf(choices) = known.accepted else { unreachable!("{key} is not a choice") };
+        let find = |text: &str| choices.iter().copied().find(|c| *c == text);
+        match value {
+            Some(text) => match find(text) {
+                Some(c) => c,
+                None => {
+                    let text = text.to_owned();
+                    self.invalid(known, &text);
+                    find(known.default).unwrap_or(choices[0])
+                }
+            },
+            None => find(known.default).unwrap_or(choices[0]),
+        }
+    }
+}
+
+/// The known key nearest to a misspelt one, if it is plausibly a typo.
+fn closest_key(unknown: &str) -> Option<&'static str> {
+    ANNOTATIONS
+        .iter()
+        .map(|k| (edit_distance(unknown, k.name), k.name))
+        .filter(|(d, _)| *d <= 3)
+        .min_by_key(|(d, _)| *d)
+        .map(|(_, name)| name)
+}
+
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut diagonal = row[0];
+        row[0] = i + 1;
+        for (j, cb) in b.iter().enumerate() {
+            let substitution = diagonal + usize::from(ca != *cb);
+            diagonal = row[j + 1];
+            row[j + 1] = substitution.min(row[j] + 1).min(row[j + 1] + 1);
+        }
+    }
+    row[b.len()]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(pairs: &[(&str, &str)]) -> Result<FunctionSpec, InvalidSpec> {
+        FunctionSpec::from_annotations(pairs.iter().copied())
+    }
+
+    fn single_error(pairs: &[(&str, &str)]) -> SpecError {
+        let errors = parse(pairs).expect_err("should be rejected").0;
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        errors.into_iter().next().unwrap()
+    }
+
+    #[test]
+    fn defaults_match_the_annotation_table() {
+        let spec = FunctionSpec::default();
+        assert_eq!(spec.container_concurrency, 1);
+        assert_eq!(spec.target_utilization, 0.70);
+        assert_eq!(spec.min_scale, 0);
+        assert_eq!(spec.max_scale, None);
+        assert_eq!(spec.initial_scale, 1);
+        assert_eq!(spec.window, Duration::from_secs(60));
+        assert_eq!(spec.panic_window_percentage, 10.0);
+        assert_eq!(spec.panic_threshold_percentage, 200.0);
+        assert_eq!(spec.scale_down_delay, Duration::ZERO);
+        assert_eq!(spec.metric_aggregation, MetricAggregation::Max);
+        assert_eq!(spec.scaling_mode, ScalingMode::Dual);
+        assert_eq!(spec.emergency_max, 100);
+        assert_eq!(spec.emergency_keepalive, Duration::from_secs(2));
+        assert_eq!(spec.queue_timeout, Duration::from_secs(30));
+        assert_eq!(spec.queue_depth, 10_000);
+        assert_eq!(spec.sporadic_threshold, Some(Duration::from_secs(60)));
+        assert_eq!(spec.port, 8080);
+    }
+
+    #[test]
+    fn every_default_is_accepted_by_its_own_key() {
+        for key in ANNOTATIONS {
+            assert!(parse(&[(key.name, key.default)]).is_ok(), "default of {} rejected", key.name);
+        }
+    }
+
+    #[test]
+    fn every_key_accepts_its_bounds_and_rejects_just_outside_them() {
+        for key in ANNOTATIONS {
+            let (inside, outside): (Vec<String>, Vec<String>) = match key.accepted {
+                Accepted::Integer { min, max } => (
+                    vec![min.to_string(), max.to_string()],
+                    [min.checked_sub(1).map(|n| n.to_string()), Some((max + 1).to_string())]
+                        .into_iter()
+                        .flatten()
+                        .collect(),
+                ),
+                Accepted::Number { min, max } => {
+                    (vec![min.to_string(), max.to_string()], vec![(min - 0.5).to_string(), (max + 0.5).to_string()])
+                }
+                Accepted::Duration { min, max } => (
+                    vec![HumanDuration(min).to_string(), HumanDuration(max).to_string()],
+                    [
+                        min.checked_sub(Duration::from_millis(1)).map(|d| HumanDuration(d).to_string()),
+                        Some(HumanDuration(max + Duration::from_millis(1)).to_string()),
+                    ]
+                    .into_iter()
+                    .flatten()
+                    .collect(),
+                ),
+                Accepted::OneOf(choices) => (
+                    choices.iter().map(|c| c.to_string()).collect(),
+                    vec!["none-of-these".to_owned(), choices[0].to_uppercase()],
+                ),
+            };
+            for value in inside {
+                assert!(parse(&[(key.name, &value)]).is_ok(), "{}={value} should be accepted", key.name);
+            }
+            for value in outside {
+                let error = single_error(&[(key.name, &value)]);
+                assert_eq!(
+                    error,
+                    SpecError::Invalid { key: key.name, value: value.clone(), accepted: key.accepted },
+                    "{}={value}",
+                    key.name
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn garbage_is_rejected_for_every_key() {
+        for key in ANNOTATIONS {
+            for value in ["", "abc", "-1", "1e9999"] {
+                assert!(parse(&[(key.name, value)]).is_err(), "{}={value:?} should be rejected", key.name);
+            }
+        }
+    }
+
+    #[test]
+    fn an_error_names_key_value_and_accepted_range() {
+        let message = single_error(&[(keys::CONTAINER_CONCURRENCY, "0")]).to_string();
+        assert_eq!(
+            message,
+            "wavelink.dev/container-concurrency: \"0\" is not accepted; expected an integer from 1 to 1000"
+        );
+        let message = single_error(&[(keys::WINDOW, "1s")]).to_string();
+        assert!(message.contains("wavelink.dev/window"), "{message}");
+        assert!(message.contains("\"1s\""), "{message}");
+        assert!(message.contains("from 2s to 1h"), "{message}");
+        let message = single_error(&[(keys::SCALING_MODE, "turbo")]).to_string();
+        assert!(message.ends_with("expected one of dual, async, sync, fast-only"), "{message}");
+    }
+
+    #[test]
+    fn typed_values_are_converted() {
+        let spec = parse(&[
+            (keys::CONTAINER_CONCURRENCY, "8"),
+            (keys::TARGET_UTILIZATION, "85.5"),
+            (keys::MAX_SCALE, "20"),
+            (keys::WINDOW, "1m30s"),
+            (keys::METRIC_AGGREGATION, "avg"),
+            (keys::SCALING_MODE, "fast-only"),
+            (keys::EMERGENCY_KEEPALIVE, "0"),
+            (keys::SPORADIC_THRESHOLD, "0s"),
+            (keys::PORT, " 9000 "),
+        ])
+        .expect("valid");
+        assert_eq!(spec.container_concurrency, 8);
+        assert!((spec.target_utilization - 0.855).abs() < 1e-12);
+        assert_eq!(spec.max_scale, Some(20));
+        assert_eq!(spec.window, Duration::from_secs(90));
+        assert_eq!(spec.metric_aggregation, MetricAggregation::Avg);
+        assert_eq!(spec.scaling_mode, ScalingMode::FastOnly);
+        assert_eq!(spec.emergency_keepalive, Duration::ZERO);
+        assert_eq!(spec.sporadic_threshold, None);
+        assert_eq!(spec.port, 9000);
+    }
+
+    #[test]
+    fn foreign_annotations_are_ignored_and_unknown_wavelink_keys_rejected() {
+        assert!(parse(&[("deployment.kubernetes.io/revision", "3"), (FUNCTION_LABEL, "hello")]).is_ok());
+        let error = single_error(&[("wavelink.dev/container-concurency", "2")]);
+        assert_eq!(
+            error,
+            SpecError::Unknown {
+                key: "wavelink.dev/container-concurency".into(),
+                suggestion: Some(keys::CONTAINER_CONCURRENCY)
+            }
+        );
+        assert!(error.to_string().contains("did you mean wavelink.dev/container-concurrency?"));
+        let error = single_error(&[("wavelink.dev/frobnicate", "1")]);
+        assert_eq!(error.to_string(), "wavelink.dev/frobnicate: unknown annotation");
+    }
+
+    #[test]
+    fn min_scale_above_max_scale_is_a_conflict_but_unbounded_max_is_not() {
+        let error = single_error(&[(keys::MIN_SCALE, "5"), (keys::MAX_SCALE, "2")]);
+        assert!(matches!(error, SpecError::Conflict { key: keys::MIN_SCALE, other_key: keys::MAX_SCALE, .. }));
+        assert!(parse(&[(keys::MIN_SCALE, "5"), (keys::MAX_SCALE, "0")]).is_ok());
+    }
+
+    #[test]
+    fn every_problem_is_reported_at_once() {
+        let errors =
+            parse(&[(keys::PORT, "0"), (keys::QUEUE_TIMEOUT, "soon"), ("wavelink.dev/x", "1")]).expect_err("invalid").0;
+        assert_eq!(errors.len(), 3, "{errors:?}");
+    }
+}

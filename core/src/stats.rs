@@ -1,0 +1,71 @@
+//! The proxy's `/stats` document: what the controller scrapes every second.
+//!
+//! Each function carries up to a minute of one-second samples, oldest first, so a scraper that
+//! missed a few seconds can catch up (samples are keyed by `end_unix_ms`).
+
+use serde::{Deserialize, Serialize};
+
+/// Everything one proxy reports.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ProxyStats {
+    /// Length of one sample, in milliseconds.
+    pub sample_interval_ms: u64,
+    pub functions: Vec<FunctionStats>,
+    /// Functions in the config that were rejected, with why.
+    #[serde(default)]
+    pub rejected: Vec<RejectedStats>,
+}
+
+/// One function's counters and recent samples.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FunctionStats {
+    pub namespace: String,
+    pub name: String,
+    pub scaling_mode: String,
+    /// Regular Instances currently routable (draining ones excluded).
+    pub regular_instances: u32,
+    /// Right now, not averaged.
+    pub in_flight: TrackCounts,
+    /// Requests finished since the proxy started, by the track that served them.
+    pub completed: TrackCounts,
+    /// Requests answered 503 because no slot came in time or the queue was full.
+    pub rejected_overload: u64,
+    /// Oldest first, at most 60.
+    pub samples: Vec<Sample>,
+}
+
+/// A count per track; `queued` are waiting for a slot.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TrackCounts {
+    pub regular: u64,
+    pub emergency: u64,
+    pub queued: u64,
+}
+
+/// Concurrency over one sample interval.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct Concurrency {
+    /// Time-average over the interval.
+    pub avg: f64,
+    /// Highest value reached at any moment of the interval.
+    pub peak: u32,
+}
+
+/// One second of one function.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct Sample {
+    /// End of the interval, milliseconds since the Unix epoch.
+    pub end_unix_ms: u64,
+    pub regular: Concurrency,
+    pub emergency: Concurrency,
+    pub queued: Concurrency,
+    /// Requests that arrived during the interval.
+    pub arrivals: u64,
+}
+
+/// A function the proxy does not serve because its configuration is invalid.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RejectedStats {
+    pub function: String,
+    pub error: String,
+}
