@@ -1,0 +1,237 @@
+//! The admin API, on its own listener (never expose it to clients).
+//!
+//! | method | path | what |
+//! |---|---|---|
+//! | GET | `/healthz` | the process is alive |
+//! | GET | `/readyz` | the client listener accepts and the proxy is not draining |
+//! | GET | `/metrics` | Prometheus text |
+//! | GET | `/stats` | JSON [`ProxyStats`]: a minute of one-second concurrency samples per function |
+//! | GET | `/v1/functions` | functions with their hosts, specs and instances |
+//! | GET | `/v1/functions/{ns}/{name}/instances` | a function's Regular Instances, draining ones too |
+//! | PUT | `/v1/functions/{ns}/{name}/instances` | replace them with a JSON list of `ip:port` |
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use http::{Method, Response, StatusCode};
+use pingora_core::apps::http_app::ServeHttp;
+use pingora_core::protocols::http::ServerSession;
+use serde::Serialize;
+use tracing::{info, warn};
+use wavelink_core::FunctionId;
+use wavelink_core::stats::{FunctionStats, ProxyStats, RejectedStats, TrackCounts};
+
+use crate::function::FunctionState;
+use crate::health::Health;
+use crate::metrics::Track;
+use crate::router::Router;
+use crate::stats::SAMPLE_INTERVAL;
+
+/// Largest accepted request body (an instance list).
+const MAX_BODY: usize = 1 << 20;
+
+pub struct AdminApi {
+    pub router: Arc<Router>,
+    pub health: Arc<Health>,
+}
+
+#[async_trait]
+impl ServeHttp for AdminApi {
+    async fn response(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
+        let method = session.req_header().method.clone();
+        let path = session.req_header().uri.path().to_owned();
+        let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
+        match (&method, segments.as_slice()) {
+            (&Method::GET, ["healthz"]) => text(StatusCode::OK, "ok\n"),
+            (&Method::GET, ["readyz"]) => {
+                let status = if self.health.ready() { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+                text(status, &format!("{}\n", self.health.reason()))
+            }
+            (&Method::GET, ["metrics"]) => self.metrics(),
+            (&Method::GET, ["stats"]) => json(StatusCode::OK, &self.stats()),
+            (&Method::GET, ["v1", "functions"]) => json(StatusCode::OK, &self.function_list()),
+            (&Method::GET, ["v1", "functions", namespace, name, "instances"]) => match self.find(namespace, name) {
+                Ok(f) => json(StatusCode::OK, &instance_list(&f)),
+                Err((status, message)) => text(status, &message),
+            },
+            (&Method::PUT, ["v1", "functions", namespace, name, "instances"]) => {
+                let function = match self.find(namespace, name) {
+                    Ok(f) => f,
+                    Err((status, message)) => return text(status, &message),
+                };
+                let body = match read_body(session).await {
+                    Ok(body) => body,
+                    Err(message) => return text(StatusCode::BAD_REQUEST, &message),
+                };
+                let addrs: Vec<SocketAddr> = match serde_json::from_slice(&body) {
+                    Ok(addrs) => addrs,
+                    Err(e) => {
+                        let message = format!("expected a JSON list of \"ip:port\" strings: {e}\n");
+                        return text(StatusCode::BAD_REQUEST, &message);
+                    }
+                };
+                let change = function.set_instances(&addrs);
+                info!(function = %function.id, added = change.added, removed = change.removed,
+                      kept = change.kept, "instances replaced");
+                json(StatusCode::OK, &change)
+            }
+            (_, ["healthz" | "readyz" | "metrics" | "stats"] | ["v1", "functions"]) => allow(&["GET"]),
+            (_, ["v1", "functions", _, _, "instances"]) => allow(&["GET", "PUT"]),
+            _ => text(StatusCode::NOT_FOUND, &format!("no admin endpoint at {path}\n")),
+        }
+    }
+}
+
+impl AdminApi {
+    /// The function, or the status and message to answer with.
+    fn find(&self, namespace: &str, name: &str) -> Result<Arc<FunctionState>, (StatusCode, String)> {
+        let id = FunctionId::new(namespace, name).map_err(|e| (StatusCode::BAD_REQUEST, format!("{e}\n")))?;
+        self.router.function(&id).ok_or_else(|| (StatusCode::NOT_FOUND, format!("no function {id} is configured\n")))
+    }
+
+    fn metrics(&self) -> Response<Vec<u8>> {
+        for f in self.router.functions() {
+            f.metrics.regular_in_flight.set(i64::from(f.load.regular.now()));
+            f.metrics.queued.set(i64::from(f.queued()));
+        }
+        match self.router.metrics().encode() {
+            Ok(body) => respond(StatusCode::OK, "text/plain; version=0.0.4", body),
+            Err(e) => {
+                warn!(error = %e, "encoding metrics failed");
+                text(StatusCode::INTERNAL_SERVER_ERROR, &format!("encoding metrics failed: {e}\n"))
+            }
+        }
+    }
+
+    fn stats(&self) -> ProxyStats {
+        let functions = self
+            .router
+            .functions()
+            .iter()
+            .map(|f| {
+                let routing = f.routing();
+                FunctionStats {
+                    namespace: f.id.namespace.clone(),
+                    name: f.id.name.clone(),
+                    scaling_mode: routing.spec.scaling_mode.as_str().to_owned(),
+                    regular_instances: routing.regular.len() as u32,
+                    in_flight: TrackCounts {
+                        regular: u64::from(f.load.regular.now()),
+                        emergency: 0,
+                        queued: u64::from(f.queued()),
+                    },
+                    completed: TrackCounts {
+                        regular: f.metrics.completed(Track::Regular),
+                        emergency: f.metrics.completed(Track::Emergency),
+                        queued: 0,
+                    },
+                    rejected_overload: f.metrics.rejected_overload(),
+                    samples: f.stats.lock().samples(),
+                }
+            })
+            .collect();
+        let rejected = self
+            .router
+            .rejected()
+            .into_iter()
+            .map(|r| RejectedStats { function: r.function, error: r.error })
+            .collect();
+        ProxyStats { sample_interval_ms: SAMPLE_INTERVAL.as_millis() as u64, functions, rejected }
+    }
+
+    fn function_list(&self) -> Vec<FunctionListing> {
+        let domain = self.router.domain();
+        self.router
+            .functions()
+            .iter()
+            .map(|f| {
+                let spec = f.spec();
+                FunctionListing {
+                    function: f.label.clone(),
+                    host: f.id.host(domain),
+                    scaling_mode: spec.scaling_mode.as_str(),
+                    container_concurrency: spec.container_concurrency,
+                    queue_timeout_ms: spec.queue_timeout.as_millis() as u64,
+                    instances: instance_list(f),
+                }
+            })
+            .collect()
+    }
+}
+
+#[derive(Serialize)]
+struct FunctionListing {
+    function: String,
+    host: String,
+    scaling_mode: &'static str,
+    container_concurrency: u32,
+    queue_timeout_ms: u64,
+    instances: Vec<InstanceListing>,
+}
+
+#[derive(Serialize)]
+struct InstanceListing {
+    address: SocketAddr,
+    in_flight: u32,
+    draining: bool,
+}
+
+fn instance_list(f: &FunctionState) -> Vec<InstanceListing> {
+    let routing = f.routing();
+    let live =
+        routing.regular.iter().map(|i| InstanceListing { address: i.addr, in_flight: i.in_flight(), draining: false });
+    let draining =
+        f.draining().into_iter().map(|i| InstanceListing { address: i.addr, in_flight: i.in_flight(), draining: true });
+    live.chain(draining).collect()
+}
+
+async fn read_body(session: &mut ServerSession) -> Result<Vec<u8>, String> {
+    let mut body = Vec::new();
+    loop {
+        match session.read_request_body().await {
+            Ok(Some(chunk)) => {
+                if body.len() + chunk.len() > MAX_BODY {
+                    return Err(format!("request body larger than {MAX_BODY} bytes\n"));
+                }
+                body.extend_from_slice(&chunk);
+            }
+            Ok(None) => return Ok(body),
+            Err(e) => return Err(format!("reading the request body failed: {e}\n")),
+        }
+    }
+}
+
+fn respond(status: StatusCode, content_type: &str, body: Vec<u8>) -> Response<Vec<u8>> {
+    let length = body.len();
+    let mut response = Response::new(body);
+    *response.status_mut() = status;
+    let headers = response.headers_mut();
+    if let Ok(value) = content_type.parse() {
+        headers.insert(http::header::CONTENT_TYPE, value);
+    }
+    headers.insert(http::header::CONTENT_LENGTH, length.into());
+    response
+}
+
+fn text(status: StatusCode, body: &str) -> Response<Vec<u8>> {
+    respond(status, "text/plain; charset=utf-8", body.as_bytes().to_vec())
+}
+
+fn json<T: Serialize>(status: StatusCode, value: &T) -> Response<Vec<u8>> {
+    match serde_json::to_vec(value) {
+        Ok(mut body) => {
+            body.push(b'\n');
+            respond(status, "application/json", body)
+        }
+        Err(e) => text(StatusCode::INTERNAL_SERVER_ERROR, &format!("encoding JSON failed: {e}\n")),
+    }
+}
+
+fn allow(methods: &[&str]) -> Response<Vec<u8>> {
+    let mut response = text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n");
+    if let Ok(value) = methods.join(", ").parse() {
+        response.headers_mut().insert(http::header::ALLOW, value);
+    }
+    response
+}

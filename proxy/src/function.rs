@@ -1,0 +1,465 @@
+//! A function's live state: its routing snapshot, slot guards and the bounded wait queue.
+//!
+//! Request path: one `ArcSwap` load of the snapshot, a power-of-two-choices slot reservation,
+//! and an RAII [`SlotGuard`] that gives the slot back on every exit path. Only a request that
+//! finds no free slot takes the queue's lock.
+//!
+//! Hand-off, not wake-up: a freed slot goes straight to the oldest waiter (the guard is sent to
+//! it), so waiters are served in order and new arrivals never overtake them.
+
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering::Relaxed, Ordering::SeqCst};
+use std::time::Instant;
+
+use arc_swap::ArcSwap;
+use parking_lot::Mutex;
+use tokio::sync::oneshot;
+use wavelink_core::{FunctionId, FunctionSpec};
+
+use crate::instance::{Instance, PeerSettings, reserve_any};
+use crate::metrics::{FunctionMetrics, Rejection};
+use crate::stats::StatsWindow;
+
+/// What the request path reads, swapped as a whole.
+pub struct Routing {
+    pub spec: Arc<FunctionSpec>,
+    pub regular: Vec<Arc<Instance>>,
+}
+
+/// A concurrency level and its highest value since the sampler last looked.
+#[derive(Default)]
+pub struct LoadGauge {
+    now: AtomicU32,
+    peak: AtomicU32,
+}
+
+impl LoadGauge {
+    fn inc(&self) {
+        let now = self.now.fetch_add(1, SeqCst) + 1;
+        self.peak.fetch_max(now, Relaxed);
+    }
+
+    fn dec(&self) {
+        self.now.fetch_sub(1, SeqCst);
+    }
+
+    pub fn now(&self) -> u32 {
+        self.now.load(SeqCst)
+    }
+
+    /// The peak since the previous call; the next interval starts at the current level.
+    pub fn take_peak(&self) -> u32 {
+        self.peak.swap(self.now(), Relaxed)
+    }
+}
+
+/// Load counters the stats sampler reads.
+#[derive(Default)]
+pub struct FunctionLoad {
+    pub regular: LoadGauge,
+    pub queued: LoadGauge,
+    pub arrivals: AtomicU64,
+}
+
+struct Waiter {
+    ticket: u64,
+    hand_off: oneshot::Sender<SlotGuard>,
+}
+
+/// Result of replacing a function's instances.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct InstanceChange {
+    pub added: usize,
+    pub removed: usize,
+    pub kept: usize,
+}
+
+pub struct FunctionState {
+    pub id: FunctionId,
+    /// `namespace/name`, the `function` label.
+    pub label: String,
+    pub metrics: FunctionMetrics,
+    pub load: FunctionLoad,
+    routing: ArcSwap<Routing>,
+    /// FIFO of requests waiting for a slot; tickets are increasing, so it is sorted by ticket.
+    waiters: Mutex<VecDeque<Waiter>>,
+    next_ticket: AtomicU64,
+    /// Removed instances that still have requests in flight.
+    draining: Mutex<Vec<Arc<Instance>>>,
+    peer_settings: PeerSettings,
+    /// Recent one-second samples; written by the sampler, read by `/stats`.
+    pub stats: Mutex<StatsWindow>,
+}
+
+impl FunctionState {
+    pub fn new(
+        id: FunctionId,
+        spec: FunctionSpec,
+        instances: &[SocketAddr],
+        metrics: FunctionMetrics,
+        peer_settings: PeerSettings,
+    ) -> Arc<Self> {
+        let regular = dedup(instances).map(|addr| Arc::new(Instance::new(addr, peer_settings))).collect();
+        let state = Arc::new(FunctionState {
+            label: id.to_string(),
+            id,
+            metrics,
+            load: FunctionLoad::default(),
+            routing: ArcSwap::from_pointee(Routing { spec: Arc::new(spec), regular }),
+            waiters: Mutex::new(VecDeque::new()),
+            next_ticket: AtomicU64::new(0),
+            draining: Mutex::new(Vec::new()),
+            peer_settings,
+            stats: Mutex::new(StatsWindow::default()),
+        });
+        state.metrics.regular_instances.set(state.routing.load().regular.len() as i64);
+        state
+    }
+
+    pub fn routing(&self) -> arc_swap::Guard<Arc<Routing>> {
+        self.routing.load()
+    }
+
+    pub fn spec(&self) -> Arc<FunctionSpec> {
+        self.routing.load().spec.clone()
+    }
+
+    /// Requests waiting for a slot now.
+    pub fn queued(&self) -> u32 {
+        self.load.queued.now()
+    }
+
+    /// A free slot now, or `None`. Never overtakes requests already waiting.
+    pub fn try_acquire(self: &Arc<Self>) -> Option<SlotGuard> {
+        if self.queued() > 0 {
+            return None;
+        }
+        self.reserve(&self.routing.load())
+    }
+
+    /// A slot, waiting in the queue up to the function's `queue-timeout` if none is free.
+    /// Cancel-safe: dropping the future gives up the queue position (and any slot handed over).
+    pub async fn acquire(self: &Arc<Self>) -> Result<SlotGuard, Rejection> {
+        if let Some(slot) = self.try_acquire() {
+            return Ok(slot);
+        }
+        let spec = self.spec();
+        let (hand_off, receive) = oneshot::channel();
+        let ticket = {
+            let mut waiters = self.waiters.lock();
+            if waiters.len() >= spec.queue_depth as usize {
+                self.metrics.record_rejection(Rejection::QueueFull);
+                return Err(Rejection::QueueFull);
+            }
+            let ticket = self.next_ticket.fetch_add(1, Relaxed);
+            waiters.push_back(Waiter { ticket, hand_off });
+            self.load.queued.inc();
+            QueueTicket { function: self, ticket, since: Instant::now() }
+        };
+        // A slot freed between our failed reservation and the enqueue saw no waiter; look again.
+        self.dispatch();
+        let outcome = tokio::time::timeout(spec.queue_timeout, receive).await;
+        self.metrics.queue_wait.observe(ticket.since.elapsed().as_secs_f64());
+        match outcome {
+            Ok(Ok(slot)) => Ok(slot),
+            // The sender is only dropped unsent when the queue itself goes away.
+            Ok(Err(_)) | Err(_) => {
+                drop(ticket);
+                self.metrics.record_rejection(Rejection::QueueTimeout);
+                Err(Rejection::QueueTimeout)
+            }
+        }
+    }
+
+    fn reserve(self: &Arc<Self>, routing: &Routing) -> Option<SlotGuard> {
+        let instance = reserve_any(&routing.regular, routing.spec.container_concurrency)?;
+        self.load.regular.inc();
+        Some(SlotGuard { function: self.clone(), instance: instance.clone() })
+    }
+
+    /// Hands free slots to waiters, oldest first.
+    fn dispatch(self: &Arc<Self>) {
+        let mut undelivered = None;
+        {
+            let mut waiters = self.waiters.lock();
+            let routing = self.routing.load();
+            while !waiters.is_empty() {
+                let slot = match undelivered.take() {
+                    Some(slot) => slot,
+                    None => match self.reserve(&routing) {
+                        Some(slot) => slot,
+                        None => break,
+                    },
+                };
+                let Some(waiter) = waiters.pop_front() else {
+                    undelivered = Some(slot);
+                    break;
+                };
+                self.load.queued.dec();
+                // A waiter that gave up in this instant: offer the slot to the next one.
+                if let Err(slot) = waiter.hand_off.send(slot) {
+                    undelivered = Some(slot);
+                }
+            }
+        }
+        // Dropped outside the lock: releasing a slot may dispatch again.
+        drop(undelivered);
+    }
+
+    /// Replaces the Regular Instances. Kept addresses keep their in-flight counts; removed ones
+    /// get no new requests and finish the ones they have. Waiters get the new capacity at once.
+    pub fn set_instances(self: &Arc<Self>, addrs: &[SocketAddr]) -> InstanceChange {
+        let current = self.routing.load_full();
+        let mut kept = 0;
+        let regular: Vec<Arc<Instance>> = dedup(addrs)
+            .map(|addr| match current.regular.iter().find(|i| i.addr == addr) {
+                Some(existing) => {
+                    kept += 1;
+                    existing.clone()
+                }
+                None => Arc::new(Instance::new(addr, self.peer_settings)),
+            })
+            .collect();
+        let removed: Vec<Arc<Instance>> =
+            current.regular.iter().filter(|old| !regular.iter().any(|new| new.addr == old.addr)).cloned().collect();
+        let change = InstanceChange { added: regular.len() - kept, removed: removed.len(), kept };
+        self.metrics.regular_instances.set(regular.len() as i64);
+        self.routing.store(Arc::new(Routing { spec: current.spec.clone(), regular }));
+        self.draining.lock().extend(removed.into_iter().filter(|i| i.in_flight() > 0));
+        self.dispatch();
+        change
+    }
+
+    /// Replaces the spec (for example after an annotation change); capacity changes apply to new
+    /// reservations at once.
+    pub fn set_spec(self: &Arc<Self>, spec: FunctionSpec) {
+        let current = self.routing.load_full();
+        self.routing.store(Arc::new(Routing { spec: Arc::new(spec), regular: current.regular.clone() }));
+        self.dispatch();
+    }
+
+    /// Removed instances that still have requests in flight.
+    pub fn draining(&self) -> Vec<Arc<Instance>> {
+        let mut draining = self.draining.lock();
+        draining.retain(|i| i.in_flight() > 0);
+        draining.clone()
+    }
+}
+
+fn dedup(addrs: &[SocketAddr]) -> impl Iterator<Item = SocketAddr> + '_ {
+    addrs.iter().enumerate().filter(|(i, a)| !addrs[..*i].contains(a)).map(|(_, a)| *a)
+}
+
+/// A queue position; dropping it before being served leaves the queue.
+struct QueueTicket<'a> {
+    function: &'a FunctionState,
+    ticket: u64,
+    since: Instant,
+}
+
+impl Drop for QueueTicket<'_> {
+    fn drop(&mut self) {
+        let mut waiters = self.function.waiters.lock();
+        if let Ok(position) = waiters.binary_search_by_key(&self.ticket, |w| w.ticket) {
+            waiters.remove(position);
+            self.function.load.queued.dec();
+        }
+    }
+}
+
+/// A reserved slot on one instance. Dropping it frees the slot (or hands it to a waiter).
+pub struct SlotGuard {
+    function: Arc<FunctionState>,
+    instance: Arc<Instance>,
+}
+
+impl SlotGuard {
+    pub fn instance(&self) -> &Arc<Instance> {
+        &self.instance
+    }
+}
+
+impl Drop for SlotGuard {
+    fn drop(&mut self) {
+        self.instance.release();
+        self.function.load.regular.dec();
+        if self.function.queued() > 0 {
+            self.function.dispatch();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::metrics::ProxyMetrics;
+    use std::time::Duration;
+    use wavelink_core::spec::keys;
+
+    fn function(instances: u16, annotations: &[(&str, &str)]) -> Arc<FunctionState> {
+        let metrics = ProxyMetrics::new().unwrap();
+        let id = FunctionId::new("default", "f").unwrap();
+        let spec = FunctionSpec::from_annotations(annotations.iter().copied()).unwrap();
+        let addrs: Vec<SocketAddr> = (0..instances).map(|i| SocketAddr::from(([127, 0, 0, 1], 20_000 + i))).collect();
+        let settings = PeerSettings { connect_timeout: Duration::from_secs(1), idle_timeout: Duration::from_secs(1) };
+        FunctionState::new(id, spec, &addrs, metrics.for_function("default/f"), settings)
+    }
+
+    fn runtime() -> tokio::runtime::Runtime {
+        tokio::runtime::Builder::new_current_thread().enable_all().start_paused(true).build().unwrap()
+    }
+
+    #[test]
+    fn slots_are_limited_to_capacity_and_returned_on_drop() {
+        let f = function(2, &[(keys::CONTAINER_CONCURRENCY, "2")]);
+        let slots: Vec<_> = (0..4).map(|_| f.try_acquire().expect("free slot")).collect();
+        assert!(f.try_acquire().is_none());
+        assert_eq!(f.load.regular.now(), 4);
+        drop(slots);
+        assert_eq!(f.load.regular.now(), 0);
+        assert!(f.routing().regular.iter().all(|i| i.in_flight() == 0));
+    }
+
+    #[test]
+    fn a_waiter_gets_the_freed_slot_in_order() {
+        runtime().block_on(async {
+            let f = function(1, &[]);
+            let first = f.try_acquire().unwrap();
+            let (f1, f2) = (f.clone(), f.clone());
+            let second = tokio::spawn(async move { f1.acquire().await.map(|_| Instant::now()) });
+            tokio::task::yield_now().await;
+            let third = tokio::spawn(async move { f2.acquire().await.map(|_| Instant::now()) });
+            tokio::task::yield_now().await;
+            assert_eq!(f.queued(), 2);
+            // A new arrival does not overtake the queue even when a slot is free in between.
+            drop(first);
+            assert!(f.try_acquire().is_none());
+            let second_at = second.await.unwrap().expect("second served");
+            let third_at = third.await.unwrap().expect("third served");
+            assert!(second_at <= third_at);
+            assert_eq!(f.queued(), 0);
+            assert_eq!(f.load.regular.now(), 0);
+        });
+    }
+
+    #[test]
+    fn a_waiter_times_out_with_queue_timeout_and_leaves_the_queue() {
+        runtime().block_on(async {
+            let f = function(1, &[(keys::QUEUE_TIMEOUT, "500ms")]);
+            let _busy = f.try_acquire().unwrap();
+            let started = tokio::time::Instant::now();
+            assert_eq!(f.acquire().await.err(), Some(Rejection::QueueTimeout));
+            assert_eq!(started.elapsed(), Duration::from_millis(500));
+            assert_eq!(f.queued(), 0);
+            assert_eq!(f.metrics.rejected_overload(), 1);
+        });
+    }
+
+    #[test]
+    fn a_full_queue_rejects_at_once() {
+        runtime().block_on(async {
+            let f = function(1, &[(keys::QUEUE_DEPTH, "1")]);
+            let _busy = f.try_acquire().unwrap();
+            let f1 = f.clone();
+            let waiting = tokio::spawn(async move { f1.acquire().await.is_ok() });
+            tokio::task::yield_now().await;
+            assert_eq!(f.acquire().await.err(), Some(Rejection::QueueFull));
+            waiting.abort();
+            let _ = waiting.await;
+            assert_eq!(f.queued(), 0, "an aborted waiter leaves the queue");
+        });
+    }
+
+    #[test]
+    fn a_cancelled_waiter_does_not_leak_the_slot_handed_to_it() {
+        runtime().block_on(async {
+            let f = function(1, &[]);
+            let busy = f.try_acquire().unwrap();
+            let f1 = f.clone();
+            let waiting = tokio::spawn(async move { f1.acquire().await.map(|_| ()) });
+            tokio::task::yield_now().await;
+            // Free the slot (handed to the waiter) and cancel the waiter before it runs.
+            drop(busy);
+            waiting.abort();
+            let _ = waiting.await;
+            assert_eq!(f.load.regular.now(), 0);
+            assert!(f.try_acquire().is_some());
+        });
+    }
+
+    #[test]
+    fn new_instances_wake_waiters() {
+        runtime().block_on(async {
+            let f = function(0, &[]);
+            let f1 = f.clone();
+            let waiting = tokio::spawn(async move { f1.acquire().await.map(|slot| slot.instance().addr) });
+            tokio::task::yield_now().await;
+            assert_eq!(f.queued(), 1);
+            let addr = SocketAddr::from(([127, 0, 0, 1], 30_000));
+            f.set_instances(&[addr]);
+            assert_eq!(waiting.await.unwrap(), Ok(addr));
+        });
+    }
+
+    #[test]
+    fn replacing_instances_keeps_counts_and_drains_removed_ones() {
+        let f = function(2, &[]);
+        let a = f.routing().regular[0].addr;
+        let b = f.routing().regular[1].addr;
+        let on_a = loop {
+            let slot = f.try_acquire().unwrap();
+            if slot.instance().addr == a {
+                break slot;
+            }
+        };
+        let c = SocketAddr::from(([127, 0, 0, 1], 30_001));
+        let change = f.set_instances(&[b, c, c]);
+        assert_eq!(change, InstanceChange { added: 1, removed: 1, kept: 1 });
+        assert_eq!(f.draining().len(), 1, "a keeps its in-flight request");
+        for _ in 0..2 {
+            let slot = f.try_acquire().expect("b and c are free");
+            assert_ne!(slot.instance().addr, a, "no new request on a removed instance");
+            std::mem::forget(slot);
+        }
+        drop(on_a);
+        assert!(f.draining().is_empty());
+    }
+
+    #[test]
+    fn slot_accounting_survives_a_storm_of_acquires_timeouts_and_cancels() {
+        let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+        rt.block_on(async {
+            let f = function(3, &[(keys::CONTAINER_CONCURRENCY, "2"), (keys::QUEUE_TIMEOUT, "20ms")]);
+            let peak = Arc::new(AtomicU32::new(0));
+            let tasks: Vec<_> = (0..200)
+                .map(|i| {
+                    let f = f.clone();
+                    let peak = peak.clone();
+                    tokio::spawn(async move {
+                        let work = async {
+                            if let Ok(slot) = f.acquire().await {
+                                peak.fetch_max(slot.instance().in_flight(), SeqCst);
+                                tokio::time::sleep(Duration::from_millis(i % 5)).await;
+                            }
+                        };
+                        // Every third request is abandoned early, like a client hanging up.
+                        if i % 3 == 0 {
+                            let _ = tokio::time::timeout(Duration::from_millis(i % 7), work).await;
+                        } else {
+                            work.await;
+                        }
+                    })
+                })
+                .collect();
+            for t in tasks {
+                t.await.unwrap();
+            }
+            assert!(peak.load(SeqCst) <= 2);
+            assert_eq!(f.load.regular.now(), 0);
+            assert_eq!(f.queued(), 0);
+            assert!(f.routing().regular.iter().all(|i| i.in_flight() == 0));
+        });
+    }
+}

@@ -1,0 +1,152 @@
+//! One upstream instance and its slot counter.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU32, Ordering::SeqCst};
+use std::time::Duration;
+
+use pingora_core::upstreams::peer::HttpPeer;
+
+/// An instance the proxy can send requests to. Shared (`Arc`) between the routing snapshot and the
+/// slot guards of requests on it, so a removed instance lives until its last request finishes.
+pub struct Instance {
+    pub addr: SocketAddr,
+    /// Built once: the request path clones it instead of building a peer per request.
+    pub peer: HttpPeer,
+    /// Requests holding a slot on this instance. SeqCst because release (decrement, then check
+    /// for waiters) and enqueue (add waiter, then re-check slots) must not miss each other.
+    in_flight: AtomicU32,
+}
+
+/// How the proxy talks to instances.
+#[derive(Debug, Clone, Copy)]
+pub struct PeerSettings {
+    pub connect_timeout: Duration,
+    /// Pooled idle connections are closed after this.
+    pub idle_timeout: Duration,
+}
+
+impl Instance {
+    pub fn new(addr: SocketAddr, settings: PeerSettings) -> Self {
+        let mut peer = HttpPeer::new(addr, false, String::new());
+        peer.options.connection_timeout = Some(settings.connect_timeout);
+        peer.options.idle_timeout = Some(settings.idle_timeout);
+        Instance { addr, peer, in_flight: AtomicU32::new(0) }
+    }
+
+    pub fn in_flight(&self) -> u32 {
+        self.in_flight.load(SeqCst)
+    }
+
+    /// Takes a slot if fewer than `capacity` are taken.
+    pub(crate) fn try_reserve(&self, capacity: u32) -> bool {
+        let mut current = self.in_flight.load(SeqCst);
+        while current < capacity {
+            match self.in_flight.compare_exchange_weak(current, current + 1, SeqCst, SeqCst) {
+                Ok(_) => return true,
+                Err(actual) => current = actual,
+            }
+        }
+        false
+    }
+
+    pub(crate) fn release(&self) {
+        let previous = self.in_flight.fetch_sub(1, SeqCst);
+        debug_assert!(previous > 0, "slot released twice on {}", self.addr);
+    }
+}
+
+/// Picks an instance with a free slot: the less loaded of two random candidates (power of two
+/// choices), then, if both are full, the first free one scanning from a random start, so a free
+/// slot anywhere is always found.
+pub(crate) fn reserve_any(instances: &[std::sync::Arc<Instance>], capacity: u32) -> Option<&std::sync::Arc<Instance>> {
+    let n = instances.len();
+    match n {
+        0 => None,
+        1 => instances[0].try_reserve(capacity).then(|| &instances[0]),
+        _ => {
+            let a = fastrand::usize(..n);
+            let mut b = fastrand::usize(..n - 1);
+            if b >= a {
+                b += 1;
+            }
+            let (first, second) = if instances[a].in_flight() <= instances[b].in_flight() { (a, b) } else { (b, a) };
+            for i in [first, second] {
+                if instances[i].try_reserve(capacity) {
+                    return Some(&instances[i]);
+                }
+            }
+            (1..n).map(|offset| (a + offset) % n).find(|&i| instances[i].try_reserve(capacity)).map(|i| &instances[i])
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+
+    fn instances(n: u16) -> Vec<Arc<Instance>> {
+        let settings = PeerSettings { connect_timeout: Duration::from_secs(1), idle_timeout: Duration::from_secs(1) };
+        (0..n).map(|i| Arc::new(Instance::new(SocketAddr::from(([127, 0, 0, 1], 10_000 + i)), settings))).collect()
+    }
+
+    #[test]
+    fn reserve_never_exceeds_capacity() {
+        let set = instances(1);
+        assert!(set[0].try_reserve(2));
+        assert!(set[0].try_reserve(2));
+        assert!(!set[0].try_reserve(2));
+        set[0].release();
+        assert!(set[0].try_reserve(2));
+    }
+
+    #[test]
+    fn every_free_slot_is_found_before_giving_up() {
+        for n in 1..6 {
+            let set = instances(n);
+            for _ in 0..(n as usize * 3) {
+                assert!(reserve_any(&set, 3).is_some(), "n={n}");
+            }
+            assert!(reserve_any(&set, 3).is_none(), "n={n}");
+            assert!(set.iter().all(|i| i.in_flight() == 3));
+        }
+    }
+
+    #[test]
+    fn two_choices_prefer_the_less_loaded_instance() {
+        let set = instances(2);
+        for _ in 0..4 {
+            assert!(set[0].try_reserve(10));
+        }
+        for _ in 0..4 {
+            let chosen = reserve_any(&set, 10).unwrap();
+            assert_eq!(chosen.addr, set[1].addr);
+        }
+    }
+
+    #[test]
+    fn concurrent_reservations_respect_capacity() {
+        let set = Arc::new(instances(3));
+        let taken = Arc::new(AtomicU32::new(0));
+        let threads: Vec<_> = (0..4)
+            .map(|_| {
+                let set = set.clone();
+                let taken = taken.clone();
+                std::thread::spawn(move || {
+                    for _ in 0..1000 {
+                        if let Some(instance) = reserve_any(&set, 2) {
+                            taken.fetch_add(1, SeqCst);
+                            assert!(instance.in_flight() <= 2);
+                            taken.fetch_sub(1, SeqCst);
+                            instance.release();
+                        }
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        assert!(set.iter().all(|i| i.in_flight() == 0));
+    }
+}
