@@ -1,0 +1,41 @@
+//! The documentation stays true: the annotation reference is the code's own table, and every
+//! `wavelink.dev/*` key the docs mention is one the code knows.
+
+use std::path::Path;
+
+use wavelink_core::spec::{ANNOTATIONS, FUNCTION_LABEL, annotation_key, markdown_table};
+
+fn read(path: &str) -> String {
+    let full = Path::new(env!("CARGO_MANIFEST_DIR")).join(path);
+    std::fs::read_to_string(&full).unwrap_or_else(|e| panic!("reading {}: {e}", full.display()))
+}
+
+#[test]
+fn the_annotation_reference_is_the_table_the_parser_uses() {
+    let doc = read("docs/annotations.md");
+    assert!(
+        doc.contains(&markdown_table()),
+        "docs/annotations.md is out of date: paste the output of `wavelink annotations` into it"
+    );
+    for key in ANNOTATIONS {
+        assert!(doc.contains(&format!("`{}`", key.name)), "{} is not documented", key.name);
+    }
+}
+
+#[test]
+fn every_documented_key_is_known_to_the_code() {
+    for path in ["README.md", "docs/annotations.md", "docs/architecture.md", "wavelink.yaml"] {
+        let text = read(path);
+        for (start, _) in text.match_indices("wavelink.dev/") {
+            let key: String = text[start..]
+                .chars()
+                .take_while(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '/' | '-' | '*'))
+                .collect();
+            let key = key.trim_end_matches(['.', '-']);
+            if key == "wavelink.dev/" || key.ends_with('*') || key == FUNCTION_LABEL {
+                continue;
+            }
+            assert!(annotation_key(key).is_some(), "{path} mentions {key}, which the code does not know");
+        }
+    }
+}

@@ -1,0 +1,294 @@
+//! End-to-end: the real `wavelink proxy` in front of real `wavelink fn` instances, on loopback.
+
+mod support;
+
+use std::collections::HashSet;
+use std::io::Write;
+use std::net::TcpStream;
+use std::sync::{Arc, Barrier};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::Signal;
+use support::*;
+
+const HOST: &str = "hello.default.example.com";
+
+fn function_yaml(annotations: &str, instances: &[&FnInstance]) -> String {
+    let list: Vec<String> = instances.iter().map(|i| format!("\"{}\"", i.addr)).collect();
+    format!("  - name: hello\n    annotations: {{ {annotations} }}\n    instances: [{}]\n", list.join(", "))
+}
+
+/// Sends `n` requests at once, each on its own connection; returns (response, latency) in order.
+fn burst(addr: std::net::SocketAddr, n: usize, path: &str) -> Vec<(HttpResponse, Duration)> {
+    let barrier = Arc::new(Barrier::new(n));
+    let threads: Vec<_> = (0..n)
+        .map(|_| {
+            let barrier = barrier.clone();
+            let path = path.to_owned();
+            std::thread::spawn(move || {
+                barrier.wait();
+                let started = Instant::now();
+                let response = get(addr, HOST, &path).expect("request through the proxy");
+                (response, started.elapsed())
+            })
+        })
+        .collect();
+    threads.into_iter().map(|t| t.join().expect("client thread")).collect()
+}
+
+fn assert_no_slot_leaked(proxy: &ProxyUnderTest) {
+    wait_until("no request in flight or queued", || {
+        let f = proxy.function_stats("hello");
+        f["in_flight"]["regular"] == 0 && f["in_flight"]["queued"] == 0
+    });
+}
+
+#[test]
+fn instances_with_concurrency_one_never_serve_two_requests_at_once_and_the_rest_wait() {
+    let a = start_fn("a");
+    let b = start_fn("b");
+    let proxy = start_proxy(&function_yaml(
+        "wavelink.dev/container-concurrency: \"1\", wavelink.dev/queue-timeout: 60s",
+        &[&a, &b],
+    ));
+    let started = Instant::now();
+    let results = burst(proxy.listen, 20, "/?sleep=300");
+    let elapsed = started.elapsed();
+
+    for (response, _) in &results {
+        assert_eq!(response.status, 200, "{}", response.text());
+        // The instance itself counts what it was handling when each request began.
+        assert_eq!(response.header("x-wavelink-in-flight"), Some("1"), "an instance served two at once");
+    }
+    let used: HashSet<_> = results.iter().filter_map(|(r, _)| r.header("x-wavelink-instance")).collect();
+    assert_eq!(used, HashSet::from(["a", "b"]));
+    // Two slots, 20 requests of 300 ms: ten rounds, so the later ones waited their turn.
+    assert!(elapsed >= Duration::from_millis(2900), "finished too fast for one request per instance: {elapsed:?}");
+    let slowest = results.iter().map(|(_, latency)| *latency).max().unwrap();
+    assert!(slowest >= Duration::from_millis(2700), "nobody waited? slowest {slowest:?}");
+
+    wait_until("a sample shows queued requests", || {
+        proxy.function_stats("hello")["samples"]
+            .as_array()
+            .is_some_and(|s| s.iter().any(|s| s["queued"]["peak"].as_u64() > Some(0)))
+    });
+    let stats = proxy.function_stats("hello");
+    let peak_regular = stats["samples"].as_array().unwrap().iter().filter_map(|s| s["regular"]["peak"].as_u64()).max();
+    assert_eq!(peak_regular, Some(2), "two instances of concurrency one: at most two in flight");
+    assert_no_slot_leaked(&proxy);
+}
+
+#[test]
+fn requests_waiting_longer_than_the_queue_timeout_get_503_with_retry_after() {
+    let a = start_fn("a");
+    let b = start_fn("b");
+    let proxy = start_proxy(&function_yaml(
+        "wavelink.dev/container-concurrency: \"1\", wavelink.dev/queue-timeout: 500ms",
+        &[&a, &b],
+    ));
+    let results = burst(proxy.listen, 20, "/?sleep=3000");
+    let ok = results.iter().filter(|(r, _)| r.status == 200).count();
+    let rejected: Vec<_> = results.iter().filter(|(r, _)| r.status == 503).collect();
+    assert_eq!(ok + rejected.len(), 20, "only 200 and 503 expected");
+    assert!(ok >= 2, "both instances served a request");
+    assert!(rejected.len() >= 10, "the excess was turned away: {} rejected", rejected.len());
+    for (response, latency) in rejected {
+        assert_eq!(response.header("retry-after"), Some("1"));
+        assert!(*latency >= Duration::from_millis(450), "rejected before the queue timeout: {latency:?}");
+        assert!(response.text().contains("default/hello"), "{}", response.text());
+    }
+    let stats = proxy.function_stats("hello");
+    assert!(stats["rejected_overload"].as_u64() >= Some(10));
+    assert_no_slot_leaked(&proxy);
+}
+
+#[test]
+fn a_client_hanging_up_frees_its_slot_and_its_queue_place() {
+    let a = start_fn("a");
+    let proxy = start_proxy(&function_yaml(
+        "wavelink.dev/container-concurrency: \"1\", wavelink.dev/queue-timeout: 60s",
+        &[&a],
+    ));
+    // Well below the queue timeout and the 60 s request: only noticing the hang-up frees them.
+    let noticed = Duration::from_secs(10);
+    let request = format!("GET /?sleep=60000 HTTP/1.1\r\nHost: {HOST}\r\n\r\n");
+
+    // Holding the only slot, then hanging up.
+    let mut holder = TcpStream::connect(proxy.listen).unwrap();
+    holder.write_all(request.as_bytes()).unwrap();
+    wait_until("the slot is taken", || proxy.function_stats("hello")["in_flight"]["regular"] == 1);
+    // Waiting in the queue, then hanging up.
+    let mut waiter = TcpStream::connect(proxy.listen).unwrap();
+    waiter.write_all(request.as_bytes()).unwrap();
+    wait_until("one request is queued", || proxy.function_stats("hello")["in_flight"]["queued"] == 1);
+    drop(waiter);
+    wait_within("the queue place is given up", noticed, || proxy.function_stats("hello")["in_flight"]["queued"] == 0);
+    drop(holder);
+    wait_within("the slot is freed", noticed, || proxy.function_stats("hello")["in_flight"]["regular"] == 0);
+
+    // Had the slot leaked, this would wait for the 60 s sleep and time out with 503.
+    let response = get(proxy.listen, HOST, "/?sleep=1").unwrap();
+    assert_eq!(response.status, 200);
+    let metrics = admin_get(&proxy, "/metrics").unwrap().text();
+    assert!(
+        metrics.contains(r#"wavelink_requests_total{code="client_closed",function="default/hello",track="regular"} 1"#),
+        "{metrics}"
+    );
+}
+
+#[test]
+fn replacing_instances_takes_effect_without_dropping_in_flight_requests() {
+    let a = start_fn("a");
+    let b = start_fn("b");
+    let proxy = start_proxy(&function_yaml("wavelink.dev/container-concurrency: \"4\"", &[&a]));
+
+    let listen = proxy.listen;
+    let long = std::thread::spawn(move || get(listen, HOST, "/?sleep=1500").expect("long request"));
+    wait_until("the long request is on a", || proxy.function_stats("hello")["in_flight"]["regular"] == 1);
+
+    let body = format!("[\"{}\"]", b.addr);
+    let put = send(
+        proxy.admin,
+        &format!(
+            "PUT /v1/functions/default/hello/instances HTTP/1.1\r\nHost: admin\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        ),
+    )
+    .unwrap();
+    assert_eq!(put.status, 200, "{}", put.text());
+    let change: serde_json::Value = serde_json::from_slice(&put.body).unwrap();
+    assert_eq!(change, serde_json::json!({"added": 1, "removed": 1, "kept": 0}));
+
+    let listing = admin_get(&proxy, "/v1/functions/default/hello/instances").unwrap();
+    let listing: serde_json::Value = serde_json::from_slice(&listing.body).unwrap();
+    assert!(
+        listing.as_array().unwrap().iter().any(|i| i["address"] == a.addr.to_string() && i["draining"] == true),
+        "a is listed as draining: {listing}"
+    );
+    for _ in 0..5 {
+        let response = get(proxy.listen, HOST, "/").unwrap();
+        assert_eq!(response.header("x-wavelink-instance"), Some("b"), "new requests go to the new instance only");
+    }
+    let long = long.join().unwrap();
+    assert_eq!(long.status, 200, "the in-flight request on the removed instance completed");
+    assert_eq!(long.header("x-wavelink-instance"), Some("a"));
+
+    let bad = send(
+        proxy.admin,
+        "PUT /v1/functions/default/hello/instances HTTP/1.1\r\nHost: admin\r\nContent-Length: 13\r\nConnection: close\r\n\r\n[\"not-an-ip\"]",
+    )
+    .unwrap();
+    assert_eq!(bad.status, 400);
+    assert!(bad.text().contains("ip:port"), "{}", bad.text());
+    let unknown = send(
+        proxy.admin,
+        "PUT /v1/functions/default/nope/instances HTTP/1.1\r\nHost: admin\r\nContent-Length: 2\r\nConnection: close\r\n\r\n[]",
+    )
+    .unwrap();
+    assert_eq!(unknown.status, 404);
+    assert_no_slot_leaked(&proxy);
+}
+
+#[test]
+fn unknown_hosts_get_404_and_malformed_requests_a_4xx_while_the_proxy_keeps_serving() {
+    let a = start_fn("a");
+    let proxy = start_proxy(&function_yaml("", &[&a]));
+
+    let response = get(proxy.listen, "nope.default.example.com", "/").unwrap();
+    assert_eq!(response.status, 404);
+    let body = response.text();
+    assert_eq!(body.lines().count(), 1, "one-line body: {body:?}");
+    assert!(body.contains("nope.default.example.com"));
+
+    let missing_host = send(proxy.listen, "GET / HTTP/1.0\r\n\r\n").unwrap();
+    assert_eq!(missing_host.status, 400);
+
+    for garbage in
+        ["NOT HTTP AT ALL\r\n\r\n", "GET / HTTP/1.1\r\nHost: x\r\nContent-Length: -5\r\n\r\n", "\0\0\0\r\n\r\n"]
+    {
+        let mut stream = TcpStream::connect(proxy.listen).unwrap();
+        stream.set_read_timeout(Some(PATIENCE)).unwrap();
+        stream.write_all(garbage.as_bytes()).unwrap();
+        let mut raw = Vec::new();
+        let _ = std::io::Read::read_to_end(&mut stream, &mut raw);
+        if let Some(response) = parse_response(&raw) {
+            assert!((400..500).contains(&response.status), "{garbage:?} got {}", response.status);
+        }
+    }
+    // Host matching ignores case and port.
+    let response = get(proxy.listen, "HELLO.default.example.com:8080", "/").unwrap();
+    assert_eq!(response.status, 200);
+    assert_eq!(admin_get(&proxy, "/healthz").unwrap().status, 200);
+}
+
+#[test]
+fn a_bad_annotation_rejects_only_that_function_naming_key_value_and_range() {
+    let a = start_fn("a");
+    let functions = format!(
+        "{}  - name: broken\n    annotations: {{ wavelink.dev/container-concurrency: \"0\" }}\n    instances: [\"{}\"]\n",
+        function_yaml("", &[&a]),
+        a.addr
+    );
+    let proxy = start_proxy(&functions);
+    assert_eq!(get(proxy.listen, HOST, "/").unwrap().status, 200);
+    assert_eq!(get(proxy.listen, "broken.default.example.com", "/").unwrap().status, 404);
+
+    let rejected = &proxy.stats()["rejected"];
+    assert_eq!(rejected[0]["function"], "default/broken");
+    let error = rejected[0]["error"].as_str().unwrap();
+    for part in ["wavelink.dev/container-concurrency", "\"0\"", "an integer from 1 to 1000"] {
+        assert!(error.contains(part), "{error:?} lacks {part}");
+    }
+    assert!(proxy.log().contains("function rejected"), "the rejection is logged");
+
+    // The same config fails `--check`, printing the reason.
+    let check = wavelink().args(["proxy", "--check", "--config"]).arg(&proxy.config).output().unwrap();
+    assert!(!check.status.success());
+    let stdout = String::from_utf8_lossy(&check.stdout);
+    assert!(stdout.contains("rejected default/broken: wavelink.dev/container-concurrency"), "{stdout}");
+}
+
+#[test]
+fn sigterm_lets_in_flight_requests_finish_then_exits_zero() {
+    let a = start_fn("a");
+    let mut proxy = start_proxy(&function_yaml("", &[&a]));
+    let listen = proxy.listen;
+    let in_flight = std::thread::spawn(move || get(listen, HOST, "/?sleep=1500").expect("in-flight request"));
+    wait_until("the request is in flight", || proxy.function_stats("hello")["in_flight"]["regular"] == 1);
+
+    proxy.proc.signal(Signal::SIGTERM);
+    wait_until("the listener stops accepting", || TcpStream::connect(listen).is_err());
+    let response = in_flight.join().unwrap();
+    assert_eq!(response.status, 200, "the in-flight request was completed");
+    // Drained, it exits at once rather than sitting out its 20 s grace period.
+    let status = proxy.proc.wait_timeout(Duration::from_secs(8)).expect("the proxy exits once drained");
+    assert!(status.success(), "exit status {status:?}");
+}
+
+#[test]
+fn metrics_count_requests_by_function_track_and_status_class() {
+    let a = start_fn("a");
+    let proxy = start_proxy(&function_yaml("", &[&a]));
+    assert_eq!(get(proxy.listen, HOST, "/").unwrap().status, 200);
+    assert_eq!(get(proxy.listen, HOST, "/?status=502").unwrap().status, 502);
+    assert_eq!(get(proxy.listen, "other.default.example.com", "/").unwrap().status, 404);
+
+    let metrics = admin_get(&proxy, "/metrics").unwrap().text();
+    for line in [
+        r#"wavelink_requests_total{code="2xx",function="default/hello",track="regular"} 1"#,
+        r#"wavelink_requests_total{code="5xx",function="default/hello",track="regular"} 1"#,
+        r#"wavelink_request_duration_seconds_count{function="default/hello",track="regular"} 2"#,
+        r#"wavelink_instances{function="default/hello",track="regular"} 1"#,
+        "wavelink_unknown_host_requests_total 1",
+        "wavelink_functions_rejected 0",
+    ] {
+        assert!(metrics.contains(line), "missing {line}\n{metrics}");
+    }
+    let functions = admin_get(&proxy, "/v1/functions").unwrap();
+    let functions: serde_json::Value = serde_json::from_slice(&functions.body).unwrap();
+    assert_eq!(functions[0]["host"], HOST);
+    assert_eq!(admin_get(&proxy, "/nope").unwrap().status, 404);
+    let wrong_method =
+        send(proxy.admin, "POST /stats HTTP/1.1\r\nHost: a\r\nContent-Length: 0\r\nConnection: close\r\n\r\n").unwrap();
+    assert_eq!(wrong_method.status, 405);
+}

@@ -1,0 +1,254 @@
+//! Helpers for end-to-end tests of the `wavelink` binary: processes that are always killed
+//! (their whole process group) when the test ends, loopback-only free ports, a small blocking
+//! HTTP/1.1 client, and bounded polling.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::os::unix::process::CommandExt;
+use std::path::PathBuf;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{Signal, killpg};
+use nix::unistd::Pid;
+
+/// Every wait in these tests is bounded by this, so a bug fails a test instead of hanging CI.
+pub const PATIENCE: Duration = Duration::from_secs(30);
+
+pub fn wavelink() -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_wavelink"));
+    // Own process group: the guard kills the process and anything it started.
+    command.process_group(0);
+    command.env("WAVELINK_LOG", "info");
+    command
+}
+
+/// A child process killed with its process group when dropped.
+pub struct Proc {
+    pub child: Child,
+    pub name: String,
+}
+
+impl Proc {
+    pub fn spawn(name: &str, command: &mut Command) -> Proc {
+        let child = command.spawn().unwrap_or_else(|e| panic!("starting {name}: {e}"));
+        Proc { child, name: name.to_owned() }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub fn signal(&self, signal: Signal) {
+        nix::sys::signal::kill(Pid::from_raw(self.pid() as i32), signal).expect("signal");
+    }
+
+    /// Waits for the process to exit, at most `limit`.
+    pub fn wait_timeout(&mut self, limit: Duration) -> Option<ExitStatus> {
+        let deadline = Instant::now() + limit;
+        while Instant::now() < deadline {
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        None
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = killpg(Pid::from_raw(self.pid() as i32), Signal::SIGKILL);
+        let _ = self.child.wait();
+    }
+}
+
+/// A free loopback port (bound, then released for the process under test to take).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("free port")
+}
+
+/// A `wavelink fn` instance on a kernel-chosen loopback port.
+pub struct FnInstance {
+    pub proc: Proc,
+    pub addr: SocketAddr,
+    pub id: String,
+}
+
+pub fn start_fn(id: &str) -> FnInstance {
+    let mut command = wavelink();
+    command.args(["fn", "--listen", "127.0.0.1:0", "--instance-id", id]).stdout(Stdio::piped()).stderr(Stdio::null());
+    let mut proc = Proc::spawn(id, &mut command);
+    let stdout = proc.child.stdout.take().expect("stdout");
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let mut line = String::new();
+        let _ = BufReader::new(stdout).read_line(&mut line);
+        let _ = tx.send(line);
+    });
+    let line = rx.recv_timeout(PATIENCE).expect("fn printed its address");
+    let addr = line
+        .trim()
+        .strip_prefix("listening on ")
+        .and_then(|a| a.parse().ok())
+        .unwrap_or_else(|| panic!("unexpected first line {line:?}"));
+    FnInstance { proc, addr, id: id.to_owned() }
+}
+
+/// A temporary directory removed when dropped.
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new(label: &str) -> TempDir {
+        let path =
+            std::env::temp_dir().join(format!("wavelink-test-{label}-{}-{:08x}", std::process::id(), fastrand_u32()));
+        std::fs::create_dir_all(&path).expect("temp dir");
+        TempDir(path)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn fastrand_u32() -> u32 {
+    let nanos =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0);
+    nanos ^ (std::process::id() << 16)
+}
+
+/// A running `wavelink proxy` and where to reach it.
+pub struct ProxyUnderTest {
+    pub proc: Proc,
+    pub listen: SocketAddr,
+    pub admin: SocketAddr,
+    pub config: PathBuf,
+    _dir: TempDir,
+}
+
+/// Starts a proxy whose config has `functions_yaml` as its `functions:` list (YAML flow or
+/// block), domain `example.com`, and waits until it is ready.
+pub fn start_proxy(functions_yaml: &str) -> ProxyUnderTest {
+    let dir = TempDir::new("proxy");
+    let listen: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let config = dir.0.join("wavelink.yaml");
+    let text = format!(
+        "domain: example.com\nproxy: {{ listen: \"{listen}\", admin: \"{admin}\", grace-period: 20s }}\nfunctions:\n{functions_yaml}\n"
+    );
+    std::fs::write(&config, text).expect("write config");
+    let log = std::fs::File::create(dir.0.join("proxy.log")).expect("log file");
+    let mut command = wavelink();
+    command.args(["proxy", "--config"]).arg(&config).stdout(Stdio::null()).stderr(log);
+    let proc = Proc::spawn("proxy", &mut command);
+    let proxy = ProxyUnderTest { proc, listen, admin, config, _dir: dir };
+    wait_until("proxy ready", || admin_get(&proxy, "/readyz").map(|r| r.status == 200).unwrap_or(false));
+    proxy
+}
+
+impl ProxyUnderTest {
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self._dir.0.join("proxy.log")).unwrap_or_default()
+    }
+
+    pub fn stats(&self) -> serde_json::Value {
+        let response = admin_get(self, "/stats").expect("GET /stats");
+        serde_json::from_slice(&response.body).expect("stats JSON")
+    }
+
+    /// `/stats` of one function.
+    pub fn function_stats(&self, name: &str) -> serde_json::Value {
+        let stats = self.stats();
+        stats["functions"]
+            .as_array()
+            .and_then(|fs| fs.iter().find(|f| f["name"] == name).cloned())
+            .unwrap_or_else(|| panic!("no stats for {name}: {stats}"))
+    }
+}
+
+pub fn admin_get(proxy: &ProxyUnderTest, path: &str) -> std::io::Result<HttpResponse> {
+    send(proxy.admin, &format!("GET {path} HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n"))
+}
+
+/// Polls `condition` every 20 ms until it holds; panics after [`PATIENCE`].
+pub fn wait_until(what: &str, condition: impl FnMut() -> bool) {
+    wait_within(what, PATIENCE, condition)
+}
+
+/// Polls `condition` every 20 ms until it holds; panics after `limit`. For waits whose length is
+/// the point of the test (something must happen well before a timeout would make it happen).
+pub fn wait_within(what: &str, limit: Duration, mut condition: impl FnMut() -> bool) {
+    let deadline = Instant::now() + limit;
+    while Instant::now() < deadline {
+        if condition() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    panic!("timed out waiting for: {what}");
+}
+
+#[derive(Debug, Clone)]
+pub struct HttpResponse {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl HttpResponse {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+    }
+
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+}
+
+/// `GET path` with the given Host, on a fresh connection.
+pub fn get(addr: SocketAddr, host: &str, path: &str) -> std::io::Result<HttpResponse> {
+    send(addr, &format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"))
+}
+
+/// Sends raw request bytes and reads the whole response (the request must ask for
+/// `Connection: close`).
+pub fn send(addr: SocketAddr, request: &str) -> std::io::Result<HttpResponse> {
+    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
+    stream.set_read_timeout(Some(PATIENCE * 2))?;
+    stream.write_all(request.as_bytes())?;
+    let mut raw = Vec::new();
+    stream.read_to_end(&mut raw)?;
+    parse_response(&raw)
+        .ok_or_else(|| std::io::Error::other(format!("malformed response: {:?}", String::from_utf8_lossy(&raw))))
+}
+
+pub fn parse_response(raw: &[u8]) -> Option<HttpResponse> {
+    let split = raw.windows(4).position(|w| w == b"\r\n\r\n")?;
+    let head = std::str::from_utf8(&raw[..split]).ok()?;
+    let mut lines = head.split("\r\n");
+    let status = lines.next()?.split(' ').nth(1)?.parse().ok()?;
+    let headers: Vec<(String, String)> =
+        lines.filter_map(|l| l.split_once(':')).map(|(n, v)| (n.trim().to_owned(), v.trim().to_owned())).collect();
+    let rest = &raw[split + 4..];
+    let chunked = headers.iter().any(|(n, v)| n.eq_ignore_ascii_case("transfer-encoding") && v.contains("chunked"));
+    let body = if chunked { dechunk(rest)? } else { rest.to_vec() };
+    Some(HttpResponse { status, headers, body })
+}
+
+fn dechunk(mut rest: &[u8]) -> Option<Vec<u8>> {
+    let mut body = Vec::new();
+    loop {
+        let line_end = rest.windows(2).position(|w| w == b"\r\n")?;
+        let size = usize::from_str_radix(std::str::from_utf8(&rest[..line_end]).ok()?.trim(), 16).ok()?;
+        rest = &rest[line_end + 2..];
+        if size == 0 {
+            return Some(body);
+        }
+        body.extend_from_slice(rest.get(..size)?);
+        rest = rest.get(size + 2..)?;
+    }
+}
