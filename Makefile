@@ -1,0 +1,35 @@
+# The two commands of a fresh machine:
+#   make up     run WaveLink locally (proxy + function instances) from wavelink.yaml
+#   make test   run every test
+# Both install missing build prerequisites first (scripts/deps.sh: cmake for Pingora's zlib-ng).
+
+CARGO ?= cargo
+CONFIG ?= wavelink.yaml
+
+.PHONY: deps build up test lint bench bench-deps clean
+
+deps:
+	@scripts/deps.sh
+
+build: deps
+	$(CARGO) build --release --locked
+
+up: build
+	scripts/up.sh $(CONFIG)
+
+test: deps
+	$(CARGO) test --workspace --locked
+
+lint: deps
+	$(CARGO) fmt --all --check
+	$(CARGO) clippy --workspace --all-targets --locked -- -D warnings
+
+bench-deps:
+	@scripts/deps.sh bench
+
+# Benchmarks measure; they are not tests. Results go to docs/benchmarks.md by hand.
+bench: build bench-deps
+	bench/proxy.sh
+
+clean:
+	$(CARGO) clean

@@ -1,0 +1,90 @@
+#!/usr/bin/env python3
+"""Start-up to first response of `wavelink fn`, next to baselines measured in the same sitting.
+
+    bench/fn_startup.py            # N=200 runs of each, release binary
+
+Each `fn` run binds a listening socket, hands it over as fd 3 (LISTEN_FDS=1, as a Wavelet does),
+sends the request at once (it waits in the kernel backlog) and stops the clock when the response
+is complete. Baselines: spawning /bin/true and waiting for it; spawning `wavelink --version`
+(exec and argument parsing of the same binary, no server). It measures; it asserts nothing.
+"""
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BIN = os.environ.get("WAVELINK_BIN", os.path.join(ROOT, "target", "release", "wavelink"))
+N = int(os.environ.get("N", "200"))
+REQUEST = b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+
+
+def timed_run(argv):
+    started = time.perf_counter()
+    subprocess.run(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=True)
+    return time.perf_counter() - started
+
+
+def fn_first_response():
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(128)
+    # The child must find the socket at fd 3: put it there in the parent and pass it on.
+    if listener.fileno() != 3:
+        os.dup2(listener.fileno(), 3)
+    env = dict(os.environ, LISTEN_FDS="1", WAVELINK_LOG="warn")
+    started = time.perf_counter()
+    child = subprocess.Popen([BIN, "fn", "--instance-id", "startup"], pass_fds=(3,), env=env,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    client = socket.create_connection(listener.getsockname())
+    client.sendall(REQUEST)
+    response = b""
+    while True:
+        chunk = client.recv(65536)
+        if not chunk:
+            break
+        response += chunk
+    elapsed = time.perf_counter() - started
+    if listener.fileno() != 3:
+        os.close(3)
+    client.close()
+    listener.close()
+    child.kill()
+    child.wait()
+    if not response.startswith(b"HTTP/1.1 200"):
+        sys.exit(f"unexpected response: {response[:80]!r}")
+    return elapsed
+
+
+def summary(name, samples, baseline=None):
+    samples = sorted(samples)
+    p50 = statistics.median(samples) * 1e3
+    p99 = samples[min(len(samples) - 1, int(len(samples) * 0.99))] * 1e3
+    ratio = "" if baseline is None else f"| {p50 / baseline[0]:.2f}x | {p99 / baseline[1]:.2f}x"
+    print(f"| {name} | {p50:.2f} | {p99:.2f} {ratio or '| - | -'} |")
+    return p50, p99
+
+
+def main():
+    if not os.access(BIN, os.X_OK):
+        sys.exit(f"missing {BIN}: run `make build` first")
+    # Warm the page cache and the dynamic loader once.
+    timed_run([BIN, "--version"])
+    fn_first_response()
+    runs = {"spawn /bin/true": [], "spawn wavelink --version": [], "wavelink fn: spawn to first response": []}
+    for _ in range(N):  # interleaved, so drift hits all three alike
+        runs["spawn /bin/true"].append(timed_run(["/bin/true"]))
+        runs["spawn wavelink --version"].append(timed_run([BIN, "--version"]))
+        runs["wavelink fn: spawn to first response"].append(fn_first_response())
+    print(f"# {time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())}, {os.cpu_count()} cores, N={N}")
+    print("| run | p50 ms | p99 ms | p50 vs /bin/true | p99 vs /bin/true |")
+    print("|---|---|---|---|---|")
+    baseline = summary("spawn /bin/true", runs["spawn /bin/true"])
+    summary("spawn wavelink --version", runs["spawn wavelink --version"], baseline)
+    summary("wavelink fn: spawn to first response", runs["wavelink fn: spawn to first response"], baseline)
+
+
+if __name__ == "__main__":
+    main()
