@@ -29,7 +29,9 @@ bench-deps:
 
 # Benchmarks measure; they are not tests. Results go to docs/benchmarks.md by hand.
 bench: build bench-deps
+	$(CARGO) build --release --locked -p wavelink-proxy --example bare_pingora
 	bench/proxy.sh
+	bench/fn_startup.py
 
 clean:
 	$(CARGO) clean

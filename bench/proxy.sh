@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Proxy benchmark: wrk against one `wavelink fn`, directly and through wavelink proxy, nginx and
-# haproxy (plain reverse proxies with upstream keep-alive), in one sitting on loopback.
+# Proxy benchmark: wrk against one `wavelink fn`, directly and through wavelink proxy, a bare
+# Pingora proxy (proxy/examples/bare_pingora.rs: what Pingora itself costs), nginx and haproxy
+# (plain reverse proxies with upstream keep-alive), in one sitting on loopback.
 #
 #   bench/proxy.sh                 # ROUNDS=3 DURATION=10s CONNECTIONS=50 THREADS=2
 #
@@ -12,6 +13,7 @@ set -euo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
 ROOT=$(dirname "$HERE")
 BIN=${WAVELINK_BIN:-$ROOT/target/release/wavelink}
+BARE=${BARE_PINGORA_BIN:-$ROOT/target/release/examples/bare_pingora}
 ROUNDS=${ROUNDS:-3}
 DURATION=${DURATION:-10s}
 CONNECTIONS=${CONNECTIONS:-50}
@@ -19,7 +21,7 @@ THREADS=${THREADS:-2}
 HOST=bench.default.example.com
 NGINX=$(command -v nginx || echo /usr/sbin/nginx)
 HAPROXY=$(command -v haproxy || echo /usr/sbin/haproxy)
-for tool in "$BIN" "$NGINX" "$HAPROXY"; do [ -x "$tool" ] || { echo "missing $tool (make bench installs it)" >&2; exit 1; }; done
+for tool in "$BIN" "$BARE" "$NGINX" "$HAPROXY"; do [ -x "$tool" ] || { echo "missing $tool (make bench installs it)" >&2; exit 1; }; done
 command -v wrk >/dev/null || { echo "missing wrk (make bench installs it)" >&2; exit 1; }
 
 DIR=$(mktemp -d "${TMPDIR:-/tmp}/wavelink-bench.XXXXXX")
@@ -47,17 +49,19 @@ UPSTREAM=127.0.0.1:$FN_PORT
 WL_PORT=$(free_port); WL_ADMIN=$(free_port)
 render "$HERE/conf/wavelink.yaml.in" "127.0.0.1:$WL_PORT" "$UPSTREAM" "127.0.0.1:$WL_ADMIN" >"$DIR/wavelink.yaml"
 WAVELINK_LOG=warn start "$BIN" proxy --config "$DIR/wavelink.yaml"; WL_PGID=$STARTED
+BP_PORT=$(free_port)
+start "$BARE" "127.0.0.1:$BP_PORT" "$UPSTREAM"; BP_PGID=$STARTED
 NG_PORT=$(free_port)
 render "$HERE/conf/nginx.conf.in" "127.0.0.1:$NG_PORT" "$UPSTREAM" >"$DIR/nginx.conf"
 start "$NGINX" -c "$DIR/nginx.conf" -e "$DIR/nginx-error.log"; NG_PGID=$STARTED
 HA_PORT=$(free_port)
 render "$HERE/conf/haproxy.cfg.in" "127.0.0.1:$HA_PORT" "$UPSTREAM" >"$DIR/haproxy.cfg"
 start "$HAPROXY" -f "$DIR/haproxy.cfg" -db; HA_PGID=$STARTED
-for p in "$WL_PORT" "$NG_PORT" "$HA_PORT"; do wait_port "$p"; done
+for p in "$WL_PORT" "$BP_PORT" "$NG_PORT" "$HA_PORT"; do wait_port "$p"; done
 
-declare -A PORT=([direct]=$FN_PORT [wavelink]=$WL_PORT [nginx]=$NG_PORT [haproxy]=$HA_PORT)
-declare -A GROUP=([direct]="" [wavelink]=$WL_PGID [nginx]=$NG_PGID [haproxy]=$HA_PGID)
-TARGETS=(direct wavelink nginx haproxy)
+declare -A PORT=([direct]=$FN_PORT [wavelink]=$WL_PORT [pingora-bare]=$BP_PORT [nginx]=$NG_PORT [haproxy]=$HA_PORT)
+declare -A GROUP=([direct]="" [wavelink]=$WL_PGID [pingora-bare]=$BP_PGID [nginx]=$NG_PGID [haproxy]=$HA_PGID)
+TARGETS=(direct wavelink pingora-bare nginx haproxy)
 CLK_TCK=$(getconf CLK_TCK)
 
 # Converts wrk's "812.00us" / "1.23ms" / "1.02s" to microseconds.
@@ -81,7 +85,7 @@ for round in $(seq "$ROUNDS"); do
     cpu_us="-"
     [ -n "$group" ] && cpu_us=$(awk -v t=$((after - before)) -v hz="$CLK_TCK" -v n="$requests" 'BEGIN { printf "%.1f", t * 1e6 / hz / n }')
     echo "$round $target $rps $p50 $p99 $cpu_us" >>"$DIR/rounds"
-    printf 'round %s %-8s %10s req/s  p50 %7.0f us  p99 %7.0f us  cpu/req %6s us %s\n' "$round" "$target" "$rps" "$p50" "$p99" "$cpu_us" "$errors" >&2
+    printf 'round %s %-12s %10s req/s  p50 %7.0f us  p99 %7.0f us  cpu/req %6s us %s\n' "$round" "$target" "$rps" "$p50" "$p99" "$cpu_us" "$errors" >&2
   done
 done
 

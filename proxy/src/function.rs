@@ -303,7 +303,7 @@ mod tests {
         let id = FunctionId::new("default", "f").unwrap();
         let spec = FunctionSpec::from_annotations(annotations.iter().copied()).unwrap();
         let addrs: Vec<SocketAddr> = (0..instances).map(|i| SocketAddr::from(([127, 0, 0, 1], 20_000 + i))).collect();
-        let settings = PeerSettings { connect_timeout: Duration::from_secs(1), idle_timeout: Duration::from_secs(1) };
+        let settings = PeerSettings::default();
         FunctionState::new(id, spec, &addrs, metrics.for_function("default/f"), settings)
     }
 

@@ -18,18 +18,25 @@ pub struct Instance {
 }
 
 /// How the proxy talks to instances.
+///
+/// No idle timeout on pooled connections: Pingora would arm a timer on every release, on the
+/// request path. A pooled connection goes when the instance closes it (Pingora watches for
+/// that) or when the pool's LRU evicts it.
 #[derive(Debug, Clone, Copy)]
 pub struct PeerSettings {
     pub connect_timeout: Duration,
-    /// Pooled idle connections are closed after this.
-    pub idle_timeout: Duration,
+}
+
+impl Default for PeerSettings {
+    fn default() -> Self {
+        PeerSettings { connect_timeout: Duration::from_secs(1) }
+    }
 }
 
 impl Instance {
     pub fn new(addr: SocketAddr, settings: PeerSettings) -> Self {
         let mut peer = HttpPeer::new(addr, false, String::new());
         peer.options.connection_timeout = Some(settings.connect_timeout);
-        peer.options.idle_timeout = Some(settings.idle_timeout);
         Instance { addr, peer, in_flight: AtomicU32::new(0) }
     }
 
@@ -86,7 +93,7 @@ mod tests {
     use std::sync::Arc;
 
     fn instances(n: u16) -> Vec<Arc<Instance>> {
-        let settings = PeerSettings { connect_timeout: Duration::from_secs(1), idle_timeout: Duration::from_secs(1) };
+        let settings = PeerSettings::default();
         (0..n).map(|i| Arc::new(Instance::new(SocketAddr::from(([127, 0, 0, 1], 10_000 + i)), settings))).collect()
     }
 

@@ -120,7 +120,6 @@ impl Router {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::time::Duration;
     use wavelink_core::FunctionSpec;
     use wavelink_core::spec::keys;
 
@@ -134,7 +133,7 @@ mod tests {
     }
 
     fn router() -> Router {
-        let settings = PeerSettings { connect_timeout: Duration::from_secs(1), idle_timeout: Duration::from_secs(1) };
+        let settings = PeerSettings::default();
         Router::new("Example.com.", Arc::new(ProxyMetrics::new().unwrap()), settings)
     }
 

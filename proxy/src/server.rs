@@ -19,7 +19,7 @@ use crate::health::{Health, ListenerProbe};
 use crate::instance::PeerSettings;
 use crate::metrics::ProxyMetrics;
 use crate::router::Router;
-use crate::service::{Ingress, UPSTREAM_IDLE_TIMEOUT};
+use crate::service::Ingress;
 use crate::stats::StatsSampler;
 
 /// How the proxy runs; the config file's `proxy:` section plus command-line overrides.
@@ -63,8 +63,7 @@ pub struct Proxy {
 impl Proxy {
     pub fn new(settings: ProxySettings) -> Result<Self, ProxyError> {
         let metrics = Arc::new(ProxyMetrics::new()?);
-        let peer_settings =
-            PeerSettings { connect_timeout: settings.connect_timeout, idle_timeout: UPSTREAM_IDLE_TIMEOUT };
+        let peer_settings = PeerSettings { connect_timeout: settings.connect_timeout };
         let router = Arc::new(Router::new(&settings.domain, metrics, peer_settings));
         let probe_token = format!("{:016x}{:016x}", fastrand::u64(..), fastrand::u64(..));
         Ok(Proxy { settings, router, health: Arc::new(Health::default()), probe_token })

@@ -11,7 +11,7 @@
 //! drops the request midway.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -81,11 +81,11 @@ impl ProxyHttp for Ingress {
             return Ok(true);
         };
         function.load.arrivals.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        ctx.function = Some(function.clone());
+        let function = ctx.function.insert(function);
 
         let slot = match function.try_acquire() {
             Some(slot) => slot,
-            None => match wait_for_slot(session, &function).await {
+            None => match wait_for_slot(session, function).await {
                 Some(Ok(slot)) => slot,
                 Some(Err(rejection)) => {
                     let spec = function.spec();
@@ -194,6 +194,3 @@ async fn respond(
     }
     Ok(())
 }
-
-/// How long Pingora should keep a pooled idle upstream connection.
-pub const UPSTREAM_IDLE_TIMEOUT: Duration = Duration::from_secs(60);

@@ -111,7 +111,7 @@ mod tests {
     use wavelink_core::{FunctionDef, FunctionId, FunctionSpec};
 
     fn router_with_one_function() -> (Arc<Router>, Arc<FunctionState>) {
-        let settings = PeerSettings { connect_timeout: Duration::from_secs(1), idle_timeout: Duration::from_secs(1) };
+        let settings = PeerSettings::default();
         let router = Arc::new(Router::new("example.com", Arc::new(ProxyMetrics::new().unwrap()), settings));
         let def = FunctionDef {
             id: FunctionId::new("default", "f").unwrap(),
