@@ -18,18 +18,17 @@ use http::{Method, Response, StatusCode};
 use pingora_core::apps::http_app::ServeHttp;
 use pingora_core::protocols::http::ServerSession;
 use serde::Serialize;
-use tracing::{info, warn};
+use tracing::info;
 use wavelink_core::FunctionId;
 use wavelink_core::stats::{FunctionStats, ProxyStats, RejectedStats, TrackCounts};
 
+use wavelink_server::admin::{allow, health, json, metrics, read_body, text};
+use wavelink_server::health::Health;
+
 use crate::function::FunctionState;
-use crate::health::Health;
 use crate::metrics::Track;
 use crate::router::Router;
 use crate::stats::SAMPLE_INTERVAL;
-
-/// Largest accepted request body (an instance list).
-const MAX_BODY: usize = 1 << 20;
 
 pub struct AdminApi {
     pub router: Arc<Router>,
@@ -44,10 +43,7 @@ impl ServeHttp for AdminApi {
         let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
         match (&method, segments.as_slice()) {
             (&Method::GET, ["healthz"]) => text(StatusCode::OK, "ok\n"),
-            (&Method::GET, ["readyz"]) => {
-                let status = if self.health.ready() { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
-                text(status, &format!("{}\n", self.health.reason()))
-            }
+            (&Method::GET, ["readyz"]) => health(self.health.ready(), self.health.reason()),
             (&Method::GET, ["metrics"]) => self.metrics(),
             (&Method::GET, ["stats"]) => json(StatusCode::OK, &self.stats()),
             (&Method::GET, ["v1", "functions"]) => json(StatusCode::OK, &self.function_list()),
@@ -95,13 +91,7 @@ impl AdminApi {
             f.metrics.regular_in_flight.set(i64::from(f.load.regular.now()));
             f.metrics.queued.set(i64::from(f.queued()));
         }
-        match self.router.metrics().encode() {
-            Ok(body) => respond(StatusCode::OK, "text/plain; version=0.0.4", body),
-            Err(e) => {
-                warn!(error = %e, "encoding metrics failed");
-                text(StatusCode::INTERNAL_SERVER_ERROR, &format!("encoding metrics failed: {e}\n"))
-            }
-        }
+        metrics(self.router.metrics().encode())
     }
 
     fn stats(&self) -> ProxyStats {
@@ -184,54 +174,4 @@ fn instance_list(f: &FunctionState) -> Vec<InstanceListing> {
     let draining =
         f.draining().into_iter().map(|i| InstanceListing { address: i.addr, in_flight: i.in_flight(), draining: true });
     live.chain(draining).collect()
-}
-
-async fn read_body(session: &mut ServerSession) -> Result<Vec<u8>, String> {
-    let mut body = Vec::new();
-    loop {
-        match session.read_request_body().await {
-            Ok(Some(chunk)) => {
-                if body.len() + chunk.len() > MAX_BODY {
-                    return Err(format!("request body larger than {MAX_BODY} bytes\n"));
-                }
-                body.extend_from_slice(&chunk);
-            }
-            Ok(None) => return Ok(body),
-            Err(e) => return Err(format!("reading the request body failed: {e}\n")),
-        }
-    }
-}
-
-fn respond(status: StatusCode, content_type: &str, body: Vec<u8>) -> Response<Vec<u8>> {
-    let length = body.len();
-    let mut response = Response::new(body);
-    *response.status_mut() = status;
-    let headers = response.headers_mut();
-    if let Ok(value) = content_type.parse() {
-        headers.insert(http::header::CONTENT_TYPE, value);
-    }
-    headers.insert(http::header::CONTENT_LENGTH, length.into());
-    response
-}
-
-fn text(status: StatusCode, body: &str) -> Response<Vec<u8>> {
-    respond(status, "text/plain; charset=utf-8", body.as_bytes().to_vec())
-}
-
-fn json<T: Serialize>(status: StatusCode, value: &T) -> Response<Vec<u8>> {
-    match serde_json::to_vec(value) {
-        Ok(mut body) => {
-            body.push(b'\n');
-            respond(status, "application/json", body)
-        }
-        Err(e) => text(StatusCode::INTERNAL_SERVER_ERROR, &format!("encoding JSON failed: {e}\n")),
-    }
-}
-
-fn allow(methods: &[&str]) -> Response<Vec<u8>> {
-    let mut response = text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n");
-    if let Ok(value) = methods.join(", ").parse() {
-        response.headers_mut().insert(http::header::ALLOW, value);
-    }
-    response
 }

@@ -13,7 +13,6 @@
 
 pub mod admin;
 pub mod function;
-pub mod health;
 pub mod instance;
 pub mod metrics;
 pub mod router;

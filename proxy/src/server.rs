@@ -3,19 +3,17 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use async_trait::async_trait;
-use pingora_core::server::configuration::ServerConf;
-use pingora_core::server::{RunArgs, Server, ShutdownSignal, ShutdownSignalWatch};
+use pingora_core::server::{RunArgs, Server, ShutdownSignalWatch};
 use pingora_core::services::background::background_service;
 use pingora_core::services::listening::Service;
-use tokio::signal::unix::{SignalKind, signal};
-use tracing::{error, info, warn};
+use tracing::info;
 use wavelink_core::LocalConfig;
+use wavelink_server::health::{Health, ListenerProbe, ProbeToken};
+use wavelink_server::shutdown::{Drain, SignalShutdown};
 
 use crate::admin::AdminApi;
-use crate::health::{Health, ListenerProbe};
 use crate::instance::PeerSettings;
 use crate::metrics::ProxyMetrics;
 use crate::router::Router;
@@ -57,7 +55,7 @@ pub struct Proxy {
     settings: ProxySettings,
     router: Arc<Router>,
     health: Arc<Health>,
-    probe_token: String,
+    probe_token: ProbeToken,
 }
 
 impl Proxy {
@@ -65,8 +63,7 @@ impl Proxy {
         let metrics = Arc::new(ProxyMetrics::new()?);
         let peer_settings = PeerSettings { connect_timeout: settings.connect_timeout };
         let router = Arc::new(Router::new(&settings.domain, metrics, peer_settings));
-        let probe_token = format!("{:016x}{:016x}", fastrand::u64(..), fastrand::u64(..));
-        Ok(Proxy { settings, router, health: Arc::new(Health::default()), probe_token })
+        Ok(Proxy { settings, router, health: Arc::new(Health::default()), probe_token: ProbeToken::random() })
     }
 
     /// A proxy serving the functions of a local config; rejected ones are logged and listed.
@@ -99,26 +96,13 @@ impl Proxy {
         info!("proxy stopped");
     }
 
-    /// The SIGTERM/SIGINT handling of a proxy process: see [`SignalShutdown`].
+    /// The SIGTERM/SIGINT handling of a proxy process: drain, then exit (see [`SignalShutdown`]).
     pub fn signal_shutdown(&self) -> Box<dyn ShutdownSignalWatch> {
-        Box::new(SignalShutdown {
-            router: self.router.clone(),
-            health: self.health.clone(),
-            grace_period: self.settings.grace_period,
-        })
+        Box::new(SignalShutdown::new(self.router.clone(), self.health.clone(), self.settings.grace_period))
     }
 
     fn build_server(&self, exit_if_listener_fails: bool) -> Server {
-        let conf = ServerConf {
-            threads: self.settings.threads,
-            // Per-thread runtimes without work stealing cost less CPU per request (measured).
-            work_stealing: false,
-            // Upper bound only: a draining proxy exits as soon as its requests are done.
-            grace_period_seconds: Some(self.settings.grace_period.as_secs_f64().ceil() as u64),
-            graceful_shutdown_timeout_seconds: Some(1),
-            upstream_keepalive_pool_size: 1024,
-            ..ServerConf::default()
-        };
+        let conf = wavelink_server::server_conf(self.settings.threads, self.settings.grace_period);
         let mut server = Server::new_with_opt_and_conf(None, conf);
         server.bootstrap();
 
@@ -156,58 +140,8 @@ impl Proxy {
     }
 }
 
-/// SIGTERM (or SIGQUIT): stop accepting, let in-flight and queued requests finish within the
-/// grace period, then exit 0 as soon as none is left. SIGINT: stop at once.
-///
-/// Pingora's own graceful stop sleeps for the whole grace period even when idle; this watcher
-/// ends the process when the proxy is drained, with the grace period as the upper bound.
-pub struct SignalShutdown {
-    router: Arc<Router>,
-    health: Arc<Health>,
-    grace_period: Duration,
-}
-
-/// No request may appear for this long before the proxy counts as drained, so a request that was
-/// accepted just before the listener closed is not cut off while its headers are being read.
-const QUIET_PERIOD: Duration = Duration::from_millis(100);
-
-#[async_trait]
-impl ShutdownSignalWatch for SignalShutdown {
-    async fn recv(&self) -> ShutdownSignal {
-        let signals = (signal(SignalKind::terminate()), signal(SignalKind::quit()), signal(SignalKind::interrupt()));
-        let (Ok(mut term), Ok(mut quit), Ok(mut interrupt)) = signals else {
-            error!("cannot install signal handlers; the proxy will only stop when killed");
-            return std::future::pending().await;
-        };
-        tokio::select! {
-            _ = term.recv() => {}
-            _ = quit.recv() => {}
-            _ = interrupt.recv() => {
-                info!("SIGINT: stopping now");
-                return ShutdownSignal::FastShutdown;
-            }
-        }
-        let in_progress = self.router.requests_in_progress();
-        info!(in_progress, grace_period = ?self.grace_period, "SIGTERM: draining");
-        self.health.begin_draining();
-        let router = self.router.clone();
-        let grace_period = self.grace_period;
-        std::thread::spawn(move || exit_when_drained(&router, grace_period));
-        ShutdownSignal::GracefulTerminate
+impl Drain for Router {
+    fn in_progress(&self) -> u64 {
+        self.requests_in_progress()
     }
-}
-
-fn exit_when_drained(router: &Router, grace_period: Duration) {
-    let deadline = Instant::now() + grace_period;
-    let mut quiet_since = Instant::now();
-    while Instant::now() < deadline {
-        if router.requests_in_progress() > 0 {
-            quiet_since = Instant::now();
-        } else if quiet_since.elapsed() >= QUIET_PERIOD {
-            info!("drained; exiting");
-            std::process::exit(0);
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    warn!(cut_off = router.requests_in_progress(), "grace period over; stopping with requests in progress");
 }

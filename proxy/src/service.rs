@@ -20,22 +20,19 @@ use pingora_core::{Error, ErrorType, Result};
 use pingora_http::ResponseHeader;
 use pingora_proxy::{ProxyHttp, Session};
 use wavelink_core::function::host_without_port;
+use wavelink_server::health::{PROBE_HEADER, ProbeToken};
 
 use crate::function::{FunctionState, SlotGuard};
 use crate::metrics::{Rejection, Track};
 use crate::router::Router;
 
-/// Host of the readiness self-probe; `.invalid` can never be a real function's domain.
-pub const PROBE_HOST: &str = "readiness.wavelink.invalid";
-/// Header carrying the process's probe token, so the probe knows it reached this very process.
-pub const PROBE_HEADER: &str = "x-wavelink-probe";
 /// How many other instances a refused connection is retried on.
 const CONNECT_RETRIES: u8 = 2;
 
 pub struct Ingress {
     pub router: Arc<Router>,
-    /// A random token per process for the readiness self-probe.
-    pub probe_token: String,
+    /// Recognises this process's own readiness probe.
+    pub probe_token: ProbeToken,
 }
 
 /// Per-request state.
@@ -71,7 +68,8 @@ impl ProxyHttp for Ingress {
             return Ok(true);
         };
         let Some(function) = self.router.lookup(host) else {
-            if host == PROBE_HOST && self.is_own_probe(session) {
+            let probe = session.req_header().headers.get(PROBE_HEADER).map(|v| v.as_bytes());
+            if self.probe_token.is_probe(host, probe) {
                 respond(session, 204, &[], Bytes::new()).await?;
                 return Ok(true);
             }
@@ -153,12 +151,6 @@ impl ProxyHttp for Ingress {
             let status = session.response_written().map(|r| r.status.as_u16());
             function.metrics.record(ctx.track, status, ctx.arrived.elapsed().as_secs_f64());
         }
-    }
-}
-
-impl Ingress {
-    fn is_own_probe(&self, session: &Session) -> bool {
-        session.req_header().headers.get(PROBE_HEADER).is_some_and(|v| v.as_bytes() == self.probe_token.as_bytes())
     }
 }
 

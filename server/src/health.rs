@@ -14,7 +14,29 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tracing::{error, info};
 
-use crate::service::{PROBE_HEADER, PROBE_HOST};
+/// Host of the readiness self-probe; `.invalid` can never be a real function's domain.
+pub const PROBE_HOST: &str = "readiness.wavelink.invalid";
+/// Header carrying the process's probe token, so the probe knows it reached this very process.
+pub const PROBE_HEADER: &str = "x-wavelink-probe";
+
+/// A random token per process; a request carrying it is this process's own readiness probe.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProbeToken(String);
+
+impl ProbeToken {
+    pub fn random() -> Self {
+        ProbeToken(format!("{:016x}{:016x}", fastrand::u64(..), fastrand::u64(..)))
+    }
+
+    /// Whether a request (its host without port, and its probe header) is our own probe.
+    pub fn is_probe(&self, host: &str, header: Option<&[u8]>) -> bool {
+        host == PROBE_HOST && header == Some(self.0.as_bytes())
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
 
 #[derive(Default)]
 pub struct Health {
@@ -32,7 +54,7 @@ impl Health {
         if self.draining.load(SeqCst) {
             "draining: shutting down"
         } else if !self.listener_ready.load(SeqCst) {
-            "the client listener is not accepting yet"
+            "the listener is not accepting yet"
         } else {
             "ready"
         }
@@ -41,13 +63,17 @@ impl Health {
     pub fn begin_draining(&self) {
         self.draining.store(true, SeqCst);
     }
+
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(SeqCst)
+    }
 }
 
 /// Probes the client listener until it answers with this process's token.
 pub struct ListenerProbe {
     pub health: Arc<Health>,
     pub listen: SocketAddr,
-    pub token: String,
+    pub token: ProbeToken,
     /// Give up (and exit the process with an error) after this long; `None` to keep trying.
     pub give_up_after: Option<Duration>,
 }
@@ -69,7 +95,7 @@ impl ListenerProbe {
             let mut stream = TcpStream::connect(self.target()).await?;
             let request = format!(
                 "GET / HTTP/1.1\r\nHost: {PROBE_HOST}\r\n{PROBE_HEADER}: {}\r\nConnection: close\r\n\r\n",
-                self.token
+                self.token.as_str()
             );
             stream.write_all(request.as_bytes()).await?;
             let mut head = [0u8; 12];
@@ -88,13 +114,13 @@ impl BackgroundService for ListenerProbe {
             let ok = self.probe_once().await;
             if ok {
                 self.health.listener_ready.store(true, SeqCst);
-                info!(listen = %self.listen, "proxy listener ready");
+                info!(listen = %self.listen, "listener ready");
                 return;
             }
             if let Some(limit) = self.give_up_after
                 && started.elapsed() > limit
             {
-                error!(listen = %self.listen, "proxy listener did not come up (address in use?); exiting");
+                error!(listen = %self.listen, "listener did not come up (address in use?); exiting");
                 std::process::exit(1);
             }
             tokio::select! {
