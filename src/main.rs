@@ -45,6 +45,13 @@ enum Command {
     /// /healthz, /readyz, /metrics, /stats and PUT /v1/functions/{ns}/{name}/instances.
     /// SIGTERM drains in-flight requests (up to the grace period) and exits 0.
     Proxy(ProxyArgs),
+    /// Run a Wavelet: the node agent that starts Emergency Instances for spilled requests.
+    ///
+    /// Takes requests from the proxy (marked x-wavelink-function: <ns>/<name>) and serves each on
+    /// an instance of that function, reusing an idle one within wavelink.dev/emergency-keepalive
+    /// or starting one in milliseconds. Instances are process groups of the function's command,
+    /// handed a listening socket as fd 3. SIGTERM drains, then destroys every instance.
+    Wavelet(WaveletArgs),
     /// Run the function workload: ?ms=N burns CPU, ?sleep=N sleeps, ?mb=M touches memory.
     ///
     /// Listens on --listen, on a socket inherited as fd 3 (LISTEN_FDS=1), or on $HOST:$PORT.
@@ -76,6 +83,48 @@ struct ProxyArgs {
     check: bool,
 }
 
+#[derive(Debug, clap::Args)]
+struct WaveletArgs {
+    /// The local config file: functions (command, annotations) and the wavelets: list.
+    #[arg(long, short = 'c', env = "WAVELINK_CONFIG", value_name = "FILE")]
+    config: PathBuf,
+    /// Which entry of wavelets: this is (its address, admin and max-instances are the defaults).
+    #[arg(long, default_value_t = 0, value_name = "N")]
+    index: usize,
+    /// Listener for the proxy's requests [default: the entry's address, else 127.0.0.1:8091].
+    #[arg(long, value_name = "ADDR")]
+    listen: Option<SocketAddr>,
+    /// Admin listener [default: the entry's admin, else 127.0.0.1:9091].
+    #[arg(long, value_name = "ADDR")]
+    admin: Option<SocketAddr>,
+    /// Most Emergency Instances alive at once on this node [default: the entry's, else 256].
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    max_instances: Option<u32>,
+    /// Where live instances are recorded, so a restart can kill what a crash left behind
+    /// [default: $XDG_RUNTIME_DIR/wavelink/wavelet-<port>, else /tmp/wavelink-<uid>/wavelet-<port>].
+    #[arg(long, value_name = "DIR")]
+    state_dir: Option<PathBuf>,
+    /// Run instances as this user; only when the Wavelet runs as root [default as root: nobody].
+    #[arg(long, value_name = "USER")]
+    run_as: Option<String>,
+    /// Memory limit per instance, enforced with a cgroup where the kernel allows; 0 for none.
+    #[arg(long, default_value = "1Gi", value_name = "SIZE", value_parser = parse_size)]
+    memory_max: u64,
+    /// How long an instance started without socket activation may take to listen on $PORT.
+    #[arg(long, default_value = "10s", value_name = "DURATION", value_parser = parse_duration)]
+    spawn_timeout: Duration,
+    /// Worker threads.
+    #[arg(long, default_value_t = 1, value_name = "N", value_parser = clap::value_parser!(u16).range(1..))]
+    threads: u16,
+    /// Longest drain on SIGTERM before instances are destroyed anyway.
+    #[arg(long, default_value = "30s", value_name = "DURATION", value_parser = parse_duration)]
+    grace_period: Duration,
+}
+
+fn parse_size(text: &str) -> Result<u64, String> {
+    wavelink_core::size::parse_size(text)
+}
+
 fn parse_duration(text: &str) -> Result<Duration, String> {
     wavelink_core::duration::parse_duration(text)
 }
@@ -88,6 +137,7 @@ fn main() -> std::process::ExitCode {
     }
     let result = match cli.command {
         Command::Proxy(args) => run_proxy(args),
+        Command::Wavelet(args) => run_wavelet(args),
         Command::Fn(args) => wavelink_loadtest::workload::run(args),
         Command::Annotations => {
             print!("{}", wavelink_core::spec::markdown_table());
@@ -140,6 +190,49 @@ fn run_proxy(args: ProxyArgs) -> anyhow::Result<()> {
     let proxy = Proxy::from_config(&config).context("setting up the proxy")?;
     let shutdown = proxy.signal_shutdown();
     proxy.run(shutdown, true);
+    Ok(())
+}
+
+fn load_config(path: &std::path::Path) -> anyhow::Result<LocalConfig> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("reading config {}", path.display()))?;
+    LocalConfig::from_yaml(&text).with_context(|| format!("config {}", path.display()))
+}
+
+fn run_wavelet(args: WaveletArgs) -> anyhow::Result<()> {
+    let config = load_config(&args.config)?;
+    let entry = config.wavelets.get(args.index);
+    if entry.is_none() && args.index > 0 {
+        bail!("--index {}: the config lists {} wavelets", args.index, config.wavelets.len());
+    }
+    let listen = args.listen.or(entry.map(|w| w.address)).unwrap_or_else(|| "127.0.0.1:8091".parse().expect("literal"));
+    let admin =
+        args.admin.or(entry.and_then(|w| w.admin)).unwrap_or_else(|| "127.0.0.1:9091".parse().expect("literal"));
+    let state_dir = args.state_dir.unwrap_or_else(|| {
+        let base = std::env::var_os("XDG_RUNTIME_DIR")
+            .map(|d| PathBuf::from(d).join("wavelink"))
+            .unwrap_or_else(|| std::env::temp_dir().join(format!("wavelink-{}", nix::unistd::geteuid())));
+        base.join(format!("wavelet-{}", listen.port()))
+    });
+    let run_as = args.run_as.or_else(|| nix::unistd::geteuid().is_root().then(|| "nobody".to_owned()));
+    let settings = wavelink_wavelet::WaveletSettings {
+        listen,
+        admin,
+        threads: usize::from(args.threads),
+        grace_period: args.grace_period,
+        max_instances: args.max_instances.or(entry.map(|w| w.max_instances)).unwrap_or(256),
+        state_dir,
+        run_as,
+        memory_max: (args.memory_max > 0).then_some(args.memory_max),
+        spawn_timeout: args.spawn_timeout,
+    };
+    let wavelet = wavelink_wavelet::Wavelet::new(settings).context("setting up the wavelet")?;
+    let (functions, rejected) = config.functions();
+    for r in &rejected {
+        tracing::error!(function = %r.function, error = %r.error, "function rejected");
+    }
+    wavelet.pools().apply(functions);
+    let shutdown = wavelet.signal_shutdown();
+    wavelet.run(shutdown, true);
     Ok(())
 }
 

@@ -5,7 +5,6 @@ mod support;
 use std::collections::HashSet;
 use std::io::Write;
 use std::net::TcpStream;
-use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
@@ -18,22 +17,9 @@ fn function_yaml(annotations: &str, instances: &[&FnInstance]) -> String {
     format!("  - name: hello\n    annotations: {{ {annotations} }}\n    instances: [{}]\n", list.join(", "))
 }
 
-/// Sends `n` requests at once, each on its own connection; returns (response, latency) in order.
+/// Sends `n` requests at once, each on its own connection.
 fn burst(addr: std::net::SocketAddr, n: usize, path: &str) -> Vec<(HttpResponse, Duration)> {
-    let barrier = Arc::new(Barrier::new(n));
-    let threads: Vec<_> = (0..n)
-        .map(|_| {
-            let barrier = barrier.clone();
-            let path = path.to_owned();
-            std::thread::spawn(move || {
-                barrier.wait();
-                let started = Instant::now();
-                let response = get(addr, HOST, &path).expect("request through the proxy");
-                (response, started.elapsed())
-            })
-        })
-        .collect();
-    threads.into_iter().map(|t| t.join().expect("client thread")).collect()
+    burst_with(addr, HOST, path, n, "")
 }
 
 fn assert_no_slot_leaked(proxy: &ProxyUnderTest) {

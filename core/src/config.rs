@@ -24,8 +24,29 @@ pub struct LocalConfig {
     pub domain: String,
     #[serde(default)]
     pub proxy: ProxyConfig,
+    /// Node agents the proxy spills to; `wavelink up` runs the first.
+    #[serde(default)]
+    pub wavelets: Vec<WaveletConfig>,
     #[serde(default)]
     pub functions: Vec<FunctionConfig>,
+}
+
+/// One entry of `wavelets:`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct WaveletConfig {
+    /// Where the Wavelet takes requests from the proxy.
+    pub address: SocketAddr,
+    /// Its admin listener (health, metrics, instance list).
+    #[serde(default)]
+    pub admin: Option<SocketAddr>,
+    /// Most Emergency Instances alive on that node at once.
+    #[serde(default = "default_max_instances")]
+    pub max_instances: u32,
+}
+
+fn default_max_instances() -> u32 {
+    256
 }
 
 fn default_domain() -> String {
@@ -97,6 +118,14 @@ pub struct FunctionConfig {
     /// Static Regular Instances (`ip:port`), for a proxy run without a controller.
     #[serde(default)]
     pub instances: Vec<SocketAddr>,
+    /// Hand instances a listening socket as fd 3 (`LISTEN_FDS=1`), so a request can wait in the
+    /// kernel backlog while they start; `false` for commands that only read `PORT`.
+    #[serde(default = "default_true")]
+    pub socket_activation: bool,
+}
+
+fn default_true() -> bool {
+    true
 }
 
 fn default_namespace() -> String {
@@ -139,6 +168,7 @@ pub struct FunctionDef {
     pub spec: FunctionSpec,
     pub command: Vec<String>,
     pub instances: Vec<SocketAddr>,
+    pub socket_activation: bool,
 }
 
 /// A function that did not, with why.
@@ -164,6 +194,8 @@ pub enum ConfigError {
     Domain(String),
     #[error("proxy.threads must be at least 1")]
     Threads,
+    #[error("wavelets[{0}].max-instances must be at least 1")]
+    MaxInstances(usize),
 }
 
 impl LocalConfig {
@@ -180,6 +212,9 @@ impl LocalConfig {
         }
         if config.proxy.threads == 0 {
             return Err(ConfigError::Threads);
+        }
+        if let Some(i) = config.wavelets.iter().position(|w| w.max_instances == 0) {
+            return Err(ConfigError::MaxInstances(i));
         }
         Ok(config)
     }
@@ -211,6 +246,7 @@ impl LocalConfig {
                     spec,
                     command: entry.command.clone(),
                     instances: entry.instances.clone(),
+                    socket_activation: entry.socket_activation,
                 }),
                 Err(e) => rejected.push(reject(e.to_string())),
             }
@@ -227,6 +263,9 @@ mod tests {
     const EXAMPLE: &str = r#"
 domain: example.com
 proxy: { listen: 127.0.0.1:8080, admin: 127.0.0.1:9090, grace-period: 5s }
+wavelets:
+  - { address: 127.0.0.1:8091, admin: 127.0.0.1:9091, max-instances: 64 }
+  - { address: 127.0.0.1:8092 }
 functions:
   - name: hello
     namespace: default
@@ -235,6 +274,7 @@ functions:
     instances: ["127.0.0.1:9001", "127.0.0.1:9002"]
   - name: typed
     annotations: { wavelink.dev/container-concurrency: 4 }
+    socket-activation: false
 "#;
 
     #[test]
@@ -251,6 +291,13 @@ functions:
         assert_eq!(accepted[0].instances.len(), 2);
         assert_eq!(accepted[1].id.namespace, "default");
         assert_eq!(accepted[1].spec.container_concurrency, 4);
+        assert!(accepted[0].socket_activation);
+        assert!(!accepted[1].socket_activation);
+        assert_eq!(config.wavelets[0].max_instances, 64);
+        assert_eq!(
+            config.wavelets[1],
+            WaveletConfig { address: "127.0.0.1:8092".parse().unwrap(), admin: None, max_instances: 256 }
+        );
     }
 
     #[test]
@@ -291,6 +338,7 @@ functions:
         assert!(e.contains("soon"), "{e}");
         assert!(LocalConfig::from_yaml("domain: 'bad domain'").is_err());
         assert!(LocalConfig::from_yaml("proxy: { threads: 0 }").is_err());
+        assert!(LocalConfig::from_yaml("wavelets: [{ address: 127.0.0.1:1, max-instances: 0 }]").is_err());
         assert!(LocalConfig::from_yaml("functions: [{ name: x, instances: [localhost] }]").is_err());
     }
 }

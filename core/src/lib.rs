@@ -8,8 +8,11 @@
 pub mod config;
 pub mod duration;
 pub mod function;
+pub mod size;
+pub mod slots;
 pub mod spec;
 pub mod stats;
+pub mod wire;
 
 pub use config::{FunctionDef, LocalConfig, RejectedFunction};
 pub use function::FunctionId;

@@ -216,7 +216,27 @@ pub enum ScalingMode {
     FastOnly,
 }
 
+/// The two ways a request can be served.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Track {
+    /// A Regular Instance: long-lived, scaled by the autoscaler.
+    Regular,
+    /// An Emergency Instance on a Wavelet: started on demand in milliseconds.
+    Emergency,
+}
+
 impl ScalingMode {
+    /// The tracks a request may take, in the order they are tried. A request none of them can
+    /// take right now waits in the function's queue for whichever frees first.
+    pub fn tracks(self) -> &'static [Track] {
+        match self {
+            ScalingMode::Dual => &[Track::Regular, Track::Emergency],
+            ScalingMode::FastOnly => &[Track::Emergency],
+            // `sync` differs from `async` in asking the autoscaler for an RI at once.
+            ScalingMode::Async | ScalingMode::Sync => &[Track::Regular],
+        }
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             ScalingMode::Dual => "dual",
@@ -615,6 +635,14 @@ mod tests {
         assert!(error.to_string().contains("did you mean wavelink.dev/container-concurrency?"));
         let error = single_error(&[("wavelink.dev/frobnicate", "1")]);
         assert_eq!(error.to_string(), "wavelink.dev/frobnicate: unknown annotation");
+    }
+
+    #[test]
+    fn modes_try_their_tracks_in_order() {
+        assert_eq!(ScalingMode::Dual.tracks(), [Track::Regular, Track::Emergency]);
+        assert_eq!(ScalingMode::FastOnly.tracks(), [Track::Emergency]);
+        assert_eq!(ScalingMode::Async.tracks(), [Track::Regular]);
+        assert_eq!(ScalingMode::Sync.tracks(), [Track::Regular]);
     }
 
     #[test]

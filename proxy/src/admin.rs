@@ -7,6 +7,7 @@
 //! | GET | `/metrics` | Prometheus text |
 //! | GET | `/stats` | JSON [`ProxyStats`]: a minute of one-second concurrency samples per function |
 //! | GET | `/v1/functions` | functions with their hosts, specs and instances |
+//! | GET | `/v1/wavelets` | the Wavelets overflow spills to, with requests in flight on each |
 //! | GET | `/v1/functions/{ns}/{name}/instances` | a function's Regular Instances, draining ones too |
 //! | PUT | `/v1/functions/{ns}/{name}/instances` | replace them with a JSON list of `ip:port` |
 
@@ -47,6 +48,7 @@ impl ServeHttp for AdminApi {
             (&Method::GET, ["metrics"]) => self.metrics(),
             (&Method::GET, ["stats"]) => json(StatusCode::OK, &self.stats()),
             (&Method::GET, ["v1", "functions"]) => json(StatusCode::OK, &self.function_list()),
+            (&Method::GET, ["v1", "wavelets"]) => json(StatusCode::OK, &self.wavelet_list()),
             (&Method::GET, ["v1", "functions", namespace, name, "instances"]) => match self.find(namespace, name) {
                 Ok(f) => json(StatusCode::OK, &instance_list(&f)),
                 Err((status, message)) => text(status, &message),
@@ -72,7 +74,7 @@ impl ServeHttp for AdminApi {
                       kept = change.kept, "instances replaced");
                 json(StatusCode::OK, &change)
             }
-            (_, ["healthz" | "readyz" | "metrics" | "stats"] | ["v1", "functions"]) => allow(&["GET"]),
+            (_, ["healthz" | "readyz" | "metrics" | "stats"] | ["v1", "functions" | "wavelets"]) => allow(&["GET"]),
             (_, ["v1", "functions", _, _, "instances"]) => allow(&["GET", "PUT"]),
             _ => text(StatusCode::NOT_FOUND, &format!("no admin endpoint at {path}\n")),
         }
@@ -89,6 +91,7 @@ impl AdminApi {
     fn metrics(&self) -> Response<Vec<u8>> {
         for f in self.router.functions() {
             f.metrics.regular_in_flight.set(i64::from(f.load.regular.now()));
+            f.metrics.emergency_in_flight.set(i64::from(f.load.emergency.now()));
             f.metrics.queued.set(i64::from(f.queued()));
         }
         metrics(self.router.metrics().encode())
@@ -108,7 +111,7 @@ impl AdminApi {
                     regular_instances: routing.regular.len() as u32,
                     in_flight: TrackCounts {
                         regular: u64::from(f.load.regular.now()),
-                        emergency: 0,
+                        emergency: u64::from(f.load.emergency.now()),
                         queued: u64::from(f.queued()),
                     },
                     completed: TrackCounts {
@@ -130,6 +133,11 @@ impl AdminApi {
         ProxyStats { sample_interval_ms: SAMPLE_INTERVAL.as_millis() as u64, functions, rejected }
     }
 
+    fn wavelet_list(&self) -> Vec<WaveletListing> {
+        let wavelets = self.router.wavelets();
+        wavelets.targets().iter().map(|t| WaveletListing { address: t.addr, in_flight: t.in_flight() }).collect()
+    }
+
     fn function_list(&self) -> Vec<FunctionListing> {
         let domain = self.router.domain();
         self.router
@@ -142,6 +150,8 @@ impl AdminApi {
                     host: f.id.host(domain),
                     scaling_mode: spec.scaling_mode.as_str(),
                     container_concurrency: spec.container_concurrency,
+                    emergency_max: spec.emergency_max,
+                    emergency_in_flight: f.load.emergency.now(),
                     queue_timeout_ms: spec.queue_timeout.as_millis() as u64,
                     instances: instance_list(f),
                 }
@@ -156,8 +166,16 @@ struct FunctionListing {
     host: String,
     scaling_mode: &'static str,
     container_concurrency: u32,
+    emergency_max: u32,
+    emergency_in_flight: u32,
     queue_timeout_ms: u64,
     instances: Vec<InstanceListing>,
+}
+
+#[derive(Serialize)]
+struct WaveletListing {
+    address: SocketAddr,
+    in_flight: u32,
 }
 
 #[derive(Serialize)]

@@ -4,6 +4,10 @@
 //! and an RAII [`SlotGuard`] that gives the slot back on every exit path. Only a request that
 //! finds no free slot takes the queue's lock.
 //!
+//! A slot is on one of two tracks: a Regular Instance, or — in `dual` and `fast-only` mode — a
+//! Wavelet, which serves the request on an Emergency Instance (bounded by `emergency-max` per
+//! function). The mode says which tracks a request tries, in order; one that finds none waits.
+//!
 //! Hand-off, not wake-up: a freed slot goes straight to the oldest waiter (the guard is sent to
 //! it), so waiters are served in order and new arrivals never overtake them.
 
@@ -18,9 +22,13 @@ use parking_lot::Mutex;
 use tokio::sync::oneshot;
 use wavelink_core::{FunctionId, FunctionSpec};
 
+use pingora_core::upstreams::peer::HttpPeer;
+use wavelink_core::spec::Track;
+
 use crate::instance::{Instance, PeerSettings, reserve_any};
 use crate::metrics::{FunctionMetrics, Rejection};
 use crate::stats::StatsWindow;
+use crate::wavelets::{WaveletTarget, Wavelets};
 
 /// What the request path reads, swapped as a whole.
 pub struct Routing {
@@ -41,6 +49,21 @@ impl LoadGauge {
         self.peak.fetch_max(now, Relaxed);
     }
 
+    /// Increments unless the level is already `max`.
+    fn try_inc(&self, max: u32) -> bool {
+        let mut current = self.now.load(SeqCst);
+        while current < max {
+            match self.now.compare_exchange_weak(current, current + 1, SeqCst, SeqCst) {
+                Ok(_) => {
+                    self.peak.fetch_max(current + 1, Relaxed);
+                    return true;
+                }
+                Err(actual) => current = actual,
+            }
+        }
+        false
+    }
+
     fn dec(&self) {
         self.now.fetch_sub(1, SeqCst);
     }
@@ -59,6 +82,8 @@ impl LoadGauge {
 #[derive(Default)]
 pub struct FunctionLoad {
     pub regular: LoadGauge,
+    /// Requests on Emergency Instances (forwarded to a Wavelet and not finished).
+    pub emergency: LoadGauge,
     pub queued: LoadGauge,
     pub arrivals: AtomicU64,
 }
@@ -91,6 +116,8 @@ pub struct FunctionState {
     peer_settings: PeerSettings,
     /// Recent one-second samples; written by the sampler, read by `/stats`.
     pub stats: Mutex<StatsWindow>,
+    /// The proxy's Wavelets, shared with the router.
+    wavelets: Arc<ArcSwap<Wavelets>>,
 }
 
 impl FunctionState {
@@ -100,6 +127,7 @@ impl FunctionState {
         instances: &[SocketAddr],
         metrics: FunctionMetrics,
         peer_settings: PeerSettings,
+        wavelets: Arc<ArcSwap<Wavelets>>,
     ) -> Arc<Self> {
         let regular = dedup(instances).map(|addr| Arc::new(Instance::new(addr, peer_settings))).collect();
         let state = Arc::new(FunctionState {
@@ -113,6 +141,7 @@ impl FunctionState {
             draining: Mutex::new(Vec::new()),
             peer_settings,
             stats: Mutex::new(StatsWindow::default()),
+            wavelets,
         });
         state.metrics.regular_instances.set(state.routing.load().regular.len() as i64);
         state
@@ -173,10 +202,35 @@ impl FunctionState {
         }
     }
 
+    /// A slot on the first of the mode's tracks that has one free.
     fn reserve(self: &Arc<Self>, routing: &Routing) -> Option<SlotGuard> {
+        routing.spec.scaling_mode.tracks().iter().find_map(|track| {
+            let slot = match track {
+                Track::Regular => self.reserve_regular(routing)?,
+                Track::Emergency => self.reserve_emergency(routing.spec.emergency_max, &[])?,
+            };
+            Some(SlotGuard { function: self.clone(), slot })
+        })
+    }
+
+    fn reserve_regular(&self, routing: &Routing) -> Option<Slot> {
         let instance = reserve_any(&routing.regular, routing.spec.container_concurrency)?;
         self.load.regular.inc();
-        Some(SlotGuard { function: self.clone(), instance: instance.clone() })
+        Some(Slot::Regular(instance.clone()))
+    }
+
+    /// An Emergency Instance slot: under `emergency-max`, on a Wavelet not in `exclude`.
+    fn reserve_emergency(&self, emergency_max: u32, exclude: &[SocketAddr]) -> Option<Slot> {
+        if !self.load.emergency.try_inc(emergency_max) {
+            return None;
+        }
+        match self.wavelets.load().take(exclude) {
+            Some(wavelet) => Some(Slot::Emergency(wavelet)),
+            None => {
+                self.load.emergency.dec();
+                None
+            }
+        }
     }
 
     /// Hands free slots to waiters, oldest first.
@@ -240,6 +294,11 @@ impl FunctionState {
         self.dispatch();
     }
 
+    /// Gives waiters any capacity that appeared outside this function (new Wavelets).
+    pub fn wake_waiters(self: &Arc<Self>) {
+        self.dispatch();
+    }
+
     /// Removed instances that still have requests in flight.
     pub fn draining(&self) -> Vec<Arc<Instance>> {
         let mut draining = self.draining.lock();
@@ -269,22 +328,75 @@ impl Drop for QueueTicket<'_> {
     }
 }
 
-/// A reserved slot on one instance. Dropping it frees the slot (or hands it to a waiter).
+/// Where a reserved slot is.
+pub enum Slot {
+    Regular(Arc<Instance>),
+    Emergency(Arc<WaveletTarget>),
+}
+
+/// A reserved slot. Dropping it frees the slot (or hands it to a waiter).
 pub struct SlotGuard {
     function: Arc<FunctionState>,
-    instance: Arc<Instance>,
+    slot: Slot,
 }
 
 impl SlotGuard {
-    pub fn instance(&self) -> &Arc<Instance> {
-        &self.instance
+    pub fn track(&self) -> Track {
+        match self.slot {
+            Slot::Regular(_) => Track::Regular,
+            Slot::Emergency(_) => Track::Emergency,
+        }
+    }
+
+    pub fn slot(&self) -> &Slot {
+        &self.slot
+    }
+
+    /// The Regular Instance, for a regular slot.
+    pub fn instance(&self) -> Option<&Arc<Instance>> {
+        match &self.slot {
+            Slot::Regular(instance) => Some(instance),
+            Slot::Emergency(_) => None,
+        }
+    }
+
+    /// Where to send the request.
+    pub fn peer(&self) -> &HttpPeer {
+        match &self.slot {
+            Slot::Regular(instance) => &instance.peer,
+            Slot::Emergency(wavelet) => &wavelet.peer,
+        }
+    }
+
+    /// The Wavelet of an emergency slot said it is full: keep the emergency slot but move it to
+    /// another Wavelet, not one of `tried`. False when none is left.
+    pub fn move_to_another_wavelet(&mut self, tried: &[SocketAddr]) -> bool {
+        let Slot::Emergency(current) = &self.slot else { return false };
+        let wavelets = self.function.wavelets.load();
+        wavelets.mark_full(current);
+        match wavelets.take(tried) {
+            Some(next) => {
+                current.release();
+                self.slot = Slot::Emergency(next);
+                true
+            }
+            None => false,
+        }
     }
 }
 
 impl Drop for SlotGuard {
     fn drop(&mut self) {
-        self.instance.release();
-        self.function.load.regular.dec();
+        match &self.slot {
+            Slot::Regular(instance) => {
+                instance.release();
+                self.function.load.regular.dec();
+            }
+            Slot::Emergency(wavelet) => {
+                wavelet.release();
+                self.function.load.emergency.dec();
+            }
+        }
         if self.function.queued() > 0 {
             self.function.dispatch();
         }
@@ -299,12 +411,79 @@ mod tests {
     use wavelink_core::spec::keys;
 
     fn function(instances: u16, annotations: &[(&str, &str)]) -> Arc<FunctionState> {
+        with_wavelets(instances, 0, annotations)
+    }
+
+    fn with_wavelets(instances: u16, wavelets: u16, annotations: &[(&str, &str)]) -> Arc<FunctionState> {
         let metrics = ProxyMetrics::new().unwrap();
         let id = FunctionId::new("default", "f").unwrap();
         let spec = FunctionSpec::from_annotations(annotations.iter().copied()).unwrap();
         let addrs: Vec<SocketAddr> = (0..instances).map(|i| SocketAddr::from(([127, 0, 0, 1], 20_000 + i))).collect();
         let settings = PeerSettings::default();
-        FunctionState::new(id, spec, &addrs, metrics.for_function("default/f"), settings)
+        let wavelet_addrs: Vec<SocketAddr> =
+            (0..wavelets).map(|i| SocketAddr::from(([127, 0, 0, 2], 21_000 + i))).collect();
+        let wavelets = Arc::new(ArcSwap::from_pointee(Wavelets::new(&wavelet_addrs, settings)));
+        FunctionState::new(id, spec, &addrs, metrics.for_function("default/f"), settings, wavelets)
+    }
+
+    #[test]
+    fn dual_mode_spills_to_wavelets_only_when_regular_slots_are_taken() {
+        let f = with_wavelets(1, 2, &[(keys::EMERGENCY_MAX, "2")]);
+        let regular = f.try_acquire().unwrap();
+        assert_eq!(regular.track(), Track::Regular);
+        let spilled: Vec<_> = (0..2).map(|_| f.try_acquire().expect("emergency slot")).collect();
+        assert!(spilled.iter().all(|s| s.track() == Track::Emergency));
+        assert_eq!(f.load.emergency.now(), 2);
+        assert!(f.try_acquire().is_none(), "emergency-max reached");
+        drop(spilled);
+        assert_eq!(f.load.emergency.now(), 0);
+        assert!(f.wavelets.load().targets().iter().all(|w| w.in_flight() == 0));
+        drop(regular);
+        assert_eq!(f.try_acquire().unwrap().track(), Track::Regular, "a free RI is preferred again");
+    }
+
+    #[test]
+    fn each_mode_uses_only_its_tracks() {
+        let fast = with_wavelets(1, 1, &[(keys::SCALING_MODE, "fast-only")]);
+        assert_eq!(fast.try_acquire().unwrap().track(), Track::Emergency, "fast-only skips free RIs");
+        let queueing = with_wavelets(1, 1, &[(keys::SCALING_MODE, "async")]);
+        let _taken = queueing.try_acquire().unwrap();
+        assert!(queueing.try_acquire().is_none(), "async never spills");
+        let no_wavelets = with_wavelets(1, 0, &[]);
+        let _taken = no_wavelets.try_acquire().unwrap();
+        assert!(no_wavelets.try_acquire().is_none(), "dual without Wavelets queues");
+        assert_eq!(no_wavelets.load.emergency.now(), 0, "a failed spill gives its reservation back");
+    }
+
+    #[test]
+    fn a_waiter_gets_a_freed_emergency_slot() {
+        runtime().block_on(async {
+            let f = with_wavelets(0, 1, &[(keys::EMERGENCY_MAX, "1")]);
+            let busy = f.try_acquire().unwrap();
+            let f1 = f.clone();
+            let waiting = tokio::spawn(async move { f1.acquire().await.map(|slot| slot.track()) });
+            tokio::task::yield_now().await;
+            assert_eq!(f.queued(), 1);
+            drop(busy);
+            assert_eq!(waiting.await.unwrap(), Ok(Track::Emergency));
+        });
+    }
+
+    #[test]
+    fn a_full_wavelet_is_traded_for_another_keeping_the_emergency_slot() {
+        let f = with_wavelets(0, 2, &[]);
+        let mut slot = f.try_acquire().unwrap();
+        let Slot::Emergency(first) = slot.slot() else { panic!("emergency slot expected") };
+        let first = first.addr;
+        assert!(slot.move_to_another_wavelet(&[first]));
+        let Slot::Emergency(second) = slot.slot() else { panic!("emergency slot expected") };
+        assert_ne!(second.addr, first);
+        assert_eq!(f.load.emergency.now(), 1);
+        let second = second.addr;
+        assert!(!slot.move_to_another_wavelet(&[first, second]), "no third Wavelet");
+        drop(slot);
+        assert!(f.wavelets.load().targets().iter().all(|w| w.in_flight() == 0));
+        assert_eq!(f.load.emergency.now(), 0);
     }
 
     fn runtime() -> tokio::runtime::Runtime {
@@ -394,7 +573,7 @@ mod tests {
         runtime().block_on(async {
             let f = function(0, &[]);
             let f1 = f.clone();
-            let waiting = tokio::spawn(async move { f1.acquire().await.map(|slot| slot.instance().addr) });
+            let waiting = tokio::spawn(async move { f1.acquire().await.map(|slot| slot.instance().unwrap().addr) });
             tokio::task::yield_now().await;
             assert_eq!(f.queued(), 1);
             let addr = SocketAddr::from(([127, 0, 0, 1], 30_000));
@@ -410,7 +589,7 @@ mod tests {
         let b = f.routing().regular[1].addr;
         let on_a = loop {
             let slot = f.try_acquire().unwrap();
-            if slot.instance().addr == a {
+            if slot.instance().unwrap().addr == a {
                 break slot;
             }
         };
@@ -420,7 +599,7 @@ mod tests {
         assert_eq!(f.draining().len(), 1, "a keeps its in-flight request");
         for _ in 0..2 {
             let slot = f.try_acquire().expect("b and c are free");
-            assert_ne!(slot.instance().addr, a, "no new request on a removed instance");
+            assert_ne!(slot.instance().unwrap().addr, a, "no new request on a removed instance");
             std::mem::forget(slot);
         }
         drop(on_a);
@@ -440,7 +619,7 @@ mod tests {
                     tokio::spawn(async move {
                         let work = async {
                             if let Ok(slot) = f.acquire().await {
-                                peak.fetch_max(slot.instance().in_flight(), SeqCst);
+                                peak.fetch_max(slot.instance().unwrap().in_flight(), SeqCst);
                                 tokio::time::sleep(Duration::from_millis(i % 5)).await;
                             }
                         };

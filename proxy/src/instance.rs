@@ -1,10 +1,10 @@
 //! One upstream instance and its slot counter.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU32, Ordering::SeqCst};
 use std::time::Duration;
 
 use pingora_core::upstreams::peer::HttpPeer;
+use wavelink_core::slots::SlotCounter;
 
 /// An instance the proxy can send requests to. Shared (`Arc`) between the routing snapshot and the
 /// slot guards of requests on it, so a removed instance lives until its last request finishes.
@@ -12,9 +12,8 @@ pub struct Instance {
     pub addr: SocketAddr,
     /// Built once: the request path clones it instead of building a peer per request.
     pub peer: HttpPeer,
-    /// Requests holding a slot on this instance. SeqCst because release (decrement, then check
-    /// for waiters) and enqueue (add waiter, then re-check slots) must not miss each other.
-    in_flight: AtomicU32,
+    /// Requests holding a slot on this instance.
+    slots: SlotCounter,
 }
 
 /// How the proxy talks to instances.
@@ -37,28 +36,19 @@ impl Instance {
     pub fn new(addr: SocketAddr, settings: PeerSettings) -> Self {
         let mut peer = HttpPeer::new(addr, false, String::new());
         peer.options.connection_timeout = Some(settings.connect_timeout);
-        Instance { addr, peer, in_flight: AtomicU32::new(0) }
+        Instance { addr, peer, slots: SlotCounter::default() }
     }
 
     pub fn in_flight(&self) -> u32 {
-        self.in_flight.load(SeqCst)
+        self.slots.get()
     }
 
-    /// Takes a slot if fewer than `capacity` are taken.
     pub(crate) fn try_reserve(&self, capacity: u32) -> bool {
-        let mut current = self.in_flight.load(SeqCst);
-        while current < capacity {
-            match self.in_flight.compare_exchange_weak(current, current + 1, SeqCst, SeqCst) {
-                Ok(_) => return true,
-                Err(actual) => current = actual,
-            }
-        }
-        false
+        self.slots.try_reserve(capacity)
     }
 
     pub(crate) fn release(&self) {
-        let previous = self.in_flight.fetch_sub(1, SeqCst);
-        debug_assert!(previous > 0, "slot released twice on {}", self.addr);
+        self.slots.release()
     }
 }
 
@@ -91,20 +81,11 @@ pub(crate) fn reserve_any(instances: &[std::sync::Arc<Instance>], capacity: u32)
 mod tests {
     use super::*;
     use std::sync::Arc;
+    use std::sync::atomic::{AtomicU32, Ordering::SeqCst};
 
     fn instances(n: u16) -> Vec<Arc<Instance>> {
         let settings = PeerSettings::default();
         (0..n).map(|i| Arc::new(Instance::new(SocketAddr::from(([127, 0, 0, 1], 10_000 + i)), settings))).collect()
-    }
-
-    #[test]
-    fn reserve_never_exceeds_capacity() {
-        let set = instances(1);
-        assert!(set[0].try_reserve(2));
-        assert!(set[0].try_reserve(2));
-        assert!(!set[0].try_reserve(2));
-        set[0].release();
-        assert!(set[0].try_reserve(2));
     }
 
     #[test]

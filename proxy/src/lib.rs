@@ -19,5 +19,6 @@ pub mod router;
 pub mod server;
 pub mod service;
 pub mod stats;
+pub mod wavelets;
 
 pub use server::{Proxy, ProxyError, ProxySettings};

@@ -31,6 +31,23 @@ impl Track {
     fn index(self) -> usize {
         self as usize
     }
+
+    /// The `x-wavelink-track` value, for requests an instance served.
+    pub fn header_value(self) -> Option<&'static str> {
+        match self {
+            Track::None => None,
+            track => Some(track.as_str()),
+        }
+    }
+}
+
+impl From<wavelink_core::spec::Track> for Track {
+    fn from(track: wavelink_core::spec::Track) -> Self {
+        match track {
+            wavelink_core::spec::Track::Regular => Track::Regular,
+            wavelink_core::spec::Track::Emergency => Track::Emergency,
+        }
+    }
 }
 
 /// Response status classes; `client_closed` is the client hanging up before an answer (nginx's 499).
@@ -147,6 +164,7 @@ impl ProxyMetrics {
             queue_timeout: self.rejections.with_label_values(&[label, "queue_timeout"]),
             queue_full: self.rejections.with_label_values(&[label, "queue_full"]),
             regular_in_flight: self.in_flight.with_label_values(&[label, Track::Regular.as_str()]),
+            emergency_in_flight: self.in_flight.with_label_values(&[label, Track::Emergency.as_str()]),
             queued: self.queued.with_label_values(&[label]),
             regular_instances: self.instances.with_label_values(&[label, Track::Regular.as_str()]),
         }
@@ -186,6 +204,7 @@ pub struct FunctionMetrics {
     queue_timeout: IntCounter,
     queue_full: IntCounter,
     pub regular_in_flight: IntGauge,
+    pub emergency_in_flight: IntGauge,
     pub queued: IntGauge,
     pub regular_instances: IntGauge,
 }

@@ -1,6 +1,7 @@
 //! Host → function routing table, swapped atomically when the set of functions changes.
 
 use std::collections::HashMap;
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 use ahash::RandomState;
@@ -11,6 +12,7 @@ use wavelink_core::{FunctionDef, FunctionId, RejectedFunction};
 use crate::function::FunctionState;
 use crate::instance::PeerSettings;
 use crate::metrics::ProxyMetrics;
+use crate::wavelets::Wavelets;
 
 /// One immutable snapshot of all routes.
 #[derive(Default)]
@@ -27,6 +29,7 @@ pub struct Router {
     table: ArcSwap<RouteTable>,
     metrics: Arc<ProxyMetrics>,
     peer_settings: PeerSettings,
+    wavelets: Arc<ArcSwap<Wavelets>>,
 }
 
 impl Router {
@@ -36,7 +39,21 @@ impl Router {
             table: ArcSwap::from_pointee(RouteTable::default()),
             metrics,
             peer_settings,
+            wavelets: Arc::new(ArcSwap::from_pointee(Wavelets::new(&[], peer_settings))),
         }
+    }
+
+    /// Replaces the Wavelets the proxy spills to; requests in flight on removed ones finish.
+    pub fn set_wavelets(&self, addrs: &[SocketAddr]) {
+        self.wavelets.store(Arc::new(Wavelets::new(addrs, self.peer_settings)));
+        // Waiters may be able to spill now.
+        for f in self.functions() {
+            f.wake_waiters();
+        }
+    }
+
+    pub fn wavelets(&self) -> Arc<Wavelets> {
+        self.wavelets.load_full()
     }
 
     pub fn domain(&self) -> &str {
@@ -75,7 +92,8 @@ impl Router {
 
     /// Requests holding a slot or waiting for one, over all functions.
     pub fn requests_in_progress(&self) -> u64 {
-        self.table.load().functions.iter().map(|f| u64::from(f.load.regular.now() + f.queued())).sum()
+        let functions = &self.table.load().functions;
+        functions.iter().map(|f| u64::from(f.load.regular.now() + f.load.emergency.now() + f.queued())).sum()
     }
 
     /// Makes `defs` the served functions. A function that stays keeps its state (slots, queue,
@@ -98,7 +116,14 @@ impl Router {
                 None => {
                     info!(function = %def.id, instances = def.instances.len(), "serving function");
                     let metrics = self.metrics.for_function(&def.id.to_string());
-                    FunctionState::new(def.id, def.spec, &def.instances, metrics, self.peer_settings)
+                    FunctionState::new(
+                        def.id,
+                        def.spec,
+                        &def.instances,
+                        metrics,
+                        self.peer_settings,
+                        self.wavelets.clone(),
+                    )
                 }
             };
             functions.push(state);
@@ -129,6 +154,7 @@ mod tests {
             spec: FunctionSpec::from_annotations([(keys::CONTAINER_CONCURRENCY, cc)]).unwrap(),
             command: vec![],
             instances: vec!["127.0.0.1:1".parse().unwrap()],
+            socket_activation: true,
         }
     }
 

@@ -69,6 +69,8 @@ impl Proxy {
     /// A proxy serving the functions of a local config; rejected ones are logged and listed.
     pub fn from_config(config: &LocalConfig) -> Result<Self, ProxyError> {
         let proxy = Proxy::new(ProxySettings::from_config(config))?;
+        let wavelets: Vec<SocketAddr> = config.wavelets.iter().map(|w| w.address).collect();
+        proxy.router.set_wavelets(&wavelets);
         let (functions, rejected) = config.functions();
         proxy.router.apply(functions, rejected);
         Ok(proxy)

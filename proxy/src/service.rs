@@ -3,13 +3,17 @@
 //! Phases, each doing one thing:
 //! - `request_filter`: resolve the function (404 if none), take or wait for a slot (503 with
 //!   `Retry-After` if none comes), watching for the client hanging up while it waits;
-//! - `upstream_peer`: the slot's instance;
-//! - `fail_to_connect`: retry a refused connection on another free instance;
+//! - `upstream_peer`: the slot's instance, or its Wavelet for an emergency slot;
+//! - `upstream_request_filter`: tell the Wavelet which function (`x-wavelink-function`);
+//! - `upstream_response_filter`: a Wavelet that says "full" → retry on another Wavelet;
+//! - `response_filter`: tell the client which track served it (`x-wavelink-track`);
+//! - `fail_to_connect`: retry a refused connection on another instance or Wavelet;
 //! - `logging`: metrics once, and the slot back as soon as the exchange is over.
 //!
 //! The slot lives in the request context, so it is released on every exit path even if Pingora
 //! drops the request midway.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -17,12 +21,14 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use pingora_core::upstreams::peer::HttpPeer;
 use pingora_core::{Error, ErrorType, Result};
-use pingora_http::ResponseHeader;
-use pingora_proxy::{ProxyHttp, Session};
+use pingora_http::{RequestHeader, ResponseHeader};
+use pingora_proxy::{FailToProxy, ProxyHttp, Session};
 use wavelink_core::function::host_without_port;
+use wavelink_core::wire::{FUNCTION_HEADER, TRACK_HEADER, WAVELET_FULL, WAVELET_HEADER};
 use wavelink_server::health::{PROBE_HEADER, ProbeToken};
+use wavelink_server::respond::respond;
 
-use crate::function::{FunctionState, SlotGuard};
+use crate::function::{FunctionState, Slot, SlotGuard};
 use crate::metrics::{Rejection, Track};
 use crate::router::Router;
 
@@ -40,8 +46,13 @@ pub struct RequestCtx {
     arrived: Instant,
     function: Option<Arc<FunctionState>>,
     slot: Option<SlotGuard>,
+    /// The track of the slot the request was last sent on.
     track: Track,
     connect_failures: u8,
+    /// The Wavelet answered "full": move the emergency slot to another one.
+    wavelet_full: bool,
+    /// Wavelets already tried for this request (empty, and not allocated, unless one failed).
+    tried_wavelets: Vec<SocketAddr>,
 }
 
 #[async_trait]
@@ -49,7 +60,15 @@ impl ProxyHttp for Ingress {
     type CTX = RequestCtx;
 
     fn new_ctx(&self) -> RequestCtx {
-        RequestCtx { arrived: Instant::now(), function: None, slot: None, track: Track::None, connect_failures: 0 }
+        RequestCtx {
+            arrived: Instant::now(),
+            function: None,
+            slot: None,
+            track: Track::None,
+            connect_failures: 0,
+            wavelet_full: false,
+            tried_wavelets: Vec::new(),
+        }
     }
 
     /// No response compression module: the ingress passes bodies through untouched.
@@ -108,19 +127,73 @@ impl ProxyHttp for Ingress {
             },
         };
         ctx.slot = Some(slot);
-        ctx.track = Track::Regular;
         Ok(false)
     }
 
     async fn upstream_peer(&self, _session: &mut Session, ctx: &mut RequestCtx) -> Result<Box<HttpPeer>> {
+        if std::mem::take(&mut ctx.wavelet_full)
+            && let Some(slot) = &mut ctx.slot
+            && !move_to_another_wavelet(slot, &mut ctx.tried_wavelets)
+        {
+            ctx.slot = None;
+            return Error::e_explain(ErrorType::HTTPStatus(503), "every Wavelet is at its instance cap");
+        }
         if ctx.slot.is_none() {
-            // A retry after a refused connection: only an instance free right now will do.
+            // A retry after a refused connection: only a slot free right now will do.
             ctx.slot = ctx.function.as_ref().and_then(|f| f.try_acquire());
         }
         match &ctx.slot {
-            Some(slot) => Ok(Box::new(slot.instance().peer.clone())),
+            Some(slot) => {
+                ctx.track = slot.track().into();
+                Ok(Box::new(slot.peer().clone()))
+            }
             None => Error::e_explain(ErrorType::HTTPStatus(502), "no other instance free to retry on"),
         }
+    }
+
+    async fn upstream_request_filter(
+        &self,
+        _session: &mut Session,
+        upstream_request: &mut RequestHeader,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        if ctx.track == Track::Emergency
+            && let Some(function) = &ctx.function
+        {
+            upstream_request.insert_header(FUNCTION_HEADER, function.label.as_str())?;
+        }
+        Ok(())
+    }
+
+    async fn upstream_response_filter(
+        &self,
+        _session: &mut Session,
+        response: &mut ResponseHeader,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        let full = ctx.track == Track::Emergency
+            && response.status == http::StatusCode::SERVICE_UNAVAILABLE
+            && response.headers.get(WAVELET_HEADER).is_some_and(|v| v.as_bytes() == WAVELET_FULL.as_bytes());
+        if full {
+            // Nothing has gone to the client yet: try the request on another Wavelet.
+            ctx.wavelet_full = true;
+            let mut e = Error::explain(ErrorType::Custom("wavelet full"), "the Wavelet is at its instance cap");
+            e.set_retry(true);
+            return Err(e);
+        }
+        Ok(())
+    }
+
+    async fn response_filter(
+        &self,
+        _session: &mut Session,
+        response: &mut ResponseHeader,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        if let Some(track) = ctx.track.header_value() {
+            response.insert_header(TRACK_HEADER, track)?;
+        }
+        Ok(())
     }
 
     fn fail_to_connect(
@@ -130,13 +203,59 @@ impl ProxyHttp for Ingress {
         ctx: &mut RequestCtx,
         mut e: Box<Error>,
     ) -> Box<Error> {
-        // Nothing reached the instance, so another one may take the request.
+        // Nothing reached the instance or Wavelet, so another one may take the request.
         ctx.connect_failures += 1;
         if ctx.connect_failures <= CONNECT_RETRIES {
-            ctx.slot = None;
+            let keep = ctx.slot.as_mut().is_some_and(|slot| move_to_another_wavelet(slot, &mut ctx.tried_wavelets));
+            if !keep {
+                ctx.slot = None;
+            }
             e.set_retry(true);
         }
         e
+    }
+
+    fn error_while_proxy(
+        &self,
+        peer: &HttpPeer,
+        session: &mut Session,
+        e: Box<Error>,
+        ctx: &mut RequestCtx,
+        client_reused: bool,
+    ) -> Box<Error> {
+        let mut e = e.more_context(format!("Peer: {peer}"));
+        if ctx.wavelet_full {
+            // The Wavelet refused the request without running it: safe to send again if the
+            // body can be replayed, whatever the method.
+            e.set_retry(!session.as_ref().retry_buffer_truncated());
+        } else if !session.req_header().method.is_idempotent() || session.as_ref().retry_buffer_truncated() {
+            e.set_retry(false);
+        } else {
+            e.retry.decide_reuse(client_reused);
+        }
+        e
+    }
+
+    async fn fail_to_proxy(&self, session: &mut Session, e: &Error, _ctx: &mut RequestCtx) -> FailToProxy {
+        let code = match e.etype() {
+            ErrorType::HTTPStatus(code) => *code,
+            _ => match e.esource() {
+                pingora_core::ErrorSource::Upstream => 502,
+                pingora_core::ErrorSource::Downstream => match e.etype() {
+                    ErrorType::WriteError | ErrorType::ReadError | ErrorType::ConnectionClosed => 0,
+                    _ => 400,
+                },
+                _ => 500,
+            },
+        };
+        if code == 503 {
+            // Overload: tell the client when to come back, like the queue's 503.
+            let body = Bytes::from(format!("{}\n", e.context.as_ref().map_or("overloaded", |c| c.as_str())));
+            let _ = respond(session, 503, &[("retry-after", "1")], body).await;
+        } else if code > 0 {
+            let _ = session.respond_error(code).await;
+        }
+        FailToProxy { error_code: code, can_reuse_downstream: false }
     }
 
     fn suppress_error_log(&self, session: &Session, _ctx: &RequestCtx, error: &Error) -> bool {
@@ -154,6 +273,14 @@ impl ProxyHttp for Ingress {
     }
 }
 
+/// Moves an emergency slot off a Wavelet that failed it; false for a regular slot or when no
+/// other Wavelet is left.
+fn move_to_another_wavelet(slot: &mut SlotGuard, tried: &mut Vec<SocketAddr>) -> bool {
+    let Slot::Emergency(current) = slot.slot() else { return false };
+    tried.push(current.addr);
+    slot.move_to_another_wavelet(tried)
+}
+
 /// Waits for a slot; `None` if the client hung up meanwhile. The hang-up can only be watched
 /// when the request has no body left to read (reading it here would lose it).
 async fn wait_for_slot(session: &mut Session, function: &Arc<FunctionState>) -> Option<Result<SlotGuard, Rejection>> {
@@ -165,24 +292,4 @@ async fn wait_for_slot(session: &mut Session, function: &Arc<FunctionState>) -> 
         result = function.acquire() => Some(result),
         _ = downstream.read_body_or_idle(true) => None,
     }
-}
-
-/// Writes a complete small response.
-async fn respond(
-    session: &mut Session,
-    status: u16,
-    headers: &[(&'static str, &'static str)],
-    body: Bytes,
-) -> Result<()> {
-    let mut header = ResponseHeader::build(status, Some(headers.len() + 2))?;
-    header.insert_header(http::header::CONTENT_TYPE, "text/plain; charset=utf-8")?;
-    header.insert_header(http::header::CONTENT_LENGTH, body.len())?;
-    for (name, value) in headers {
-        header.insert_header(*name, *value)?;
-    }
-    session.write_response_header(Box::new(header), body.is_empty()).await?;
-    if !body.is_empty() {
-        session.write_response_body(Some(body), true).await?;
-    }
-    Ok(())
 }

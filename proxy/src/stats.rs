@@ -30,6 +30,7 @@ pub const KEEP_SAMPLES: usize = 60;
 pub struct StatsWindow {
     samples: VecDeque<Sample>,
     regular_sum: u64,
+    emergency_sum: u64,
     queued_sum: u64,
     ticks: u64,
 }
@@ -37,6 +38,7 @@ pub struct StatsWindow {
 impl StatsWindow {
     fn tick(&mut self, f: &FunctionState) {
         self.regular_sum += u64::from(f.load.regular.now());
+        self.emergency_sum += u64::from(f.load.emergency.now());
         self.queued_sum += u64::from(f.load.queued.now());
         self.ticks += 1;
     }
@@ -47,7 +49,7 @@ impl StatsWindow {
         let sample = Sample {
             end_unix_ms,
             regular: level(self.regular_sum, &f.load.regular),
-            emergency: Concurrency::default(),
+            emergency: level(self.emergency_sum, &f.load.emergency),
             queued: level(self.queued_sum, &f.load.queued),
             arrivals: f.load.arrivals.swap(0, Relaxed),
         };
@@ -55,7 +57,7 @@ impl StatsWindow {
             self.samples.pop_front();
         }
         self.samples.push_back(sample);
-        (self.regular_sum, self.queued_sum, self.ticks) = (0, 0, 0);
+        (self.regular_sum, self.emergency_sum, self.queued_sum, self.ticks) = (0, 0, 0, 0);
     }
 
     /// Closed samples, oldest first.
@@ -118,6 +120,7 @@ mod tests {
             spec: FunctionSpec::default(),
             command: vec![],
             instances: vec!["127.0.0.1:1".parse().unwrap(), "127.0.0.1:2".parse().unwrap()],
+            socket_activation: true,
         };
         router.apply(vec![def], vec![]);
         let f = router.functions().pop().unwrap();

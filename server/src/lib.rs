@@ -4,6 +4,7 @@
 
 pub mod admin;
 pub mod health;
+pub mod respond;
 pub mod shutdown;
 
 use std::time::Duration;

@@ -252,3 +252,149 @@ fn dechunk(mut rest: &[u8]) -> Option<Vec<u8>> {
         rest = rest.get(size + 2..)?;
     }
 }
+
+/// A local config shared by a proxy and its Wavelets, written to a temporary directory.
+pub struct Stack {
+    pub dir: TempDir,
+    pub config: PathBuf,
+    pub proxy_listen: SocketAddr,
+    pub proxy_admin: SocketAddr,
+    pub wavelets: Vec<(SocketAddr, SocketAddr)>,
+}
+
+impl Stack {
+    /// `functions_yaml` is the `functions:` list; `wavelet_caps` gives each Wavelet's
+    /// max-instances.
+    pub fn new(functions_yaml: &str, wavelet_caps: &[u32]) -> Stack {
+        let dir = TempDir::new("stack");
+        let proxy_listen: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let proxy_admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let wavelets: Vec<(SocketAddr, SocketAddr)> = wavelet_caps
+            .iter()
+            .map(|_| {
+                let listen = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+                let admin = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+                (listen, admin)
+            })
+            .collect();
+        let wavelet_yaml: String = wavelets
+            .iter()
+            .zip(wavelet_caps)
+            .map(|((listen, admin), cap)| {
+                format!("  - {{ address: \"{listen}\", admin: \"{admin}\", max-instances: {cap} }}\n")
+            })
+            .collect();
+        let config = dir.0.join("wavelink.yaml");
+        let text = format!(
+            "domain: example.com\nproxy: {{ listen: \"{proxy_listen}\", admin: \"{proxy_admin}\", grace-period: 20s }}\nwavelets:\n{wavelet_yaml}functions:\n{functions_yaml}\n"
+        );
+        std::fs::write(&config, text).expect("write config");
+        Stack { dir, config, proxy_listen, proxy_admin, wavelets }
+    }
+
+    pub fn start_proxy(&self) -> Proc {
+        let log = std::fs::File::create(self.dir.0.join("proxy.log")).expect("log file");
+        let mut command = wavelink();
+        command.args(["proxy", "--config"]).arg(&self.config).stdout(Stdio::null()).stderr(log);
+        let proc = Proc::spawn("proxy", &mut command);
+        wait_until("proxy ready", || ready(self.proxy_admin));
+        proc
+    }
+
+    /// Starts Wavelet `index` with its own state directory (kept across restarts).
+    pub fn start_wavelet(&self, index: usize) -> Proc {
+        let log =
+            std::fs::OpenOptions::new().create(true).append(true).open(self.wavelet_log_path(index)).expect("log file");
+        let mut command = wavelink();
+        command
+            .args(["wavelet", "--config"])
+            .arg(&self.config)
+            .args(["--index", &index.to_string(), "--state-dir"])
+            .arg(self.dir.0.join(format!("wavelet-{index}-state")))
+            .args(run_as_args())
+            .stdout(Stdio::null())
+            .stderr(log);
+        let proc = Proc::spawn("wavelet", &mut command);
+        wait_until("wavelet ready", || ready(self.wavelets[index].1));
+        proc
+    }
+
+    pub fn wavelet_log_path(&self, index: usize) -> PathBuf {
+        self.dir.0.join(format!("wavelet-{index}.log"))
+    }
+
+    pub fn wavelet_log(&self, index: usize) -> String {
+        std::fs::read_to_string(self.wavelet_log_path(index)).unwrap_or_default()
+    }
+
+    /// A Prometheus sample of Wavelet `index`, e.g. `wavelink_wavelet_full_total`.
+    pub fn wavelet_metric(&self, index: usize, series: &str) -> f64 {
+        metric(self.wavelets[index].1, series)
+    }
+}
+
+/// The value of one series in a Prometheus exposition at `admin`/metrics (0 when absent).
+pub fn metric(admin: SocketAddr, series: &str) -> f64 {
+    let text = get(admin, "admin", "/metrics").map(|r| r.text()).unwrap_or_default();
+    text.lines().find_map(|l| l.strip_prefix(series).and_then(|rest| rest.trim().parse().ok())).unwrap_or(0.0)
+}
+
+fn ready(admin: SocketAddr) -> bool {
+    get(admin, "admin", "/readyz").map(|r| r.status == 200).unwrap_or(false)
+}
+
+/// Instances run unprivileged when the tests run as root, if `nobody` can execute the binary
+/// where it was built; otherwise they keep the test's user.
+pub fn run_as_args() -> Vec<&'static str> {
+    if !nix::unistd::geteuid().is_root() {
+        return vec![];
+    }
+    if others_can_execute(std::path::Path::new(env!("CARGO_BIN_EXE_wavelink"))) {
+        vec!["--run-as", "nobody"]
+    } else {
+        eprintln!("note: `nobody` cannot reach the test binary; instances run as root in these tests");
+        vec!["--run-as", "root"]
+    }
+}
+
+pub fn others_can_execute(path: &std::path::Path) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    path.ancestors().all(|p| std::fs::metadata(p).map(|m| m.permissions().mode() & 0o001 != 0).unwrap_or(false))
+}
+
+/// Processes whose environment holds `marker` (like `WAVELINK_FUNCTION=ns/name`): found in
+/// `/proc`, whatever any agent reports. Zombies are not counted.
+pub fn processes_with_env(marker: &str) -> Vec<u32> {
+    let Ok(entries) = std::fs::read_dir("/proc") else { return vec![] };
+    entries
+        .flatten()
+        .filter_map(|e| e.file_name().to_str().and_then(|n| n.parse::<u32>().ok()))
+        .filter(|pid| {
+            let zombie = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                .map(|s| s.rfind(')').is_some_and(|i| s[i + 2..].starts_with('Z')))
+                .unwrap_or(true);
+            !zombie
+                && std::fs::read(format!("/proc/{pid}/environ"))
+                    .map(|env| env.split(|b| *b == 0).any(|var| var == marker.as_bytes()))
+                    .unwrap_or(false)
+        })
+        .collect()
+}
+
+/// Sends `n` requests at once, each on its own connection, with extra header lines.
+pub fn burst_with(addr: SocketAddr, host: &str, path: &str, n: usize, extra: &str) -> Vec<(HttpResponse, Duration)> {
+    let barrier = std::sync::Arc::new(std::sync::Barrier::new(n));
+    let threads: Vec<_> = (0..n)
+        .map(|_| {
+            let barrier = barrier.clone();
+            let request = format!("GET {path} HTTP/1.1\r\nHost: {host}\r\n{extra}Connection: close\r\n\r\n");
+            std::thread::spawn(move || {
+                barrier.wait();
+                let started = Instant::now();
+                let response = send(addr, &request).expect("request");
+                (response, started.elapsed())
+            })
+        })
+        .collect();
+    threads.into_iter().map(|t| t.join().expect("client thread")).collect()
+}

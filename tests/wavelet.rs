@@ -1,0 +1,319 @@
+//! End-to-end: the expedited track. Real Wavelets starting real `wavelink fn` processes, the
+//! proxy spilling to them; every claim about processes is checked in /proc, not taken from the
+//! agent.
+
+mod support;
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use nix::sys::signal::Signal;
+use support::*;
+
+/// A function in a namespace of its own: `<prefix>-<random>`, so its instances are told apart
+/// in /proc by their `WAVELINK_FUNCTION` environment variable, from other tests and other runs.
+struct TestFunction {
+    namespace: String,
+    yaml: String,
+    host: String,
+    marker: String,
+    _reaper: KillOnDrop,
+}
+
+fn function(prefix: &str, annotations: &str, extra: &str) -> TestFunction {
+    function_with_command(prefix, "[\"wavelink\", \"fn\"]", annotations, extra)
+}
+
+fn function_with_command(prefix: &str, command: &str, annotations: &str, extra: &str) -> TestFunction {
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.subsec_nanos());
+    let namespace = format!("{prefix}-{:06x}", (std::process::id() ^ nanos) & 0xff_ffff);
+    let yaml = format!(
+        "  - name: burst\n    namespace: {namespace}\n    command: {command}\n    annotations: {{ {annotations} }}\n{}",
+        extra.replace("NAMESPACE", &namespace)
+    );
+    let marker = format!("WAVELINK_FUNCTION={namespace}/burst");
+    TestFunction {
+        host: format!("burst.{namespace}.example.com"),
+        _reaper: KillOnDrop(marker.clone()),
+        namespace,
+        yaml,
+        marker,
+    }
+}
+
+impl TestFunction {
+    /// The header that routes a request sent straight to a Wavelet.
+    fn header(&self) -> String {
+        format!("x-wavelink-function: {}/burst\r\n", self.namespace)
+    }
+
+    /// A complete request for a Wavelet, asking for `path`.
+    fn direct(&self, path: &str) -> String {
+        format!("GET {path} HTTP/1.1\r\nHost: {}\r\n{}Connection: close\r\n\r\n", self.host, self.header())
+    }
+}
+
+/// Whatever happens in a test, no instance process of its function outlives it.
+struct KillOnDrop(String);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        for pid in processes_with_env(&self.0) {
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), Signal::SIGKILL);
+        }
+    }
+}
+
+fn wait_for_no_instances(marker: &str, limit: Duration) {
+    wait_within("no instance process left (checked in /proc)", limit, || processes_with_env(marker).is_empty());
+}
+
+#[test]
+fn a_burst_with_no_regular_instances_is_served_by_emergency_instances_that_go_away_after_the_keepalive() {
+    let f = function(
+        "burst",
+        "wavelink.dev/container-concurrency: \"1\", wavelink.dev/emergency-keepalive: 1s, wavelink.dev/queue-timeout: 60s",
+        "",
+    );
+    let stack = Stack::new(&f.yaml, &[150]);
+    let _wavelet = stack.start_wavelet(0);
+    let _proxy = stack.start_proxy();
+
+    let results = burst_with(stack.proxy_listen, &f.host, "/?sleep=100", 100, "");
+    let mut instances = HashSet::new();
+    for (response, _) in &results {
+        assert_eq!(response.status, 200, "{}", response.text());
+        assert_eq!(response.header("x-wavelink-track"), Some("emergency"));
+        assert_eq!(response.header("x-wavelink-in-flight"), Some("1"), "an instance served two at once");
+        instances.insert(response.header("x-wavelink-instance").expect("instance id").to_owned());
+    }
+    assert!(instances.len() <= 100, "more instances than emergency-max: {}", instances.len());
+    assert!(instances.len() > 1, "a burst of 100 at concurrency 1 needs many instances");
+
+    // The proxy never had more than emergency-max (100) requests on the emergency track.
+    let stats = get(stack.proxy_admin, "admin", "/stats").unwrap();
+    let stats: serde_json::Value = serde_json::from_slice(&stats.body).unwrap();
+    let function = &stats["functions"][0];
+    assert_eq!(function["completed"]["emergency"], 100);
+    assert!(function["samples"].as_array().unwrap().iter().all(|s| s["emergency"]["peak"].as_u64() <= Some(100)));
+
+    assert!(!processes_with_env(&f.marker).is_empty(), "instances live on within their keepalive");
+    wait_for_no_instances(&f.marker, Duration::from_secs(15));
+    assert_eq!(stack.wavelet_metric(0, "wavelink_wavelet_instances"), 0.0);
+}
+
+#[test]
+fn with_regular_instances_only_the_overflow_goes_to_emergency_instances() {
+    let ri = start_fn("regular-1");
+    let f = function(
+        "overflow",
+        "wavelink.dev/container-concurrency: \"1\", wavelink.dev/emergency-keepalive: 1s",
+        &format!("    instances: [\"{}\"]\n", ri.addr),
+    );
+    let stack = Stack::new(&f.yaml, &[20]);
+    let _wavelet = stack.start_wavelet(0);
+    let _proxy = stack.start_proxy();
+
+    let results = burst_with(stack.proxy_listen, &f.host, "/?sleep=300", 6, "");
+    let mut regular = 0;
+    for (response, _) in &results {
+        assert_eq!(response.status, 200);
+        match response.header("x-wavelink-track") {
+            Some("regular") => {
+                regular += 1;
+                assert_eq!(response.header("x-wavelink-instance"), Some("regular-1"));
+            }
+            Some("emergency") => assert_ne!(response.header("x-wavelink-instance"), Some("regular-1")),
+            other => panic!("unexpected track {other:?}"),
+        }
+    }
+    // One RI of concurrency 1: it takes one request at a time, the overflow spills at once.
+    assert!((1..=2).contains(&regular), "{regular} requests on the RI");
+    assert!(results.len() - regular >= 4);
+}
+
+#[test]
+fn emergency_max_bounds_a_function_and_the_excess_waits_for_a_freed_slot() {
+    let f = function(
+        "max",
+        "wavelink.dev/container-concurrency: \"1\", wavelink.dev/emergency-max: \"2\", wavelink.dev/emergency-keepalive: 5s",
+        "",
+    );
+    let stack = Stack::new(&f.yaml, &[20]);
+    let _wavelet = stack.start_wavelet(0);
+    let _proxy = stack.start_proxy();
+
+    let results = burst_with(stack.proxy_listen, &f.host, "/?sleep=200", 6, "");
+    let instances: HashSet<_> = results.iter().filter_map(|(r, _)| r.header("x-wavelink-instance")).collect();
+    assert!(results.iter().all(|(r, _)| r.status == 200 && r.header("x-wavelink-track") == Some("emergency")));
+    assert!(instances.len() <= 2, "emergency-max 2, yet {} instances", instances.len());
+    let series = format!("wavelink_emergency_instances_spawned_total{{function=\"{}/burst\"}}", f.namespace);
+    let spawned = stack.wavelet_metric(0, &series);
+    assert!((1.0..=2.0).contains(&spawned), "{spawned} instances started");
+}
+
+#[test]
+fn a_full_wavelet_sends_the_request_to_another_one() {
+    let f = function("full", "wavelink.dev/container-concurrency: \"1\", wavelink.dev/emergency-keepalive: 1s", "");
+    let stack = Stack::new(&f.yaml, &[1, 20]);
+    let _small = stack.start_wavelet(0);
+    let _large = stack.start_wavelet(1);
+    let _proxy = stack.start_proxy();
+
+    let results = burst_with(stack.proxy_listen, &f.host, "/?sleep=300", 6, "");
+    for (response, _) in &results {
+        assert_eq!(response.status, 200, "{}", response.text());
+    }
+    assert!(stack.wavelet_metric(0, "wavelink_wavelet_full_total") >= 1.0, "the small Wavelet was full at least once");
+    assert!(stack.wavelet_metric(0, "wavelink_wavelet_instances") <= 1.0);
+}
+
+#[test]
+fn the_node_cap_answers_full_and_unknown_unmarked_or_unstartable_requests_are_refused() {
+    let f = function(
+        "cap",
+        "wavelink.dev/container-concurrency: \"1\", wavelink.dev/emergency-keepalive: 1s",
+        "  - name: broken\n    namespace: NAMESPACE\n    command: [\"/nonexistent/program\"]\n",
+    );
+    let stack = Stack::new(&f.yaml, &[2]);
+    let _wavelet = stack.start_wavelet(0);
+    let wavelet = stack.wavelets[0].0;
+
+    assert_eq!(get(wavelet, &f.host, "/").unwrap().status, 400, "no x-wavelink-function header");
+    let unknown = f.direct("/").replace("/burst\r\n", "/nope\r\n");
+    assert_eq!(send(wavelet, &unknown).unwrap().status, 404);
+    let broken = send(wavelet, &f.direct("/").replace("/burst\r\n", "/broken\r\n")).unwrap();
+    assert_eq!(broken.status, 502);
+    assert!(broken.text().contains("/nonexistent/program"), "{}", broken.text());
+    assert_eq!(stack.wavelet_metric(0, "wavelink_wavelet_instances"), 0.0, "a failed start holds no place");
+
+    let results = burst_with(wavelet, &f.host, "/?sleep=500", 5, &f.header());
+    let full: Vec<_> = results.iter().filter(|(r, _)| r.status == 503).collect();
+    assert_eq!(results.len() - full.len(), 2, "two instances at most");
+    for (response, _) in full {
+        assert_eq!(response.header("x-wavelink-wavelet"), Some("full"));
+        assert_eq!(response.header("retry-after"), Some("1"));
+    }
+}
+
+#[test]
+fn after_a_kill_9_of_the_wavelet_its_restart_kills_every_orphan_and_serves_again() {
+    // Each instance starts a child of its own: the parent-death signal takes the instance
+    // down with the Wavelet, but not the child; only the restart's cleanup can.
+    let command =
+        format!("[\"sh\", \"-c\", \"sleep 300 & exec \\\"$0\\\" fn\", \"{}\"]", env!("CARGO_BIN_EXE_wavelink"));
+    let f = function_with_command(
+        "crash",
+        &command,
+        "wavelink.dev/container-concurrency: \"1\", wavelink.dev/emergency-keepalive: 60s",
+        "",
+    );
+    let stack = Stack::new(&f.yaml, &[20]);
+    let mut wavelet = stack.start_wavelet(0);
+    let address = stack.wavelets[0].0;
+    // These requests die with the Wavelet; only their instances matter here.
+    let request = f.direct("/?sleep=3000");
+    let burst: Vec<_> = (0..4)
+        .map(|_| {
+            let request = request.clone();
+            std::thread::spawn(move || send(address, &request).ok())
+        })
+        .collect();
+    wait_until("four instances and their children run", || processes_with_env(&f.marker).len() >= 8);
+    wavelet.signal(Signal::SIGKILL);
+    wavelet.wait_timeout(PATIENCE).expect("the Wavelet died");
+    for request in burst {
+        assert!(request.join().expect("client thread").is_none(), "a request outlived its Wavelet");
+    }
+    wait_within("the instances died with the Wavelet", Duration::from_secs(10), || {
+        processes_with_env(&f.marker).len() <= 4
+    });
+    assert!(!processes_with_env(&f.marker).is_empty(), "the children outlived the Wavelet, as orphans");
+
+    let _restarted = stack.start_wavelet(0);
+    wait_for_no_instances(&f.marker, Duration::from_secs(10));
+    assert!(stack.wavelet_log(0).contains("cleaned up after a previous Wavelet"), "{}", stack.wavelet_log(0));
+    assert_eq!(send(address, &f.direct("/")).unwrap().status, 200);
+}
+
+#[test]
+fn instances_get_only_their_socket_an_unprivileged_user_and_a_memory_cgroup() {
+    let f = function("hygiene", "wavelink.dev/emergency-keepalive: 30s", "");
+    let stack = Stack::new(&f.yaml, &[4]);
+    let wavelet = stack.start_wavelet(0);
+    assert_eq!(send(stack.wavelets[0].0, &f.direct("/")).unwrap().status, 200);
+    let pids = processes_with_env(&f.marker);
+    assert_eq!(pids.len(), 1, "one instance");
+    let pid = pids[0];
+
+    // No socket of the Wavelet leaked into the instance.
+    let sockets = |pid: u32| -> HashSet<String> {
+        std::fs::read_dir(format!("/proc/{pid}/fd"))
+            .map(|fds| {
+                fds.flatten()
+                    .filter_map(|fd| std::fs::read_link(fd.path()).ok())
+                    .map(|target| target.to_string_lossy().into_owned())
+                    .filter(|target| target.starts_with("socket:"))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let instance_sockets = sockets(pid);
+    let wavelet_sockets = sockets(wavelet.pid());
+    assert!(!instance_sockets.is_empty(), "fd 3 is a socket");
+    let shared: Vec<_> = instance_sockets.intersection(&wavelet_sockets).collect();
+    assert!(shared.is_empty(), "sockets shared with the Wavelet: {shared:?}");
+    let fd3 = std::fs::read_link(format!("/proc/{pid}/fd/3")).unwrap();
+    assert!(fd3.to_string_lossy().starts_with("socket:"), "fd 3 is {fd3:?}");
+
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let pgrp: u32 = stat[stat.rfind(')').unwrap() + 2..].split_whitespace().nth(2).unwrap().parse().unwrap();
+    assert_eq!(pgrp, pid, "the instance leads its own process group");
+
+    if run_as_args().contains(&"nobody") {
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+        let uid = status.lines().find(|l| l.starts_with("Uid:")).unwrap();
+        assert!(uid.split_whitespace().skip(1).all(|id| id == "65534"), "{uid}");
+    } else {
+        eprintln!("skipped: the unprivileged-user check needs root and a binary `nobody` can execute");
+    }
+    let log = stack.wavelet_log(0);
+    if log.contains("instances get a memory cgroup") {
+        let cgroup = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap();
+        assert!(cgroup.contains("wavelink-ei/"), "{cgroup}");
+    } else {
+        let reason = log.lines().find(|l| l.contains("memory limits disabled")).unwrap_or("no reason logged");
+        eprintln!("skipped: memory cgroups are not writable here ({reason})");
+    }
+}
+
+#[test]
+fn sigterm_drains_the_wavelet_then_destroys_every_instance() {
+    let f = function("drain", "wavelink.dev/emergency-keepalive: 60s", "");
+    let stack = Stack::new(&f.yaml, &[4]);
+    let mut wavelet = stack.start_wavelet(0);
+    let address = stack.wavelets[0].0;
+    let request = f.direct("/?sleep=1000");
+    let in_flight = std::thread::spawn(move || send(address, &request).expect("in-flight request"));
+    wait_until("the request runs on an instance", || processes_with_env(&f.marker).len() == 1);
+    wavelet.signal(Signal::SIGTERM);
+    assert_eq!(in_flight.join().unwrap().status, 200, "the in-flight request finished");
+    let status = wavelet.wait_timeout(PATIENCE).expect("the Wavelet exits");
+    assert!(status.success(), "{status:?}");
+    wait_for_no_instances(&f.marker, Duration::from_secs(5));
+}
+
+#[test]
+fn a_command_without_socket_activation_is_started_on_port_and_waited_for() {
+    let f = function("port", "wavelink.dev/emergency-keepalive: \"0\"", "    socket-activation: false\n");
+    let stack = Stack::new(&f.yaml, &[4]);
+    let _wavelet = stack.start_wavelet(0);
+    for _ in 0..3 {
+        let response = send(stack.wavelets[0].0, &f.direct("/")).unwrap();
+        assert_eq!(response.status, 200, "{}", response.text());
+    }
+    // Keepalive 0: one request per instance.
+    let series = format!("wavelink_emergency_instances_spawned_total{{function=\"{}/burst\"}}", f.namespace);
+    assert_eq!(stack.wavelet_metric(0, &series), 3.0);
+    wait_for_no_instances(&f.marker, Duration::from_secs(5));
+}

@@ -1,0 +1,161 @@
+//! Memory limits for instances with cgroups, where the kernel lets us.
+//!
+//! Each instance gets its own memory cgroup below this process's: `<own>/wavelink-ei/<id>`.
+//! cgroup v1 (a `memory` hierarchy) needs only write access. cgroup v2 also needs the memory
+//! controller enabled for the subtree, which a cgroup holding processes cannot do ("no internal
+//! processes"), so the Wavelet first moves itself into a leaf `<own>/wavelink-agent`, as a
+//! delegated systemd service would. Any step that fails disables limits with the reason.
+
+use std::fs;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// Directory under this process's cgroup that holds one cgroup per instance.
+const BASE: &str = "wavelink-ei";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Version {
+    V1,
+    V2,
+}
+
+#[derive(Debug, Clone)]
+pub struct Cgroups {
+    base: PathBuf,
+    version: Version,
+    memory_max: u64,
+}
+
+/// One instance's cgroup.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Cgroup {
+    pub path: PathBuf,
+}
+
+impl Cgroups {
+    /// Prepares per-instance memory cgroups limited to `memory_max` bytes.
+    pub fn setup(memory_max: u64) -> Result<Cgroups, String> {
+        let membership =
+            fs::read_to_string("/proc/self/cgroup").map_err(|e| format!("reading /proc/self/cgroup: {e}"))?;
+        let (version, own) = own_memory_cgroup(&membership, Path::new("/sys/fs/cgroup"))
+            .ok_or("no writable memory cgroup hierarchy (neither a v1 memory controller nor v2 with memory)")?;
+        let base = own.join(BASE);
+        if version == Version::V2 {
+            enable_v2_memory(&own)
+                .map_err(|e| format!("enabling the v2 memory controller under {}: {e}", own.display()))?;
+        }
+        create_dir(&base).map_err(|e| format!("creating {}: {e}", base.display()))?;
+        if version == Version::V2 {
+            fs::write(base.join("cgroup.subtree_control"), "+memory")
+                .map_err(|e| format!("enabling memory in {}: {e}", base.display()))?;
+        }
+        let cgroups = Cgroups { base, version, memory_max };
+        // Prove it works end to end on a throwaway cgroup before promising limits.
+        let probe = cgroups.create("probe")?;
+        probe.remove();
+        Ok(cgroups)
+    }
+
+    pub fn version(&self) -> Version {
+        self.version
+    }
+
+    fn create(&self, id: &str) -> Result<Cgroup, String> {
+        let path = self.base.join(id);
+        create_dir(&path).map_err(|e| format!("creating {}: {e}", path.display()))?;
+        let limit_file = match self.version {
+            Version::V1 => "memory.limit_in_bytes",
+            Version::V2 => "memory.max",
+        };
+        if let Err(e) = fs::write(path.join(limit_file), self.memory_max.to_string()) {
+            let _ = fs::remove_dir(&path);
+            return Err(format!("setting {limit_file} in {}: {e}", path.display()));
+        }
+        Ok(Cgroup { path })
+    }
+
+    /// Creates the instance's cgroup and moves the process into it.
+    pub fn attach(&self, id: &str, pid: u32) -> Result<Cgroup, String> {
+        let cgroup = self.create(id)?;
+        if let Err(e) = fs::write(cgroup.path.join("cgroup.procs"), pid.to_string()) {
+            cgroup.remove();
+            return Err(format!("moving pid {pid} into its cgroup: {e}"));
+        }
+        Ok(cgroup)
+    }
+}
+
+impl Cgroup {
+    /// Removes the cgroup once its processes are gone (briefly retried: killed processes may
+    /// take a moment to leave).
+    pub fn remove(self) {
+        for _ in 0..50 {
+            match fs::remove_dir(&self.path) {
+                Ok(()) => return,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => return,
+                Err(_) => std::thread::sleep(Duration::from_millis(2)),
+            }
+        }
+        tracing::warn!(cgroup = %self.path.display(), "could not remove an instance cgroup; it will be retried at the next start");
+    }
+}
+
+fn create_dir(path: &Path) -> io::Result<()> {
+    match fs::create_dir(path) {
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(()),
+        other => other,
+    }
+}
+
+/// Where this process's memory cgroup is, from `/proc/self/cgroup` (v1 `memory` line first).
+fn own_memory_cgroup(membership: &str, root: &Path) -> Option<(Version, PathBuf)> {
+    for line in membership.lines() {
+        let mut parts = line.splitn(3, ':');
+        let (_, controllers, path) = (parts.next()?, parts.next()?, parts.next()?);
+        if controllers.split(',').any(|c| c == "memory") {
+            let dir = root.join("memory").join(path.trim_start_matches('/'));
+            if dir.is_dir() {
+                return Some((Version::V1, dir));
+            }
+        }
+    }
+    let path = membership.lines().find_map(|l| l.strip_prefix("0::"))?;
+    let available = fs::read_to_string(root.join("cgroup.controllers")).ok()?;
+    available.split_whitespace().any(|c| c == "memory").then(|| (Version::V2, root.join(path.trim_start_matches('/'))))
+}
+
+/// Lets `own` hand the memory controller to children, moving this process into a leaf first.
+fn enable_v2_memory(own: &Path) -> io::Result<()> {
+    let control = own.join("cgroup.subtree_control");
+    if fs::read_to_string(&control)?.split_whitespace().any(|c| c == "memory") {
+        return Ok(());
+    }
+    if fs::write(&control, "+memory").is_ok() {
+        return Ok(());
+    }
+    let leaf = own.join("wavelink-agent");
+    create_dir(&leaf)?;
+    fs::write(leaf.join("cgroup.procs"), std::process::id().to_string())?;
+    fs::write(&control, "+memory")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_the_v1_memory_cgroup_before_v2() {
+        let root = std::env::temp_dir().join(format!("wavelink-cgroup-test-{}", std::process::id()));
+        let v1 = root.join("memory/kubepods/pod1");
+        fs::create_dir_all(&v1).unwrap();
+        fs::write(root.join("cgroup.controllers"), "cpu memory\n").unwrap();
+        let hybrid = "4:memory:/kubepods/pod1\n0::/system.slice/x\n";
+        assert_eq!(own_memory_cgroup(hybrid, &root), Some((Version::V1, v1)));
+        let unified = "0::/system.slice/x\n";
+        assert_eq!(own_memory_cgroup(unified, &root), Some((Version::V2, root.join("system.slice/x"))));
+        fs::write(root.join("cgroup.controllers"), "cpu\n").unwrap();
+        assert_eq!(own_memory_cgroup(unified, &root), None);
+        fs::remove_dir_all(&root).unwrap();
+    }
+}

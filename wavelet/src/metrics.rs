@@ -1,0 +1,183 @@
+//! Prometheus metrics of a Wavelet (`wavelink_emergency_*`, labelled by `function`).
+
+use prometheus::{
+    Counter, CounterVec, Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
+};
+
+/// Why an Emergency Instance was destroyed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DestroyReason {
+    /// Idle for longer than the function's emergency-keepalive.
+    Idle,
+    /// emergency-keepalive 0: one request per instance.
+    OneShot,
+    /// The process exited by itself.
+    Exited,
+    /// The function was removed from the configuration.
+    Removed,
+    /// The Wavelet is shutting down.
+    Shutdown,
+}
+
+impl DestroyReason {
+    pub const ALL: [DestroyReason; 5] = [
+        DestroyReason::Idle,
+        DestroyReason::OneShot,
+        DestroyReason::Exited,
+        DestroyReason::Removed,
+        DestroyReason::Shutdown,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DestroyReason::Idle => "idle",
+            DestroyReason::OneShot => "one_shot",
+            DestroyReason::Exited => "exited",
+            DestroyReason::Removed => "removed",
+            DestroyReason::Shutdown => "shutdown",
+        }
+    }
+}
+
+/// Spawn-to-first-byte buckets, from a fast process start to a slow one.
+const START_BUCKETS: &[f64] =
+    &[0.00025, 0.0005, 0.00075, 0.001, 0.0015, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0];
+
+pub struct WaveletMetrics {
+    registry: Registry,
+    spawned: IntCounterVec,
+    reused: IntCounterVec,
+    destroyed: IntCounterVec,
+    spawn_failures: IntCounterVec,
+    live: IntGaugeVec,
+    first_byte: HistogramVec,
+    memory: CounterVec,
+    requests: IntCounterVec,
+    pub full: IntCounter,
+    pub live_total: IntGauge,
+}
+
+impl WaveletMetrics {
+    pub fn new() -> Result<Self, prometheus::Error> {
+        let registry = Registry::new();
+        let spawned = IntCounterVec::new(
+            Opts::new("wavelink_emergency_instances_spawned_total", "Emergency Instances started"),
+            &["function"],
+        )?;
+        let reused = IntCounterVec::new(
+            Opts::new(
+                "wavelink_emergency_instances_reused_total",
+                "Requests served by an already running Emergency Instance",
+            ),
+            &["function"],
+        )?;
+        let destroyed = IntCounterVec::new(
+            Opts::new("wavelink_emergency_instances_destroyed_total", "Emergency Instances destroyed, by reason"),
+            &["function", "reason"],
+        )?;
+        let spawn_failures = IntCounterVec::new(
+            Opts::new("wavelink_emergency_spawn_failures_total", "Emergency Instances that could not be started"),
+            &["function"],
+        )?;
+        let live = IntGaugeVec::new(
+            Opts::new("wavelink_emergency_instances", "Emergency Instances alive now"),
+            &["function"],
+        )?;
+        let first_byte = HistogramVec::new(
+            HistogramOpts::new(
+                "wavelink_emergency_spawn_to_first_byte_seconds",
+                "From deciding to start an instance to the first response byte from it",
+            )
+            .buckets(START_BUCKETS.to_vec()),
+            &["function"],
+        )?;
+        let memory = CounterVec::new(
+            Opts::new(
+                "wavelink_emergency_memory_byte_seconds_total",
+                "Resident memory of Emergency Instances integrated over their lifetime (bytes x seconds, from /proc)",
+            ),
+            &["function"],
+        )?;
+        let requests = IntCounterVec::new(
+            Opts::new("wavelink_wavelet_requests_total", "Requests the Wavelet finished, by function and status class"),
+            &["function", "code"],
+        )?;
+        let full =
+            IntCounter::new("wavelink_wavelet_full_total", "Requests turned away at the node-wide instance cap")?;
+        let live_total = IntGauge::new("wavelink_wavelet_instances", "Emergency Instances alive on this node")?;
+        for collector in [
+            Box::new(spawned.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(reused.clone()),
+            Box::new(destroyed.clone()),
+            Box::new(spawn_failures.clone()),
+            Box::new(live.clone()),
+            Box::new(first_byte.clone()),
+            Box::new(memory.clone()),
+            Box::new(requests.clone()),
+            Box::new(full.clone()),
+            Box::new(live_total.clone()),
+        ] {
+            registry.register(collector)?;
+        }
+        Ok(WaveletMetrics {
+            registry,
+            spawned,
+            reused,
+            destroyed,
+            spawn_failures,
+            live,
+            first_byte,
+            memory,
+            requests,
+            full,
+            live_total,
+        })
+    }
+
+    pub fn for_function(&self, label: &str) -> FunctionMetrics {
+        FunctionMetrics {
+            spawned: self.spawned.with_label_values(&[label]),
+            reused: self.reused.with_label_values(&[label]),
+            destroyed: DestroyReason::ALL.map(|r| self.destroyed.with_label_values(&[label, r.as_str()])),
+            spawn_failures: self.spawn_failures.with_label_values(&[label]),
+            live: self.live.with_label_values(&[label]),
+            first_byte: self.first_byte.with_label_values(&[label]),
+            memory: self.memory.with_label_values(&[label]),
+            requests: ["1xx", "2xx", "3xx", "4xx", "5xx", "client_closed"]
+                .map(|code| self.requests.with_label_values(&[label, code])),
+        }
+    }
+
+    pub fn encode(&self) -> Result<Vec<u8>, prometheus::Error> {
+        let mut out = Vec::with_capacity(8 * 1024);
+        TextEncoder::new().encode(&self.registry.gather(), &mut out)?;
+        Ok(out)
+    }
+}
+
+/// One function's pre-resolved handles.
+pub struct FunctionMetrics {
+    pub spawned: IntCounter,
+    pub reused: IntCounter,
+    destroyed: [IntCounter; 5],
+    pub spawn_failures: IntCounter,
+    pub live: IntGauge,
+    pub first_byte: Histogram,
+    pub memory: Counter,
+    requests: [IntCounter; 6],
+}
+
+impl FunctionMetrics {
+    pub fn destroyed(&self, reason: DestroyReason) {
+        self.destroyed[reason as usize].inc();
+    }
+
+    pub fn record_request(&self, status: Option<u16>) {
+        let class = match status {
+            Some(s @ 100..=599) => usize::from(s / 100) - 1,
+            _ => 5,
+        };
+        self.requests[class].inc();
+    }
+}

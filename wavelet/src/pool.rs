@@ -1,0 +1,366 @@
+//! Emergency Instances per function: reuse a running one with a free slot, else start one, up to
+//! the node-wide cap; destroy them when idle past the function's `emergency-keepalive`.
+//!
+//! Reuse prefers the most recently started instance with a free slot, so load concentrates on
+//! few instances and the rest go idle and are destroyed. With keepalive 0 an instance serves
+//! exactly one request. Destruction (SIGKILL to the process group, reaping, cgroup removal) runs
+//! on a dedicated thread, never on the request path.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::SeqCst};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwap;
+use parking_lot::Mutex;
+use pingora_core::upstreams::peer::HttpPeer;
+use tracing::{info, warn};
+use wavelink_core::slots::SlotCounter;
+use wavelink_core::{FunctionDef, FunctionId};
+
+use crate::metrics::{DestroyReason, FunctionMetrics, WaveletMetrics};
+use crate::runtime::{Launch, Process, ProcessRuntime, SpawnError};
+use crate::state::StateDir;
+
+/// One Emergency Instance.
+pub struct Ei {
+    pub id: String,
+    pub addr: SocketAddr,
+    /// Keyed to this instance (`group_key`), so pooled connections are never reused on a later
+    /// instance that happens to get the same port.
+    pub peer: HttpPeer,
+    pub pid: u32,
+    pub spawned: Instant,
+    slots: SlotCounter,
+    /// Set when chosen for destruction; an acquire that races with it backs off.
+    retired: AtomicBool,
+    /// emergency-keepalive 0: this instance serves one request, then goes.
+    single_use: bool,
+    /// When the last request finished, in ms since the pools' epoch.
+    last_release_ms: AtomicU64,
+    process: Mutex<Option<Process>>,
+    memory: Mutex<MemorySample>,
+}
+
+/// Resident memory integrated over time.
+struct MemorySample {
+    at: Instant,
+    rss: u64,
+}
+
+impl Ei {
+    pub fn in_flight(&self) -> u32 {
+        self.slots.get()
+    }
+
+    /// Adds resident memory × time since the last sample to `counter`; returns the current RSS.
+    fn account_memory(&self, counter: &prometheus::Counter) -> u64 {
+        let rss = crate::runtime::resident_bytes(self.pid);
+        let mut sample = self.memory.lock();
+        let now = Instant::now();
+        // The latest reading stands for the whole interval: instances mostly grow, so this errs
+        // towards counting more memory, not less.
+        let rss_for_interval = rss.max(sample.rss);
+        counter.inc_by(rss_for_interval as f64 * now.duration_since(sample.at).as_secs_f64());
+        *sample = MemorySample { at: now, rss };
+        rss
+    }
+
+    pub fn rss_bytes(&self) -> u64 {
+        self.memory.lock().rss
+    }
+}
+
+/// The instances of one function.
+pub struct FunctionPool {
+    pub id: FunctionId,
+    pub def: ArcSwap<FunctionDef>,
+    pub metrics: FunctionMetrics,
+    instances: Mutex<Vec<Arc<Ei>>>,
+}
+
+impl FunctionPool {
+    pub fn instances(&self) -> Vec<Arc<Ei>> {
+        self.instances.lock().clone()
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum AcquireError {
+    #[error("this node runs its maximum of {0} Emergency Instances")]
+    Full(u32),
+    #[error("could not start an instance: {0}")]
+    Spawn(#[from] SpawnError),
+}
+
+/// A slot on an instance, held for one request; dropping it releases the slot.
+pub struct Lease {
+    pools: Arc<Pools>,
+    pool: Arc<FunctionPool>,
+    pub ei: Arc<Ei>,
+    /// This request started the instance.
+    pub cold: bool,
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        self.ei.slots.release();
+        self.ei.last_release_ms.store(self.pools.now_ms(), SeqCst);
+        if self.ei.single_use {
+            self.pools.retire(&self.pool, &self.ei, DestroyReason::OneShot);
+        }
+    }
+}
+
+pub struct Pools {
+    functions: ArcSwap<HashMap<FunctionId, Arc<FunctionPool>>>,
+    runtime: Arc<ProcessRuntime>,
+    state: Arc<StateDir>,
+    metrics: Arc<WaveletMetrics>,
+    /// Instances alive on this node, against `max_instances`.
+    live: SlotCounter,
+    max_instances: u32,
+    epoch: Instant,
+    destroyer: Mutex<mpsc::Sender<Doomed>>,
+}
+
+struct Doomed {
+    pool: Arc<FunctionPool>,
+    ei: Arc<Ei>,
+    reason: DestroyReason,
+}
+
+impl Pools {
+    pub fn new(
+        runtime: Arc<ProcessRuntime>,
+        state: Arc<StateDir>,
+        metrics: Arc<WaveletMetrics>,
+        max_instances: u32,
+    ) -> Arc<Pools> {
+        let (destroyer, doomed) = mpsc::channel::<Doomed>();
+        let pools = Arc::new(Pools {
+            functions: ArcSwap::from_pointee(HashMap::new()),
+            runtime,
+            state,
+            metrics,
+            live: SlotCounter::default(),
+            max_instances,
+            epoch: Instant::now(),
+            destroyer: Mutex::new(destroyer),
+        });
+        let worker = Arc::downgrade(&pools);
+        let spawned = std::thread::Builder::new().name("ei-destroyer".into()).spawn(move || {
+            while let Ok(doomed) = doomed.recv() {
+                match worker.upgrade() {
+                    Some(pools) => pools.destroy(doomed),
+                    None => return,
+                }
+            }
+        });
+        if let Err(e) = spawned {
+            warn!(error = %e, "cannot start the destroyer thread; instances are destroyed inline");
+        }
+        pools
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.epoch.elapsed().as_millis() as u64
+    }
+
+    pub fn metrics(&self) -> &Arc<WaveletMetrics> {
+        &self.metrics
+    }
+
+    pub fn function(&self, id: &FunctionId) -> Option<Arc<FunctionPool>> {
+        self.functions.load().get(id).cloned()
+    }
+
+    pub fn functions(&self) -> Vec<Arc<FunctionPool>> {
+        let mut all: Vec<_> = self.functions.load().values().cloned().collect();
+        all.sort_by(|a, b| a.id.cmp(&b.id));
+        all
+    }
+
+    /// Instances alive on this node.
+    pub fn live(&self) -> u32 {
+        self.live.get()
+    }
+
+    /// Requests holding a lease, over all functions.
+    pub fn in_flight(&self) -> u64 {
+        self.functions.load().values().flat_map(|p| p.instances()).map(|ei| u64::from(ei.in_flight())).sum()
+    }
+
+    /// Makes `defs` the functions this Wavelet serves. Instances of a removed function are
+    /// destroyed once idle; a changed definition applies to instances started from now on.
+    pub fn apply(&self, defs: Vec<FunctionDef>) {
+        let old = self.functions.load_full();
+        let mut functions = HashMap::with_capacity(defs.len());
+        for def in defs {
+            let pool = match old.get(&def.id) {
+                Some(pool) => {
+                    pool.def.store(Arc::new(def));
+                    pool.clone()
+                }
+                None => Arc::new(FunctionPool {
+                    id: def.id.clone(),
+                    metrics: self.metrics.for_function(&def.id.to_string()),
+                    def: ArcSwap::from_pointee(def),
+                    instances: Mutex::new(Vec::new()),
+                }),
+            };
+            functions.insert(pool.id.clone(), pool);
+        }
+        let removed: Vec<_> = old.values().filter(|p| !functions.contains_key(&p.id)).cloned().collect();
+        self.functions.store(Arc::new(functions));
+        for pool in removed {
+            info!(function = %pool.id, "function removed; destroying its idle instances");
+            for ei in pool.instances() {
+                self.retire_if_idle(&pool, &ei, DestroyReason::Removed);
+            }
+        }
+    }
+
+    /// A slot on an instance of `pool`: a running one if any has a free slot, else a new one.
+    pub fn acquire(self: &Arc<Self>, pool: &Arc<FunctionPool>) -> Result<Lease, AcquireError> {
+        let def = pool.def.load_full();
+        let capacity = def.spec.container_concurrency;
+        {
+            let instances = pool.instances.lock();
+            for ei in instances.iter().rev() {
+                if ei.single_use || !ei.slots.try_reserve(capacity) {
+                    continue;
+                }
+                if ei.retired.load(SeqCst) {
+                    ei.slots.release();
+                    continue;
+                }
+                pool.metrics.reused.inc();
+                return Ok(Lease { pools: self.clone(), pool: pool.clone(), ei: ei.clone(), cold: false });
+            }
+        }
+        if !self.live.try_reserve(self.max_instances) {
+            self.metrics.full.inc();
+            return Err(AcquireError::Full(self.max_instances));
+        }
+        let launch = Launch { function: &def.id, command: &def.command, socket_activation: def.socket_activation };
+        let process = match self.runtime.spawn(&launch) {
+            Ok(process) => process,
+            Err(e) => {
+                self.live.release();
+                pool.metrics.spawn_failures.inc();
+                warn!(function = %def.id, error = %e, "starting an Emergency Instance failed");
+                return Err(e.into());
+            }
+        };
+        if let Err(e) = self.state.record(&process) {
+            warn!(instance = %process.id, error = %e, "could not record the instance; a crash would orphan it");
+        }
+        let mut peer = HttpPeer::new(process.addr, false, String::new());
+        peer.group_key = fastrand::u64(..);
+        peer.options.connection_timeout = Some(Duration::from_secs(1));
+        let slots = SlotCounter::default();
+        slots.try_reserve(1);
+        let ei = Arc::new(Ei {
+            id: process.id.clone(),
+            addr: process.addr,
+            peer,
+            pid: process.pid,
+            spawned: process.started,
+            slots,
+            retired: AtomicBool::new(false),
+            single_use: def.spec.emergency_keepalive.is_zero(),
+            last_release_ms: AtomicU64::new(self.now_ms()),
+            memory: Mutex::new(MemorySample { at: process.started, rss: 0 }),
+            process: Mutex::new(Some(process)),
+        });
+        pool.instances.lock().push(ei.clone());
+        pool.metrics.spawned.inc();
+        pool.metrics.live.inc();
+        self.metrics.live_total.inc();
+        Ok(Lease { pools: self.clone(), pool: pool.clone(), ei, cold: true })
+    }
+
+    /// Destroys idle instances past their keepalive; with `full_scan`, also samples memory and
+    /// forgets instances whose process exited. Called periodically by the reaper.
+    pub fn reap(&self, full_scan: bool) {
+        let now = self.now_ms();
+        for pool in self.functions.load().values() {
+            let keepalive_ms = pool.def.load().spec.emergency_keepalive.as_millis() as u64;
+            for ei in pool.instances() {
+                if full_scan {
+                    let exited = ei.process.lock().as_mut().is_some_and(|p| p.try_exited().is_some());
+                    if exited {
+                        self.retire(pool, &ei, DestroyReason::Exited);
+                        continue;
+                    }
+                    ei.account_memory(&pool.metrics.memory);
+                }
+                let idle_for = now.saturating_sub(ei.last_release_ms.load(SeqCst));
+                if !ei.single_use && idle_for >= keepalive_ms {
+                    self.retire_if_idle(pool, &ei, DestroyReason::Idle);
+                }
+            }
+        }
+    }
+
+    /// The instance behind `lease` does not take connections (it died, or never started
+    /// listening): destroy it, and let the caller try another.
+    pub fn discard(&self, lease: Lease) {
+        self.retire(&lease.pool, &lease.ei, DestroyReason::Exited);
+    }
+
+    /// Retires the instance unless a request holds or just took a slot on it.
+    fn retire_if_idle(&self, pool: &Arc<FunctionPool>, ei: &Arc<Ei>, reason: DestroyReason) {
+        if ei.in_flight() > 0 || ei.retired.swap(true, SeqCst) {
+            return;
+        }
+        // An acquire may have reserved between the check and the swap: it will see `retired`
+        // and back off, but if it already holds the slot, the instance stays.
+        if ei.in_flight() > 0 {
+            ei.retired.store(false, SeqCst);
+            return;
+        }
+        self.doom(pool, ei, reason);
+    }
+
+    /// Retires the instance now (it exited, or served its one request).
+    fn retire(&self, pool: &Arc<FunctionPool>, ei: &Arc<Ei>, reason: DestroyReason) {
+        if !ei.retired.swap(true, SeqCst) {
+            self.doom(pool, ei, reason);
+        }
+    }
+
+    fn doom(&self, pool: &Arc<FunctionPool>, ei: &Arc<Ei>, reason: DestroyReason) {
+        pool.instances.lock().retain(|other| !Arc::ptr_eq(other, ei));
+        let doomed = Doomed { pool: pool.clone(), ei: ei.clone(), reason };
+        if let Err(mpsc::SendError(doomed)) = self.destroyer.lock().send(doomed) {
+            self.destroy(doomed);
+        }
+    }
+
+    fn destroy(&self, doomed: Doomed) {
+        let Some(process) = doomed.ei.process.lock().take() else { return };
+        doomed.ei.account_memory(&doomed.pool.metrics.memory);
+        let id = process.id.clone();
+        self.runtime.destroy(process);
+        self.state.forget(&id);
+        self.live.release();
+        doomed.pool.metrics.live.dec();
+        doomed.pool.metrics.destroyed(doomed.reason);
+        self.metrics.live_total.dec();
+    }
+
+    /// Destroys every instance now, busy or not (shutdown).
+    pub fn destroy_all(&self) {
+        for pool in self.functions.load().values() {
+            for ei in pool.instances() {
+                ei.retired.store(true, SeqCst);
+                pool.instances.lock().retain(|other| !Arc::ptr_eq(other, &ei));
+                self.destroy(Doomed { pool: pool.clone(), ei, reason: DestroyReason::Shutdown });
+            }
+        }
+    }
+}

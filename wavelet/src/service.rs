@@ -1,0 +1,164 @@
+//! The Wavelet's Pingora `ProxyHttp`: requests forwarded by the proxy, each marked with
+//! `x-wavelink-function`, go to an Emergency Instance of that function.
+//!
+//! - `request_filter`: find the function, take a lease on an instance (starting one if needed);
+//!   at the node cap answer 503 with `x-wavelink-wavelet: full` so the proxy tries elsewhere;
+//! - `upstream_peer`: the leased instance;
+//! - `upstream_response_filter`: spawn-to-first-byte for requests that started their instance;
+//! - `fail_to_connect`: the instance is broken; destroy it and retry once on another;
+//! - `logging`: metrics, lease released.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use pingora_core::upstreams::peer::HttpPeer;
+use pingora_core::{Error, ErrorType, Result};
+use pingora_http::ResponseHeader;
+use pingora_proxy::{ProxyHttp, Session};
+use wavelink_core::FunctionId;
+use wavelink_core::function::host_without_port;
+use wavelink_core::wire::{FUNCTION_HEADER, WAVELET_FULL, WAVELET_HEADER};
+use wavelink_server::health::{PROBE_HEADER, ProbeToken};
+use wavelink_server::respond::respond;
+
+use crate::pool::{AcquireError, FunctionPool, Lease, Pools};
+use crate::runtime::{SpawnError, wait_listening};
+
+pub struct WaveletProxy {
+    pub pools: Arc<Pools>,
+    pub probe_token: ProbeToken,
+    /// How long an instance started without socket activation may take to listen.
+    pub spawn_timeout: Duration,
+}
+
+#[derive(Default)]
+pub struct WaveletCtx {
+    pool: Option<Arc<FunctionPool>>,
+    lease: Option<Lease>,
+    /// Set while the request waits for the first byte from an instance it started.
+    cold_since: Option<Instant>,
+    retried: bool,
+}
+
+#[async_trait]
+impl ProxyHttp for WaveletProxy {
+    type CTX = WaveletCtx;
+
+    fn new_ctx(&self) -> WaveletCtx {
+        WaveletCtx::default()
+    }
+
+    fn init_downstream_modules(&self, _modules: &mut pingora_core::modules::http::HttpModules) {}
+
+    async fn request_filter(&self, session: &mut Session, ctx: &mut WaveletCtx) -> Result<bool> {
+        let header = session.req_header();
+        let host = header.headers.get(http::header::HOST).and_then(|h| h.to_str().ok()).and_then(host_without_port);
+        if let Some(host) = host
+            && self.probe_token.is_probe(host, header.headers.get(PROBE_HEADER).map(|v| v.as_bytes()))
+        {
+            respond(session, 204, &[], Bytes::new()).await?;
+            return Ok(true);
+        }
+        let Some(function) = header.headers.get(FUNCTION_HEADER).and_then(|v| v.to_str().ok()).map(str::to_owned)
+        else {
+            let body =
+                Bytes::from_static(b"missing x-wavelink-function header: requests come from the WaveLink proxy\n");
+            respond(session, 400, &[], body).await?;
+            return Ok(true);
+        };
+        let pool = function
+            .split_once('/')
+            .and_then(|(namespace, name)| FunctionId::new(namespace, name).ok())
+            .and_then(|id| self.pools.function(&id));
+        let Some(pool) = pool else {
+            let body = format!("no function {function:?} on this Wavelet\n");
+            respond(session, 404, &[], Bytes::from(body)).await?;
+            return Ok(true);
+        };
+        let pool = ctx.pool.insert(pool);
+        match self.lease(pool).await {
+            Ok(lease) => {
+                if lease.cold {
+                    ctx.cold_since = Some(lease.ei.spawned);
+                }
+                ctx.lease = Some(lease);
+                Ok(false)
+            }
+            Err(AcquireError::Full(max)) => {
+                let body = format!("this node already runs {max} Emergency Instances\n");
+                respond(session, 503, &[(WAVELET_HEADER, WAVELET_FULL), ("retry-after", "1")], Bytes::from(body))
+                    .await?;
+                Ok(true)
+            }
+            Err(e @ AcquireError::Spawn(_)) => {
+                respond(session, 502, &[], Bytes::from(format!("{e}\n"))).await?;
+                Ok(true)
+            }
+        }
+    }
+
+    async fn upstream_peer(&self, _session: &mut Session, ctx: &mut WaveletCtx) -> Result<Box<HttpPeer>> {
+        if ctx.lease.is_none()
+            && let Some(pool) = &ctx.pool
+        {
+            // Retrying after a broken instance.
+            ctx.lease = self.lease(pool).await.ok();
+            ctx.cold_since = ctx.lease.as_ref().filter(|l| l.cold).map(|l| l.ei.spawned);
+        }
+        match &ctx.lease {
+            Some(lease) => Ok(Box::new(lease.ei.peer.clone())),
+            None => Error::e_explain(ErrorType::HTTPStatus(502), "no instance could be started for the retry"),
+        }
+    }
+
+    fn fail_to_connect(
+        &self,
+        _session: &mut Session,
+        _peer: &HttpPeer,
+        ctx: &mut WaveletCtx,
+        mut e: Box<Error>,
+    ) -> Box<Error> {
+        if let Some(lease) = ctx.lease.take() {
+            self.pools.discard(lease);
+        }
+        if !ctx.retried {
+            ctx.retried = true;
+            e.set_retry(true);
+        }
+        e
+    }
+
+    async fn upstream_response_filter(
+        &self,
+        _session: &mut Session,
+        _response: &mut ResponseHeader,
+        ctx: &mut WaveletCtx,
+    ) -> Result<()> {
+        if let (Some(since), Some(pool)) = (ctx.cold_since.take(), &ctx.pool) {
+            pool.metrics.first_byte.observe(since.elapsed().as_secs_f64());
+        }
+        Ok(())
+    }
+
+    async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut WaveletCtx) {
+        ctx.lease = None;
+        if let Some(pool) = &ctx.pool {
+            pool.metrics.record_request(session.response_written().map(|r| r.status.as_u16()));
+        }
+    }
+}
+
+impl WaveletProxy {
+    /// A lease, waiting for the instance to listen when it cannot be handed a socket.
+    async fn lease(&self, pool: &Arc<FunctionPool>) -> Result<Lease, AcquireError> {
+        let lease = self.pools.acquire(pool)?;
+        if lease.cold && !pool.def.load().socket_activation && !wait_listening(lease.ei.addr, self.spawn_timeout).await
+        {
+            self.pools.discard(lease);
+            return Err(AcquireError::Spawn(SpawnError::NotListening(self.spawn_timeout)));
+        }
+        Ok(lease)
+    }
+}
