@@ -32,6 +32,7 @@ bench: build bench-deps
 	$(CARGO) build --release --locked -p wavelink-proxy --example bare_pingora
 	bench/proxy.sh
 	bench/fn_startup.py
+	bench/ei.py
 
 clean:
 	$(CARGO) clean

@@ -1,5 +1,7 @@
 #!/usr/bin/env python3
-"""Start-up to first response of `wavelink fn`, next to baselines measured in the same sitting.
+"""Start-up to first response of the function workload, next to baselines measured in the same
+sitting: `wavelink-fn` (the small binary instances run) and `wavelink fn` (the same code in the
+main binary).
 
     bench/fn_startup.py            # N=200 runs of each, release binary
 
@@ -17,6 +19,7 @@ import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BIN = os.environ.get("WAVELINK_BIN", os.path.join(ROOT, "target", "release", "wavelink"))
+FN_BIN = os.path.join(os.path.dirname(BIN), "wavelink-fn")
 N = int(os.environ.get("N", "200"))
 REQUEST = b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
 
@@ -27,7 +30,7 @@ def timed_run(argv):
     return time.perf_counter() - started
 
 
-def fn_first_response():
+def fn_first_response(argv):
     listener = socket.socket()
     listener.bind(("127.0.0.1", 0))
     listener.listen(128)
@@ -36,7 +39,7 @@ def fn_first_response():
         os.dup2(listener.fileno(), 3)
     env = dict(os.environ, LISTEN_FDS="1", WAVELINK_LOG="warn")
     started = time.perf_counter()
-    child = subprocess.Popen([BIN, "fn", "--instance-id", "startup"], pass_fds=(3,), env=env,
+    child = subprocess.Popen(argv + ["--instance-id", "startup"], pass_fds=(3,), env=env,
                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     client = socket.create_connection(listener.getsockname())
     client.sendall(REQUEST)
@@ -68,22 +71,27 @@ def summary(name, samples, baseline=None):
 
 
 def main():
-    if not os.access(BIN, os.X_OK):
-        sys.exit(f"missing {BIN}: run `make build` first")
+    for binary in (BIN, FN_BIN):
+        if not os.access(binary, os.X_OK):
+            sys.exit(f"missing {binary}: run `make build` first")
     # Warm the page cache and the dynamic loader once.
     timed_run([BIN, "--version"])
-    fn_first_response()
-    runs = {"spawn /bin/true": [], "spawn wavelink --version": [], "wavelink fn: spawn to first response": []}
-    for _ in range(N):  # interleaved, so drift hits all three alike
+    fn_first_response([BIN, "fn"])
+    fn_first_response([FN_BIN])
+    runs = {"spawn /bin/true": [], "spawn wavelink --version": [], "wavelink fn: spawn to first response": [],
+            "wavelink-fn: spawn to first response": []}
+    for _ in range(N):  # interleaved, so drift hits all alike
         runs["spawn /bin/true"].append(timed_run(["/bin/true"]))
         runs["spawn wavelink --version"].append(timed_run([BIN, "--version"]))
-        runs["wavelink fn: spawn to first response"].append(fn_first_response())
+        runs["wavelink fn: spawn to first response"].append(fn_first_response([BIN, "fn"]))
+        runs["wavelink-fn: spawn to first response"].append(fn_first_response([FN_BIN]))
     print(f"# {time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())}, {os.cpu_count()} cores, N={N}")
     print("| run | p50 ms | p99 ms | p50 vs /bin/true | p99 vs /bin/true |")
     print("|---|---|---|---|---|")
     baseline = summary("spawn /bin/true", runs["spawn /bin/true"])
     summary("spawn wavelink --version", runs["spawn wavelink --version"], baseline)
     summary("wavelink fn: spawn to first response", runs["wavelink fn: spawn to first response"], baseline)
+    summary("wavelink-fn: spawn to first response", runs["wavelink-fn: spawn to first response"], baseline)
 
 
 if __name__ == "__main__":

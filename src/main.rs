@@ -113,12 +113,25 @@ struct WaveletArgs {
     /// How long an instance started without socket activation may take to listen on $PORT.
     #[arg(long, default_value = "10s", value_name = "DURATION", value_parser = parse_duration)]
     spawn_timeout: Duration,
+    /// Loopback ports for instances; keep it outside net.ipv4.ip_local_port_range.
+    #[arg(long, default_value = "20000-29999", value_name = "FIRST-LAST", value_parser = parse_port_range)]
+    port_range: (u16, u16),
     /// Worker threads.
     #[arg(long, default_value_t = 1, value_name = "N", value_parser = clap::value_parser!(u16).range(1..))]
     threads: u16,
     /// Longest drain on SIGTERM before instances are destroyed anyway.
     #[arg(long, default_value = "30s", value_name = "DURATION", value_parser = parse_duration)]
     grace_period: Duration,
+}
+
+fn parse_port_range(text: &str) -> Result<(u16, u16), String> {
+    let (first, last) = text.split_once('-').ok_or_else(|| format!("{text:?} is not a range like 20000-29999"))?;
+    let port = |p: &str| p.trim().parse::<u16>().map_err(|_| format!("{p:?} is not a port"));
+    let (first, last) = (port(first)?, port(last)?);
+    if first == 0 || last < first {
+        return Err(format!("{text:?} is empty or starts at port 0"));
+    }
+    Ok((first, last))
 }
 
 fn parse_size(text: &str) -> Result<u64, String> {
@@ -224,6 +237,7 @@ fn run_wavelet(args: WaveletArgs) -> anyhow::Result<()> {
         run_as,
         memory_max: (args.memory_max > 0).then_some(args.memory_max),
         spawn_timeout: args.spawn_timeout,
+        port_range: args.port_range,
     };
     let wavelet = wavelink_wavelet::Wavelet::new(settings).context("setting up the wavelet")?;
     let (functions, rejected) = config.functions();

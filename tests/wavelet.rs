@@ -24,6 +24,11 @@ fn function(prefix: &str, annotations: &str, extra: &str) -> TestFunction {
     function_with_command(prefix, "[\"wavelink\", \"fn\"]", annotations, extra)
 }
 
+/// The same, run by the small `wavelink-fn` binary (found next to the Wavelet's binary).
+fn lean_function(prefix: &str, annotations: &str, extra: &str) -> TestFunction {
+    function_with_command(prefix, "[\"wavelink-fn\"]", annotations, extra)
+}
+
 fn function_with_command(prefix: &str, command: &str, annotations: &str, extra: &str) -> TestFunction {
     let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.subsec_nanos());
     let namespace = format!("{prefix}-{:06x}", (std::process::id() ^ nanos) & 0xff_ffff);
@@ -70,7 +75,7 @@ fn wait_for_no_instances(marker: &str, limit: Duration) {
 
 #[test]
 fn a_burst_with_no_regular_instances_is_served_by_emergency_instances_that_go_away_after_the_keepalive() {
-    let f = function(
+    let f = lean_function(
         "burst",
         "wavelink.dev/container-concurrency: \"1\", wavelink.dev/emergency-keepalive: 1s, wavelink.dev/queue-timeout: 60s",
         "",

@@ -291,7 +291,7 @@ impl Pools {
             let keepalive_ms = pool.def.load().spec.emergency_keepalive.as_millis() as u64;
             for ei in pool.instances() {
                 if full_scan {
-                    let exited = ei.process.lock().as_mut().is_some_and(|p| p.try_exited().is_some());
+                    let exited = ei.process.lock().as_mut().is_some_and(|p| p.try_exited());
                     if exited {
                         self.retire(pool, &ei, DestroyReason::Exited);
                         continue;

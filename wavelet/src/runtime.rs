@@ -9,16 +9,9 @@
 //! descriptors but fd 3, SIGKILL if the Wavelet dies (`PR_SET_PDEATHSIG`), an unprivileged user
 //! when the Wavelet runs as root, and a memory cgroup where the kernel lets us.
 
-// `pre_exec` is the only way to dup2 the listener onto fd 3 and set the parent-death signal
-// between fork and exec; the closure below only makes async-signal-safe system calls.
-#![allow(unsafe_code)]
-
-use std::ffi::OsString;
 use std::net::{SocketAddr, TcpListener};
 use std::os::fd::AsRawFd;
-use std::os::unix::process::CommandExt;
-use std::path::PathBuf;
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::{Duration, Instant};
 
@@ -28,6 +21,7 @@ use tracing::warn;
 use wavelink_core::FunctionId;
 
 use crate::cgroup::{Cgroup, Cgroups};
+use crate::spawn::{self, Plan};
 
 /// The user instances run as.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -77,13 +71,16 @@ pub struct Process {
     /// reuses its pid.
     pub start_ticks: u64,
     pub cgroup: Option<Cgroup>,
-    child: Child,
+    reaped: bool,
 }
 
 impl Process {
-    /// `Some` once the process has exited (it is reaped then).
-    pub fn try_exited(&mut self) -> Option<ExitStatus> {
-        self.child.try_wait().ok().flatten()
+    /// Whether the process has exited (it is reaped then).
+    pub fn try_exited(&mut self) -> bool {
+        if !self.reaped && spawn::wait(self.pid, false).is_some() {
+            self.reaped = true;
+        }
+        self.reaped
     }
 
     /// Resident memory in bytes, from `/proc/<pid>/statm` (0 if it is gone).
@@ -108,17 +105,58 @@ pub fn start_ticks(pid: u32) -> Option<u64> {
     after_name.split_whitespace().nth(19)?.parse().ok()
 }
 
+/// Loopback ports for instances, handed out in turn.
+///
+/// Binding port 0 makes the kernel search the ephemeral range for a free port, which a profile
+/// showed to be a fifth of the Wavelet's CPU per instance once thousands of short connections
+/// have passed; binding a given port is a hash lookup. The range should lie outside
+/// `net.ipv4.ip_local_port_range` so outgoing connections never take these ports.
+#[derive(Debug)]
+pub struct PortRange {
+    first: u16,
+    len: u32,
+    next: AtomicU64,
+}
+
+impl PortRange {
+    pub fn new(first: u16, last: u16) -> Result<Self, String> {
+        if first == 0 || last < first {
+            return Err(format!("port range {first}-{last} is empty or starts at 0"));
+        }
+        // A random start, so Wavelets sharing a range (tests, restarts) rarely collide.
+        Ok(PortRange { first, len: u32::from(last - first) + 1, next: AtomicU64::new(fastrand::u64(..)) })
+    }
+
+    /// A loopback listener on the next free port of the range.
+    fn bind(&self) -> std::io::Result<TcpListener> {
+        for _ in 0..self.len {
+            let offset = (self.next.fetch_add(1, Relaxed) % u64::from(self.len)) as u16;
+            match TcpListener::bind(("127.0.0.1", self.first + offset)) {
+                Ok(listener) => return Ok(listener),
+                Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => continue,
+                Err(e) => return Err(e),
+            }
+        }
+        Err(std::io::Error::new(std::io::ErrorKind::AddrInUse, "every port of the instance port range is in use"))
+    }
+}
+
 pub struct ProcessRuntime {
     run_as: Option<RunAs>,
     cgroups: Option<Cgroups>,
-    /// What `wavelink` in a function's command means: this very binary.
+    ports: PortRange,
+    /// This binary; its directory holds the project's own programs.
     self_exe: PathBuf,
     next: AtomicU64,
 }
 
+/// The project's own programs, found next to the running binary before `PATH` is searched, so
+/// a command like `["wavelink-fn"]` works wherever WaveLink is installed.
+const OWN_PROGRAMS: [&str; 2] = ["wavelink", "wavelink-fn"];
+
 impl ProcessRuntime {
-    pub fn new(run_as: Option<RunAs>, cgroups: Option<Cgroups>) -> std::io::Result<Self> {
-        Ok(ProcessRuntime { run_as, cgroups, self_exe: std::env::current_exe()?, next: AtomicU64::new(0) })
+    pub fn new(run_as: Option<RunAs>, cgroups: Option<Cgroups>, ports: PortRange) -> std::io::Result<Self> {
+        Ok(ProcessRuntime { run_as, cgroups, ports, self_exe: std::env::current_exe()?, next: AtomicU64::new(0) })
     }
 
     pub fn run_as(&self) -> Option<&RunAs> {
@@ -134,72 +172,47 @@ impl ProcessRuntime {
     pub fn spawn(&self, launch: &Launch<'_>) -> Result<Process, SpawnError> {
         let (program, args) = launch.command.split_first().ok_or(SpawnError::NoCommand)?;
         let id = format!("ei-{}-{}", std::process::id(), self.next.fetch_add(1, Relaxed));
-        let listener = TcpListener::bind("127.0.0.1:0").map_err(SpawnError::Bind)?;
+        let listener = self.ports.bind().map_err(SpawnError::Bind)?;
         let addr = listener.local_addr().map_err(SpawnError::Bind)?;
 
-        let program_path: OsString =
-            if program == "wavelink" { self.self_exe.clone().into_os_string() } else { program.into() };
-        let mut command = Command::new(&program_path);
-        command
-            .args(args)
-            .env_clear()
-            .env("PATH", std::env::var_os("PATH").unwrap_or_else(|| "/usr/local/bin:/usr/bin:/bin".into()))
-            .env("WAVELINK_FUNCTION", launch.function.to_string())
-            .env("WAVELINK_INSTANCE_ID", &id)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .process_group(0);
-        if let Some(run_as) = &self.run_as {
-            command.uid(run_as.uid).gid(run_as.gid);
-        }
-        let listen_fd = if launch.socket_activation {
-            command.env("LISTEN_FDS", "1");
-            listener.as_raw_fd()
+        let sibling = OWN_PROGRAMS
+            .contains(&program.as_str())
+            .then(|| self.self_exe.with_file_name(program))
+            .filter(|path| path.is_file());
+        let program = sibling.as_deref().unwrap_or(Path::new(program));
+        let mut env = vec![
+            ("PATH".to_owned(), std::env::var("PATH").unwrap_or_else(|_| "/usr/local/bin:/usr/bin:/bin".into())),
+            ("WAVELINK_FUNCTION".to_owned(), launch.function.to_string()),
+            ("WAVELINK_INSTANCE_ID".to_owned(), id.clone()),
+        ];
+        if launch.socket_activation {
+            env.push(("LISTEN_FDS".to_owned(), "1".to_owned()));
         } else {
-            command.env("HOST", "127.0.0.1").env("PORT", addr.port().to_string());
-            -1
-        };
-        // SAFETY: between fork and exec the closure only calls async-signal-safe functions
-        // (getppid, dup2, fcntl, close_range, prctl) and allocates nothing.
-        let parent = std::process::id() as libc::pid_t;
-        unsafe {
-            command.pre_exec(move || {
-                if listen_fd >= 0 {
-                    // dup2 clears close-on-exec on the copy; a listener already at fd 3 needs
-                    // the flag cleared by hand.
-                    let result =
-                        if listen_fd == 3 { libc::fcntl(3, libc::F_SETFD, 0) } else { libc::dup2(listen_fd, 3) };
-                    if result < 0 {
-                        return Err(std::io::Error::last_os_error());
-                    }
-                }
-                // Nothing else is inherited: mark every other descriptor close-on-exec (std's own
-                // error pipe must stay open until exec, so close-on-exec rather than close).
-                libc::syscall(libc::SYS_close_range, 4u32, u32::MAX, libc::CLOSE_RANGE_CLOEXEC);
-                // Die with the Wavelet; if it already died, do not start at all.
-                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong) < 0 || libc::getppid() != parent
-                {
-                    return Err(std::io::Error::from_raw_os_error(libc::ESRCH));
-                }
-                Ok(())
-            });
+            env.push(("HOST".to_owned(), "127.0.0.1".to_owned()));
+            env.push(("PORT".to_owned(), addr.port().to_string()));
         }
+        let plan = Plan {
+            program,
+            args,
+            env: &env,
+            listen_fd: launch.socket_activation.then(|| listener.as_raw_fd()),
+            credentials: self.run_as.as_ref().map(|r| (r.uid, r.gid)),
+        };
         if !launch.socket_activation {
             // The instance binds the port itself.
             drop(listener);
-            return self.start(command, id, addr, program);
+            return self.start(&plan, id, addr);
         }
-        let process = self.start(command, id, addr, program);
+        let process = self.start(&plan, id, addr);
         // The instance has its own copy of the socket now (or failed to start).
         drop(listener);
         process
     }
 
-    fn start(&self, mut command: Command, id: String, addr: SocketAddr, program: &str) -> Result<Process, SpawnError> {
-        let child = command.spawn().map_err(|source| SpawnError::Exec { program: program.to_owned(), source })?;
-        let pid = child.id();
-        let cgroup = self.cgroups.as_ref().and_then(|cgroups| match cgroups.attach(&id, pid) {
+    fn start(&self, plan: &Plan<'_>, id: String, addr: SocketAddr) -> Result<Process, SpawnError> {
+        let pid = spawn::spawn(plan)
+            .map_err(|source| SpawnError::Exec { program: plan.program.display().to_string(), source })?;
+        let cgroup = self.cgroups.as_ref().and_then(|cgroups| match cgroups.attach(pid) {
             Ok(cgroup) => Some(cgroup),
             Err(e) => {
                 warn!(instance = %id, error = %e, "no memory limit for this instance");
@@ -207,16 +220,18 @@ impl ProcessRuntime {
             }
         });
         let start_ticks = start_ticks(pid).unwrap_or(0);
-        Ok(Process { id, pid, addr, started: Instant::now(), start_ticks, cgroup, child })
+        Ok(Process { id, pid, addr, started: Instant::now(), start_ticks, cgroup, reaped: false })
     }
 
     /// Kills the instance's whole process group and reaps it. Blocks until the main process is
     /// gone (immediately after SIGKILL), so call it off the request path.
     pub fn destroy(&self, mut process: Process) {
         let _ = killpg(Pid::from_raw(process.pid as i32), Signal::SIGKILL);
-        let _ = process.child.wait();
-        if let Some(cgroup) = process.cgroup.take() {
-            cgroup.remove();
+        if !process.reaped {
+            spawn::wait(process.pid, true);
+        }
+        if let (Some(cgroup), Some(cgroups)) = (process.cgroup.take(), &self.cgroups) {
+            cgroups.release(cgroup);
         }
     }
 }
@@ -247,6 +262,18 @@ mod tests {
         assert_eq!(start_ticks(u32::MAX - 1), None);
         assert!(resident_bytes(me) > 0);
         assert_eq!(resident_bytes(u32::MAX - 1), 0);
+    }
+
+    #[test]
+    fn ports_come_from_the_range_in_turn_skipping_busy_ones() {
+        let busy = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = busy.local_addr().unwrap().port();
+        let range = PortRange::new(port, port.saturating_add(2)).unwrap();
+        let first = range.bind().unwrap();
+        assert_ne!(first.local_addr().unwrap().port(), port, "the busy port is skipped");
+        assert!((port..=port + 2).contains(&first.local_addr().unwrap().port()));
+        assert!(PortRange::new(30000, 29999).is_err());
+        assert!(PortRange::new(0, 10).is_err());
     }
 
     #[test]

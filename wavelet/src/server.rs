@@ -19,7 +19,7 @@ use crate::cgroup::Cgroups;
 use crate::metrics::WaveletMetrics;
 use crate::pool::Pools;
 use crate::reaper::Reaper;
-use crate::runtime::{ProcessRuntime, RunAs};
+use crate::runtime::{PortRange, ProcessRuntime, RunAs};
 use crate::service::WaveletProxy;
 use crate::state::{StateDir, StateError};
 
@@ -39,6 +39,8 @@ pub struct WaveletSettings {
     pub memory_max: Option<u64>,
     /// How long an instance without socket activation may take to listen on its PORT.
     pub spawn_timeout: Duration,
+    /// Loopback ports for instances, `(first, last)`.
+    pub port_range: (u16, u16),
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -47,6 +49,8 @@ pub enum WaveletError {
     State(#[from] StateError),
     #[error("--run-as: {0}")]
     RunAs(String),
+    #[error("--port-range: {0}")]
+    Ports(String),
     #[error("finding this executable: {0}")]
     SelfExe(std::io::Error),
     #[error("setting up metrics failed: {0}")]
@@ -82,7 +86,8 @@ impl Wavelet {
                 None
             }
         });
-        let runtime = ProcessRuntime::new(run_as, cgroups).map_err(WaveletError::SelfExe)?;
+        let ports = PortRange::new(settings.port_range.0, settings.port_range.1).map_err(WaveletError::Ports)?;
+        let runtime = ProcessRuntime::new(run_as, cgroups, ports).map_err(WaveletError::SelfExe)?;
         if let Some(run_as) = runtime.run_as() {
             info!(user = %run_as.user, uid = run_as.uid, "instances run unprivileged");
         }

@@ -1,16 +1,22 @@
-//! The Wavelet's state directory: one small file per live instance, so a Wavelet restarted after
-//! a crash can find and kill the instances the crashed one left behind.
+//! The Wavelet's state directory: a log of instances started and destroyed, so a Wavelet
+//! restarted after a crash can find and kill the instances the crashed one left behind.
 //!
-//! A file holds `pid start_ticks cgroup`. The instance led its own process group, and the whole
+//! `instances.log` gets one line per event, appended with a single `write` (cheap enough for
+//! the request path): `+ <id> <pid> <start_ticks> <cgroup>` when an instance starts, `- <id>`
+//! when it is gone. The log is rewritten with only the live instances when it grows long.
+//! A record is `pid start_ticks cgroup`. The instance led its own process group, and the whole
 //! group is killed, so children it started go too: when the leader still runs (its start time
 //! tells it from an unrelated process reusing the pid), and also when it is gone but members of
 //! its group remain (instances die with the Wavelet through the parent-death signal, their
 //! children do not). A lock file keeps two Wavelets from sharing one directory.
 
+use std::collections::HashMap;
 use std::fs::{self, File};
-use std::io;
+use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
+
+use parking_lot::Mutex;
 
 use nix::fcntl::{Flock, FlockArg};
 use nix::sys::signal::{Signal, killpg};
@@ -20,11 +26,19 @@ use tracing::{info, warn};
 use crate::cgroup::Cgroup;
 use crate::runtime::{Process, start_ticks};
 
-const SUFFIX: &str = ".instance";
+const LOG: &str = "instances.log";
 
 pub struct StateDir {
     dir: PathBuf,
     _lock: Flock<File>,
+    log: Mutex<Log>,
+}
+
+/// The open log and the live records it holds, for compaction.
+struct Log {
+    file: File,
+    live: HashMap<String, Record>,
+    lines: usize,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -53,43 +67,40 @@ impl StateDir {
             File::options().create(true).truncate(false).write(true).open(dir.join("lock")).map_err(io_error)?;
         let lock =
             Flock::lock(lock_file, FlockArg::LockExclusiveNonblock).map_err(|_| StateError::Locked(dir.to_owned()))?;
-        Ok(StateDir { dir: dir.to_owned(), _lock: lock })
+        let file = File::options().create(true).append(true).open(dir.join(LOG)).map_err(io_error)?;
+        let log = Log { file, live: HashMap::new(), lines: 0 };
+        Ok(StateDir { dir: dir.to_owned(), _lock: lock, log: Mutex::new(log) })
     }
 
     pub fn path(&self) -> &Path {
         &self.dir
     }
 
-    /// Kills every instance a previous run recorded and that still runs, and clears the records.
+    /// Kills every instance a previous run recorded and that still runs, and clears the log.
     pub fn clean_up_orphans(&self) -> Cleanup {
         let mut cleanup = Cleanup::default();
-        let Ok(entries) = fs::read_dir(&self.dir) else { return cleanup };
+        let text = fs::read_to_string(self.dir.join(LOG)).unwrap_or_default();
         let mut cgroups = Vec::new();
-        for entry in entries.flatten() {
-            let path = entry.path();
-            if !path.to_string_lossy().ends_with(SUFFIX) {
-                continue;
+        for record in replay(&text).into_values() {
+            let ours = match start_ticks(record.pid) {
+                Some(ticks) => ticks == record.start_ticks,
+                None => !group_members(record.pid).is_empty(),
+            };
+            if ours {
+                info!(pid = record.pid, "killing an instance orphaned by a previous Wavelet");
+                let _ = killpg(Pid::from_raw(record.pid as i32), Signal::SIGKILL);
+                cleanup.killed += 1;
+            } else {
+                cleanup.stale += 1;
             }
-            match fs::read_to_string(&path).ok().and_then(|text| Record::parse(&text)) {
-                Some(record) => {
-                    let leader = start_ticks(record.pid);
-                    let ours = match leader {
-                        Some(ticks) => ticks == record.start_ticks,
-                        None => !group_members(record.pid).is_empty(),
-                    };
-                    if ours {
-                        info!(pid = record.pid, "killing an instance orphaned by a previous Wavelet");
-                        let _ = killpg(Pid::from_raw(record.pid as i32), Signal::SIGKILL);
-                        cleanup.killed += 1;
-                    } else {
-                        cleanup.stale += 1;
-                    }
-                    cgroups.extend(record.cgroup);
-                }
-                None => warn!(file = %path.display(), "unreadable instance record; removing it"),
-            }
-            let _ = fs::remove_file(&path);
+            cgroups.extend(record.cgroup);
         }
+        let mut log = self.log.lock();
+        if let Err(e) = log.file.set_len(0) {
+            warn!(error = %e, "could not clear the instance log");
+        }
+        (log.lines, log.live) = (0, HashMap::new());
+        drop(log);
         // Killed processes need a moment to leave their cgroups; removal retries briefly.
         if !cgroups.is_empty() {
             std::thread::sleep(Duration::from_millis(10));
@@ -100,23 +111,66 @@ impl StateDir {
         cleanup
     }
 
-    /// Records a live instance (written to a temporary file and renamed, so a crash never
-    /// leaves a half-written record).
+    /// Records a live instance.
     pub fn record(&self, process: &Process) -> io::Result<()> {
         let record = Record {
             pid: process.pid,
             start_ticks: process.start_ticks,
             cgroup: process.cgroup.as_ref().map(|c| c.path.clone()),
         };
-        let path = self.dir.join(format!("{}{SUFFIX}", process.id));
-        let temporary = self.dir.join(format!(".{}.tmp", process.id));
-        fs::write(&temporary, record.to_string())?;
-        fs::rename(&temporary, path)
+        let mut log = self.log.lock();
+        log.file.write_all(format!("+ {} {record}\n", process.id).as_bytes())?;
+        log.live.insert(process.id.clone(), record);
+        log.lines += 1;
+        Ok(())
     }
 
+    /// Records that an instance is gone.
     pub fn forget(&self, id: &str) {
-        let _ = fs::remove_file(self.dir.join(format!("{id}{SUFFIX}")));
+        let mut log = self.log.lock();
+        if let Err(e) = log.file.write_all(format!("- {id}\n").as_bytes()) {
+            warn!(error = %e, "could not update the instance log");
+        }
+        log.live.remove(id);
+        log.lines += 1;
+        if log.lines > 1024 + 4 * log.live.len() {
+            self.compact(&mut log);
+        }
     }
+
+    /// Rewrites the log with only the live instances (written aside, then renamed over it).
+    fn compact(&self, log: &mut Log) {
+        let text: String = log.live.iter().map(|(id, record)| format!("+ {id} {record}\n")).collect();
+        let temporary = self.dir.join(format!(".{LOG}.tmp"));
+        let rewritten = fs::write(&temporary, &text)
+            .and_then(|()| fs::rename(&temporary, self.dir.join(LOG)))
+            .and_then(|()| File::options().append(true).open(self.dir.join(LOG)));
+        match rewritten {
+            Ok(file) => (log.file, log.lines) = (file, log.live.len()),
+            Err(e) => warn!(error = %e, "could not compact the instance log"),
+        }
+    }
+}
+
+/// The live records of a log: started, and not yet gone.
+fn replay(text: &str) -> HashMap<String, Record> {
+    let mut live = HashMap::new();
+    for line in text.lines() {
+        match line.split_once(' ') {
+            Some(("+", rest)) => match rest.split_once(' ').and_then(|(id, r)| Some((id, Record::parse(r)?))) {
+                Some((id, record)) => {
+                    live.insert(id.to_owned(), record);
+                }
+                None => warn!(line, "unreadable instance record; skipping it"),
+            },
+            Some(("-", id)) => {
+                live.remove(id.trim());
+            }
+            _ if line.trim().is_empty() => {}
+            _ => warn!(line, "unreadable line in the instance log; skipping it"),
+        }
+    }
+    live
 }
 
 /// Processes whose process group is `pgid`, from `/proc`.
@@ -178,6 +232,28 @@ mod tests {
     }
 
     #[test]
+    fn the_log_is_compacted_to_the_live_instances() {
+        let dir = temp_dir("compact");
+        let state = StateDir::open(&dir).unwrap();
+        {
+            let mut log = state.log.lock();
+            for i in 0..3000 {
+                let record = Record { pid: i, start_ticks: 1, cgroup: None };
+                log.file.write_all(format!("+ ei-{i} {record}\n").as_bytes()).unwrap();
+                log.live.insert(format!("ei-{i}"), record);
+                log.lines += 1;
+            }
+        }
+        for i in 1..3000 {
+            state.forget(&format!("ei-{i}"));
+        }
+        let text = fs::read_to_string(dir.join(LOG)).unwrap();
+        assert!(text.lines().count() < 2000, "compacted: {} lines", text.lines().count());
+        assert_eq!(replay(&text).into_keys().collect::<Vec<_>>(), ["ei-0"]);
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
     fn a_directory_has_one_owner_at_a_time() {
         let dir = temp_dir("lock");
         let first = StateDir::open(&dir).expect("first owner");
@@ -194,15 +270,15 @@ mod tests {
         let mut orphan = std::process::Command::new("sleep").arg("30").process_group(0).spawn().expect("sleep");
         let pid = orphan.id();
         let live = Record { pid, start_ticks: start_ticks(pid).unwrap(), cgroup: None };
-        fs::write(dir.join(format!("a{SUFFIX}")), live.to_string()).unwrap();
         // Same pid, different start time: a process that merely reuses the pid is left alone.
         let impostor = Record { pid, start_ticks: live.start_ticks + 1, cgroup: None };
-        fs::write(dir.join(format!("b{SUFFIX}")), impostor.to_string()).unwrap();
+        let log = format!("+ a {live}\n+ b {impostor}\n+ c {live}\n- c\ngarbage\n");
+        fs::write(dir.join(LOG), log).unwrap();
         let cleanup = state.clean_up_orphans();
         assert_eq!(cleanup, Cleanup { killed: 1, stale: 1 });
         let status = orphan.wait().unwrap();
         assert!(!status.success(), "killed by the cleanup");
-        assert_eq!(fs::read_dir(&dir).unwrap().count(), 1, "only the lock file is left");
+        assert_eq!(fs::read_to_string(dir.join(LOG)).unwrap(), "", "the log is cleared");
         fs::remove_dir_all(&dir).unwrap();
     }
 
@@ -222,7 +298,7 @@ mod tests {
         assert!(start_ticks(pgid).is_none() || pgid == leader_gone, "the leader has exited");
         assert_eq!(group_members(pgid), vec![leader_gone]);
         let record = Record { pid: pgid, start_ticks: 1, cgroup: None };
-        fs::write(dir.join(format!("c{SUFFIX}")), record.to_string()).unwrap();
+        fs::write(dir.join(LOG), format!("+ c {record}\n")).unwrap();
         assert_eq!(state.clean_up_orphans(), Cleanup { killed: 1, stale: 0 });
         let deadline = std::time::Instant::now() + Duration::from_secs(10);
         while start_ticks(leader_gone).is_some_and(|_| !is_zombie(leader_gone)) {
