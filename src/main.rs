@@ -245,6 +245,9 @@ fn run_wavelet(args: WaveletArgs) -> anyhow::Result<()> {
         tracing::error!(function = %r.function, error = %r.error, "function rejected");
     }
     wavelet.pools().apply(functions);
+    for (function, why) in wavelet.pools().unreachable_commands() {
+        tracing::warn!(%function, "{why}");
+    }
     let shutdown = wavelet.signal_shutdown();
     wavelet.run(shutdown, true);
     Ok(())
@@ -253,6 +256,10 @@ fn run_wavelet(args: WaveletArgs) -> anyhow::Result<()> {
 fn check_config(config: &LocalConfig) -> anyhow::Result<()> {
     let (accepted, rejected) = config.functions();
     println!("proxy    listen {} admin {}", config.proxy.listen, config.proxy.admin);
+    for w in &config.wavelets {
+        let admin = w.admin.map_or_else(|| "-".to_owned(), |a| a.to_string());
+        println!("wavelet  address {} admin {admin} max-instances {}", w.address, w.max_instances);
+    }
     for f in &accepted {
         println!("ok       {} at http://{}  ({} instances)", f.id, f.id.host(&config.domain), f.instances.len());
     }

@@ -193,6 +193,14 @@ impl Pools {
         self.functions.load().values().flat_map(|p| p.instances()).map(|ei| u64::from(ei.in_flight())).sum()
     }
 
+    /// Functions whose instances could not start as the configured user, with why.
+    pub fn unreachable_commands(&self) -> Vec<(FunctionId, String)> {
+        self.functions()
+            .iter()
+            .filter_map(|p| self.runtime.unreachable(&p.def.load().command).map(|why| (p.id.clone(), why)))
+            .collect()
+    }
+
     /// Makes `defs` the functions this Wavelet serves. Instances of a removed function are
     /// destroyed once idle; a changed definition applies to instances started from now on.
     pub fn apply(&self, defs: Vec<FunctionDef>) {

@@ -11,7 +11,7 @@
 
 use std::net::{SocketAddr, TcpListener};
 use std::os::fd::AsRawFd;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::{Duration, Instant};
 
@@ -167,6 +167,38 @@ impl ProcessRuntime {
         self.cgroups.is_some()
     }
 
+    /// Why instances of `command` would fail to start as the unprivileged user, if they would:
+    /// the program, or a directory above it, is not executable by others (a build under a
+    /// private home directory, say). Checked at start-up so the operator hears of it before
+    /// the first burst.
+    pub fn unreachable(&self, command: &[String]) -> Option<String> {
+        use std::os::unix::fs::PermissionsExt;
+        let run_as = self.run_as.as_ref().filter(|r| r.uid != 0)?;
+        let program = self.program_path(command.first()?);
+        if !program.is_absolute() {
+            return None;
+        }
+        let blocked = program
+            .ancestors()
+            .find(|p| std::fs::metadata(p).map(|m| m.permissions().mode() & 0o001 == 0).unwrap_or(true))?;
+        Some(format!(
+            "{} is not reachable by user {} ({} lacks execute permission for others): instances will fail to \
+             start; move the program, or pass --run-as with a user that can run it",
+            program.display(),
+            run_as.user,
+            blocked.display()
+        ))
+    }
+
+    /// The project's own programs live next to this binary; anything else is used as given.
+    fn program_path(&self, program: &str) -> PathBuf {
+        OWN_PROGRAMS
+            .contains(&program)
+            .then(|| self.self_exe.with_file_name(program))
+            .filter(|path| path.is_file())
+            .unwrap_or_else(|| PathBuf::from(program))
+    }
+
     /// Starts an instance. Returns as soon as the process exists: with socket activation it can
     /// take requests at once (they wait in the backlog); without, wait for [`wait_listening`].
     pub fn spawn(&self, launch: &Launch<'_>) -> Result<Process, SpawnError> {
@@ -175,11 +207,8 @@ impl ProcessRuntime {
         let listener = self.ports.bind().map_err(SpawnError::Bind)?;
         let addr = listener.local_addr().map_err(SpawnError::Bind)?;
 
-        let sibling = OWN_PROGRAMS
-            .contains(&program.as_str())
-            .then(|| self.self_exe.with_file_name(program))
-            .filter(|path| path.is_file());
-        let program = sibling.as_deref().unwrap_or(Path::new(program));
+        let program = self.program_path(program);
+        let program = program.as_path();
         let mut env = vec![
             ("PATH".to_owned(), std::env::var("PATH").unwrap_or_else(|_| "/usr/local/bin:/usr/bin:/bin".into())),
             ("WAVELINK_FUNCTION".to_owned(), launch.function.to_string()),
