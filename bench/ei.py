@@ -27,6 +27,8 @@ import sys
 import tempfile
 import time
 
+from spawnbench import spawn_to_response
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BIN = os.environ.get("WAVELINK_BIN", os.path.join(ROOT, "target", "release", "wavelink"))
 # What instances run: the small workload binary, next to `wavelink`.
@@ -70,28 +72,6 @@ def first_byte(port, request):
             rest += chunk
     if not rest.startswith(b"HTTP/1.1 200"):
         sys.exit(f"unexpected response: {rest[:200]!r}")
-    return elapsed
-
-
-def bare_spawn_first_byte():
-    listener = socket.socket()
-    listener.bind(("127.0.0.1", 0))
-    listener.listen(128)
-    if listener.fileno() != 3:
-        os.dup2(listener.fileno(), 3)
-    env = dict(os.environ, LISTEN_FDS="1", WAVELINK_LOG="warn")
-    started = time.perf_counter()
-    child = subprocess.Popen([FN_BIN], pass_fds=(3,), env=env,
-                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    with socket.create_connection(listener.getsockname()) as s:
-        s.sendall(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-        s.recv(65536)
-        elapsed = time.perf_counter() - started
-    if listener.fileno() != 3:
-        os.close(3)
-    listener.close()
-    child.kill()
-    child.wait()
     return elapsed
 
 
@@ -188,13 +168,13 @@ def main():
     try:
         host = lambda name: f"GET / HTTP/1.1\r\nHost: {name}.default.example.com\r\nConnection: close\r\n\r\n".encode()
         for _ in range(5):  # warm the page cache, pools and the warm instance
-            bare_spawn_first_byte()
+            spawn_to_response([FN_BIN], first_byte_only=True)
             first_byte(stack.proxy, host("cold"))
             first_byte(stack.proxy, host("warm"))
             first_byte(stack.proxy, host("regular"))
         runs = {"bare": [], "cold": [], "warm": [], "regular": []}
         for _ in range(N):  # interleaved: drift hits every kind alike
-            runs["bare"].append(bare_spawn_first_byte())
+            runs["bare"].append(spawn_to_response([FN_BIN], first_byte_only=True))
             runs["cold"].append(first_byte(stack.proxy, host("cold")))
             runs["warm"].append(first_byte(stack.proxy, host("warm")))
             runs["regular"].append(first_byte(stack.proxy, host("regular")))

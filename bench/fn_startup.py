@@ -11,54 +11,23 @@ is complete. Baselines: spawning /bin/true and waiting for it; spawning `wavelin
 (exec and argument parsing of the same binary, no server). It measures; it asserts nothing.
 """
 import os
-import socket
 import statistics
 import subprocess
 import sys
 import time
 
+from spawnbench import spawn_to_response
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BIN = os.environ.get("WAVELINK_BIN", os.path.join(ROOT, "target", "release", "wavelink"))
 FN_BIN = os.path.join(os.path.dirname(BIN), "wavelink-fn")
 N = int(os.environ.get("N", "200"))
-REQUEST = b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
 
 
 def timed_run(argv):
     started = time.perf_counter()
     subprocess.run(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=True)
     return time.perf_counter() - started
-
-
-def fn_first_response(argv):
-    listener = socket.socket()
-    listener.bind(("127.0.0.1", 0))
-    listener.listen(128)
-    # The child must find the socket at fd 3: put it there in the parent and pass it on.
-    if listener.fileno() != 3:
-        os.dup2(listener.fileno(), 3)
-    env = dict(os.environ, LISTEN_FDS="1", WAVELINK_LOG="warn")
-    started = time.perf_counter()
-    child = subprocess.Popen(argv + ["--instance-id", "startup"], pass_fds=(3,), env=env,
-                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    client = socket.create_connection(listener.getsockname())
-    client.sendall(REQUEST)
-    response = b""
-    while True:
-        chunk = client.recv(65536)
-        if not chunk:
-            break
-        response += chunk
-    elapsed = time.perf_counter() - started
-    if listener.fileno() != 3:
-        os.close(3)
-    client.close()
-    listener.close()
-    child.kill()
-    child.wait()
-    if not response.startswith(b"HTTP/1.1 200"):
-        sys.exit(f"unexpected response: {response[:80]!r}")
-    return elapsed
 
 
 def summary(name, samples, baseline=None):
@@ -76,15 +45,15 @@ def main():
             sys.exit(f"missing {binary}: run `make build` first")
     # Warm the page cache and the dynamic loader once.
     timed_run([BIN, "--version"])
-    fn_first_response([BIN, "fn"])
-    fn_first_response([FN_BIN])
+    spawn_to_response([BIN, "fn"])
+    spawn_to_response([FN_BIN])
     runs = {"spawn /bin/true": [], "spawn wavelink --version": [], "wavelink fn: spawn to first response": [],
             "wavelink-fn: spawn to first response": []}
     for _ in range(N):  # interleaved, so drift hits all alike
         runs["spawn /bin/true"].append(timed_run(["/bin/true"]))
         runs["spawn wavelink --version"].append(timed_run([BIN, "--version"]))
-        runs["wavelink fn: spawn to first response"].append(fn_first_response([BIN, "fn"]))
-        runs["wavelink-fn: spawn to first response"].append(fn_first_response([FN_BIN]))
+        runs["wavelink fn: spawn to first response"].append(spawn_to_response([BIN, "fn"]))
+        runs["wavelink-fn: spawn to first response"].append(spawn_to_response([FN_BIN]))
     print(f"# {time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())}, {os.cpu_count()} cores, N={N}")
     print("| run | p50 ms | p99 ms | p50 vs /bin/true | p99 vs /bin/true |")
     print("|---|---|---|---|---|")

@@ -385,78 +385,47 @@ impl Reader {
         self.errors.push(SpecError::Invalid { key: known.name, value: value.to_owned(), accepted: known.accepted });
     }
 
-    fn integer(&mut self, key: &'static str) -> u64 {
+    /// The key's value through `parse`; a value it rejects is recorded as an error and the
+    /// default is used, so one pass reports every problem.
+    fn read<T>(&mut self, key: &'static str, parse: impl Fn(&str) -> Option<T>) -> T {
         let (known, value) = self.raw(key);
-        let Accepted::Integer { min, max } = known.accepted else { unreachable!("{key} is not an integer") };
-        let parse = |text: &str| {
+        if let Some(text) = value {
+            match parse(text) {
+                Some(parsed) => return parsed,
+                None => {
+                    let text = text.to_owned();
+                    self.invalid(known, &text);
+                }
+            }
+        }
+        // The table's defaults are checked by a unit test.
+        parse(known.default).unwrap_or_else(|| panic!("default of {key} is invalid"))
+    }
+
+    fn integer(&mut self, key: &'static str) -> u64 {
+        let Accepted::Integer { min, max } = self.raw(key).0.accepted else { unreachable!("{key} is not an integer") };
+        self.read(key, |text| {
             // Digits only: "+5", "5.0" and "0x5" are not what a user meant to type.
             (!text.is_empty() && text.bytes().all(|b| b.is_ascii_digit()))
                 .then(|| text.parse::<u64>().ok())
                 .flatten()
                 .filter(|n| (min..=max).contains(n))
-        };
-        match value {
-            Some(text) => match parse(text) {
-                Some(n) => n,
-                None => {
-                    let text = text.to_owned();
-                    self.invalid(known, &text);
-                    parse(known.default).unwrap_or(min)
-                }
-            },
-            None => parse(known.default).unwrap_or(min),
-        }
+        })
     }
 
     fn number(&mut self, key: &'static str) -> f64 {
-        let (known, value) = self.raw(key);
-        let Accepted::Number { min, max } = known.accepted else { unreachable!("{key} is not a number") };
-        let parse = |text: &str| text.parse::<f64>().ok().filter(|n| n.is_finite() && *n >= min && *n <= max);
-        match value {
-            Some(text) => match parse(text) {
-                Some(n) => n,
-                None => {
-                    let text = text.to_owned();
-                    self.invalid(known, &text);
-                    parse(known.default).unwrap_or(min)
-                }
-            },
-            None => parse(known.default).unwrap_or(min),
-        }
+        let Accepted::Number { min, max } = self.raw(key).0.accepted else { unreachable!("{key} is not a number") };
+        self.read(key, |text| text.parse::<f64>().ok().filter(|n| n.is_finite() && *n >= min && *n <= max))
     }
 
     fn duration(&mut self, key: &'static str) -> Duration {
-        let (known, value) = self.raw(key);
-        let Accepted::Duration { min, max } = known.accepted else { unreachable!("{key} is not a duration") };
-        let parse = |text: &str| parse_duration(text).ok().filter(|d| *d >= min && *d <= max);
-        match value {
-            Some(text) => match parse(text) {
-                Some(d) => d,
-                None => {
-                    let text = text.to_owned();
-                    self.invalid(known, &text);
-                    parse(known.default).unwrap_or(min)
-                }
-            },
-            None => parse(known.default).unwrap_or(min),
-        }
+        let Accepted::Duration { min, max } = self.raw(key).0.accepted else { unreachable!("{key} is not a duration") };
+        self.read(key, |text| parse_duration(text).ok().filter(|d| *d >= min && *d <= max))
     }
 
     fn choice(&mut self, key: &'static str) -> &'static str {
-        let (known, value) = self.raw(key);
-        let Accepted::OneOf(choices) = known.accepted else { unreachable!("{key} is not a choice") };
-        let find = |text: &str| choices.iter().copied().find(|c| *c == text);
-        match value {
-            Some(text) => match find(text) {
-                Some(c) => c,
-                None => {
-                    let text = text.to_owned();
-                    self.invalid(known, &text);
-                    find(known.default).unwrap_or(choices[0])
-                }
-            },
-            None => find(known.default).unwrap_or(choices[0]),
-        }
+        let Accepted::OneOf(choices) = self.raw(key).0.accepted else { unreachable!("{key} is not a choice") };
+        self.read(key, |text| choices.iter().copied().find(|c| *c == text))
     }
 }
 

@@ -9,3 +9,30 @@ pub const TRACK_HEADER: &str = "x-wavelink-track";
 pub const WAVELET_HEADER: &str = "x-wavelink-wavelet";
 /// The Wavelet is at its node-wide instance cap.
 pub const WAVELET_FULL: &str = "full";
+
+/// The `code` label of request counters; `client_closed` is a client that hung up before an
+/// answer (nginx's 499).
+pub const STATUS_CLASSES: [&str; 6] = ["1xx", "2xx", "3xx", "4xx", "5xx", "client_closed"];
+
+/// Index into [`STATUS_CLASSES`] of a response status (`None`: no response was written).
+pub fn status_class(status: Option<u16>) -> usize {
+    match status {
+        Some(s @ 100..=599) => usize::from(s / 100) - 1,
+        _ => STATUS_CLASSES.len() - 1,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn status_classes_cover_every_code_and_no_response() {
+        assert_eq!(STATUS_CLASSES[status_class(Some(101))], "1xx");
+        assert_eq!(STATUS_CLASSES[status_class(Some(200))], "2xx");
+        assert_eq!(STATUS_CLASSES[status_class(Some(404))], "4xx");
+        assert_eq!(STATUS_CLASSES[status_class(Some(599))], "5xx");
+        assert_eq!(STATUS_CLASSES[status_class(Some(600))], "client_closed");
+        assert_eq!(STATUS_CLASSES[status_class(None)], "client_closed");
+    }
+}

@@ -8,6 +8,7 @@ use prometheus::{
     Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
     TextEncoder,
 };
+use wavelink_core::wire::{STATUS_CLASSES, status_class};
 
 /// Which track served a request. `None` is for requests answered by the proxy itself (503).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -47,16 +48,6 @@ impl From<wavelink_core::spec::Track> for Track {
             wavelink_core::spec::Track::Regular => Track::Regular,
             wavelink_core::spec::Track::Emergency => Track::Emergency,
         }
-    }
-}
-
-/// Response status classes; `client_closed` is the client hanging up before an answer (nginx's 499).
-const CODE_CLASSES: [&str; 6] = ["1xx", "2xx", "3xx", "4xx", "5xx", "client_closed"];
-
-fn code_class_index(status: Option<u16>) -> usize {
-    match status {
-        Some(s @ 100..=599) => usize::from(s / 100) - 1,
-        _ => 5,
     }
 }
 
@@ -154,7 +145,7 @@ impl ProxyMetrics {
     /// Resolves every label combination of one function once.
     pub fn for_function(&self, label: &str) -> FunctionMetrics {
         let requests = Track::ALL
-            .map(|track| CODE_CLASSES.map(|code| self.requests.with_label_values(&[label, track.as_str(), code])));
+            .map(|track| STATUS_CLASSES.map(|code| self.requests.with_label_values(&[label, track.as_str(), code])));
         let duration = Track::ALL.map(|track| self.duration.with_label_values(&[label, track.as_str()]));
         FunctionMetrics {
             label: label.to_owned(),
@@ -173,7 +164,7 @@ impl ProxyMetrics {
     /// Drops every series of a function that is no longer configured.
     pub fn forget_function(&self, label: &str) {
         for track in Track::ALL {
-            for code in CODE_CLASSES {
+            for code in STATUS_CLASSES {
                 let _ = self.requests.remove_label_values(&[label, track.as_str(), code]);
             }
             let _ = self.duration.remove_label_values(&[label, track.as_str()]);
@@ -198,7 +189,7 @@ impl ProxyMetrics {
 /// One function's pre-resolved metric handles.
 pub struct FunctionMetrics {
     pub label: String,
-    requests: [[IntCounter; CODE_CLASSES.len()]; 3],
+    requests: [[IntCounter; STATUS_CLASSES.len()]; 3],
     duration: [Histogram; 3],
     pub queue_wait: Histogram,
     queue_timeout: IntCounter,
@@ -212,7 +203,7 @@ pub struct FunctionMetrics {
 impl FunctionMetrics {
     /// Records one finished request. `status` is `None` when no response was written.
     pub fn record(&self, track: Track, status: Option<u16>, seconds: f64) {
-        self.requests[track.index()][code_class_index(status)].inc();
+        self.requests[track.index()][status_class(status)].inc();
         self.duration[track.index()].observe(seconds);
     }
 
@@ -236,16 +227,6 @@ impl FunctionMetrics {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn status_classes_cover_every_code_and_no_response() {
-        assert_eq!(CODE_CLASSES[code_class_index(Some(101))], "1xx");
-        assert_eq!(CODE_CLASSES[code_class_index(Some(200))], "2xx");
-        assert_eq!(CODE_CLASSES[code_class_index(Some(404))], "4xx");
-        assert_eq!(CODE_CLASSES[code_class_index(Some(599))], "5xx");
-        assert_eq!(CODE_CLASSES[code_class_index(Some(600))], "client_closed");
-        assert_eq!(CODE_CLASSES[code_class_index(None)], "client_closed");
-    }
 
     #[test]
     fn recorded_requests_appear_in_the_exposition_and_vanish_when_forgotten() {

@@ -5,12 +5,11 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use pingora_core::server::{RunArgs, Server, ShutdownSignalWatch};
-use pingora_core::services::background::background_service;
-use pingora_core::services::listening::Service;
+use pingora_core::server::ShutdownSignalWatch;
 use tracing::info;
 use wavelink_core::LocalConfig;
-use wavelink_server::health::{Health, ListenerProbe, ProbeToken};
+use wavelink_server::assembly::Assembly;
+use wavelink_server::health::{Health, ProbeToken};
 use wavelink_server::shutdown::{Drain, SignalShutdown};
 
 use crate::admin::AdminApi;
@@ -91,54 +90,23 @@ impl Proxy {
     /// Runs on the calling thread (which must not be inside a tokio runtime) until `shutdown`
     /// says to stop.
     pub fn run(self, shutdown: Box<dyn ShutdownSignalWatch>, exit_if_listener_fails: bool) {
-        let server = self.build_server(exit_if_listener_fails);
-        info!(listen = %self.settings.listen, admin = %self.settings.admin, domain = %self.settings.domain,
-              threads = self.settings.threads, "proxy starting");
-        server.run(RunArgs { shutdown_signal: shutdown });
+        let settings = &self.settings;
+        let ingress = Ingress { router: self.router.clone(), probe_token: self.probe_token.clone() };
+        let admin = AdminApi { router: self.router.clone(), health: self.health.clone() };
+        let assembly = Assembly::new(settings.threads, settings.grace_period)
+            .proxy("wavelink proxy", ingress, settings.listen, settings.threads)
+            .admin("wavelink admin", admin, settings.admin)
+            .background("stats sampler", StatsSampler { router: self.router.clone() })
+            .readiness(self.health.clone(), settings.listen, self.probe_token.clone(), exit_if_listener_fails);
+        info!(listen = %settings.listen, admin = %settings.admin, domain = %settings.domain,
+              threads = settings.threads, "proxy starting");
+        assembly.run(shutdown);
         info!("proxy stopped");
     }
 
     /// The SIGTERM/SIGINT handling of a proxy process: drain, then exit (see [`SignalShutdown`]).
     pub fn signal_shutdown(&self) -> Box<dyn ShutdownSignalWatch> {
         Box::new(SignalShutdown::new(self.router.clone(), self.health.clone(), self.settings.grace_period))
-    }
-
-    fn build_server(&self, exit_if_listener_fails: bool) -> Server {
-        let conf = wavelink_server::server_conf(self.settings.threads, self.settings.grace_period);
-        let mut server = Server::new_with_opt_and_conf(None, conf);
-        server.bootstrap();
-
-        let ingress = Ingress { router: self.router.clone(), probe_token: self.probe_token.clone() };
-        let mut proxy = pingora_proxy::http_proxy_service_with_name(&server.configuration, ingress, "wavelink proxy");
-        proxy.add_tcp(&self.settings.listen.to_string());
-        proxy.threads = Some(self.settings.threads);
-        server.add_service(proxy);
-
-        let mut admin = Service::new(
-            "wavelink admin".to_owned(),
-            AdminApi { router: self.router.clone(), health: self.health.clone() },
-        );
-        admin.add_tcp(&self.settings.admin.to_string());
-        admin.threads = Some(1);
-        server.add_service(admin);
-
-        let mut sampler = background_service("stats sampler", StatsSampler { router: self.router.clone() });
-        sampler.threads = Some(1);
-        server.add_service(sampler);
-
-        let mut probe = background_service(
-            "listener probe",
-            ListenerProbe {
-                health: self.health.clone(),
-                listen: self.settings.listen,
-                token: self.probe_token.clone(),
-                // Pingora retries a busy port for about 30 s before giving up on it.
-                give_up_after: exit_if_listener_fails.then_some(Duration::from_secs(40)),
-            },
-        );
-        probe.threads = Some(1);
-        server.add_service(probe);
-        server
     }
 }
 

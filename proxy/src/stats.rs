@@ -14,6 +14,7 @@ use async_trait::async_trait;
 use pingora_core::server::ShutdownWatch;
 use pingora_core::services::background::BackgroundService;
 use wavelink_core::stats::{Concurrency, Sample};
+use wavelink_server::assembly::every;
 
 use crate::function::{FunctionState, LoadGauge};
 use crate::router::Router;
@@ -88,20 +89,13 @@ pub struct StatsSampler {
 
 #[async_trait]
 impl BackgroundService for StatsSampler {
-    async fn start(&self, mut shutdown: ShutdownWatch) {
-        let mut ticker = tokio::time::interval(SUB_SAMPLE);
-        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    async fn start(&self, shutdown: ShutdownWatch) {
         let ticks_per_sample = (SAMPLE_INTERVAL.as_millis() / SUB_SAMPLE.as_millis()) as u32;
-        let mut tick = 0u32;
-        loop {
-            tokio::select! {
-                _ = ticker.tick() => {}
-                _ = shutdown.changed() => return,
-            }
-            tick += 1;
+        every(SUB_SAMPLE, shutdown, |tick| {
             let close = (tick % ticks_per_sample == 0).then(unix_ms);
             sample_all(&self.router, close);
-        }
+        })
+        .await;
     }
 }
 

@@ -3,6 +3,7 @@
 #![forbid(unsafe_code)]
 
 pub mod admin;
+pub mod assembly;
 pub mod health;
 pub mod respond;
 pub mod shutdown;

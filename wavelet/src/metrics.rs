@@ -4,6 +4,7 @@ use prometheus::{
     Counter, CounterVec, Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
     IntGaugeVec, Opts, Registry, TextEncoder,
 };
+use wavelink_core::wire::{STATUS_CLASSES, status_class};
 
 /// Why an Emergency Instance was destroyed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -144,8 +145,7 @@ impl WaveletMetrics {
             live: self.live.with_label_values(&[label]),
             first_byte: self.first_byte.with_label_values(&[label]),
             memory: self.memory.with_label_values(&[label]),
-            requests: ["1xx", "2xx", "3xx", "4xx", "5xx", "client_closed"]
-                .map(|code| self.requests.with_label_values(&[label, code])),
+            requests: STATUS_CLASSES.map(|code| self.requests.with_label_values(&[label, code])),
         }
     }
 
@@ -165,7 +165,7 @@ pub struct FunctionMetrics {
     pub live: IntGauge,
     pub first_byte: Histogram,
     pub memory: Counter,
-    requests: [IntCounter; 6],
+    requests: [IntCounter; STATUS_CLASSES.len()],
 }
 
 impl FunctionMetrics {
@@ -174,10 +174,6 @@ impl FunctionMetrics {
     }
 
     pub fn record_request(&self, status: Option<u16>) {
-        let class = match status {
-            Some(s @ 100..=599) => usize::from(s / 100) - 1,
-            _ => 5,
-        };
-        self.requests[class].inc();
+        self.requests[status_class(status)].inc();
     }
 }

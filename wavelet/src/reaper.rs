@@ -8,6 +8,8 @@ use async_trait::async_trait;
 use pingora_core::server::ShutdownWatch;
 use pingora_core::services::background::BackgroundService;
 
+use wavelink_server::assembly::every;
+
 use crate::pool::Pools;
 
 /// Keepalive precision: an idle instance lives at most this much longer than its keepalive.
@@ -21,17 +23,7 @@ pub struct Reaper {
 
 #[async_trait]
 impl BackgroundService for Reaper {
-    async fn start(&self, mut shutdown: ShutdownWatch) {
-        let mut ticker = tokio::time::interval(TICK);
-        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
-        let mut tick = 0u32;
-        loop {
-            tokio::select! {
-                _ = ticker.tick() => {}
-                _ = shutdown.changed() => return,
-            }
-            tick = tick.wrapping_add(1);
-            self.pools.reap(tick % FULL_SCAN_EVERY == 0);
-        }
+    async fn start(&self, shutdown: ShutdownWatch) {
+        every(TICK, shutdown, |tick| self.pools.reap(tick % FULL_SCAN_EVERY == 0)).await;
     }
 }

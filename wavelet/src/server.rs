@@ -7,11 +7,10 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use pingora_core::server::{RunArgs, Server, ShutdownSignalWatch};
-use pingora_core::services::background::background_service;
-use pingora_core::services::listening::Service;
+use pingora_core::server::ShutdownSignalWatch;
 use tracing::{info, warn};
-use wavelink_server::health::{Health, ListenerProbe, ProbeToken};
+use wavelink_server::assembly::Assembly;
+use wavelink_server::health::{Health, ProbeToken};
 use wavelink_server::shutdown::{Drain, SignalShutdown};
 
 use crate::admin::AdminApi;
@@ -112,48 +111,21 @@ impl Wavelet {
     /// Runs on the calling thread (not inside a tokio runtime) until `shutdown` says to stop;
     /// every instance is destroyed before it returns.
     pub fn run(self, shutdown: Box<dyn ShutdownSignalWatch>, exit_if_listener_fails: bool) {
-        let mut server = Server::new_with_opt_and_conf(
-            None,
-            wavelink_server::server_conf(self.settings.threads, self.settings.grace_period),
-        );
-        server.bootstrap();
+        let settings = &self.settings;
         let proxy = WaveletProxy {
             pools: self.pools.clone(),
             probe_token: self.probe_token.clone(),
-            spawn_timeout: self.settings.spawn_timeout,
+            spawn_timeout: settings.spawn_timeout,
         };
-        let mut service = pingora_proxy::http_proxy_service_with_name(&server.configuration, proxy, "wavelet");
-        service.add_tcp(&self.settings.listen.to_string());
-        service.threads = Some(self.settings.threads);
-        server.add_service(service);
-
-        let mut admin = Service::new(
-            "wavelet admin".to_owned(),
-            AdminApi { pools: self.pools.clone(), health: self.health.clone() },
-        );
-        admin.add_tcp(&self.settings.admin.to_string());
-        admin.threads = Some(1);
-        server.add_service(admin);
-
-        let mut reaper = background_service("instance reaper", Reaper { pools: self.pools.clone() });
-        reaper.threads = Some(1);
-        server.add_service(reaper);
-
-        let mut probe = background_service(
-            "listener probe",
-            ListenerProbe {
-                health: self.health.clone(),
-                listen: self.settings.listen,
-                token: self.probe_token.clone(),
-                give_up_after: exit_if_listener_fails.then_some(Duration::from_secs(40)),
-            },
-        );
-        probe.threads = Some(1);
-        server.add_service(probe);
-
-        info!(listen = %self.settings.listen, admin = %self.settings.admin, max_instances = self.settings.max_instances,
-              state_dir = %self.settings.state_dir.display(), "wavelet starting");
-        server.run(RunArgs { shutdown_signal: shutdown });
+        let admin = AdminApi { pools: self.pools.clone(), health: self.health.clone() };
+        let assembly = Assembly::new(settings.threads, settings.grace_period)
+            .proxy("wavelet", proxy, settings.listen, settings.threads)
+            .admin("wavelet admin", admin, settings.admin)
+            .background("instance reaper", Reaper { pools: self.pools.clone() })
+            .readiness(self.health.clone(), settings.listen, self.probe_token.clone(), exit_if_listener_fails);
+        info!(listen = %settings.listen, admin = %settings.admin, max_instances = settings.max_instances,
+              state_dir = %settings.state_dir.display(), "wavelet starting");
+        assembly.run(shutdown);
         self.pools.destroy_all();
         info!("wavelet stopped");
     }
