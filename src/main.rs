@@ -56,6 +56,9 @@ enum Command {
     ///
     /// Listens on --listen, on a socket inherited as fd 3 (LISTEN_FDS=1), or on $HOST:$PORT.
     Fn(FnArgs),
+    /// Generate load: wrk-style against a URL (closed loop, or open loop with --rate), or
+    /// replay a serverless trace against the proxy (`wavelink load trace`).
+    Load(Box<wavelink_loadtest::cli::LoadArgs>),
     /// Print the annotation reference: every wavelink.dev/* key, its default and accepted values.
     Annotations,
 }
@@ -152,6 +155,7 @@ fn main() -> std::process::ExitCode {
         Command::Proxy(args) => run_proxy(args),
         Command::Wavelet(args) => run_wavelet(args),
         Command::Fn(args) => wavelink_loadtest::workload::run(args),
+        Command::Load(args) => wavelink_loadtest::run(*args),
         Command::Annotations => {
             print!("{}", wavelink_core::spec::markdown_table());
             Ok(())

@@ -12,6 +12,7 @@ pub mod size;
 pub mod slots;
 pub mod spec;
 pub mod stats;
+pub mod trace;
 pub mod wire;
 
 pub use config::{FunctionDef, LocalConfig, RejectedFunction};

@@ -1,0 +1,116 @@
+//! Sending a schedule open loop: every invocation leaves at its time, whatever happened to the
+//! ones before, on a keep-alive connection from a pool (a new one when none is idle). Its
+//! end-to-end time counts from when it was meant to leave.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::time::Duration;
+
+use parking_lot::Mutex;
+use tokio::sync::Semaphore;
+use tokio::time::Instant;
+use wavelink_core::trace::arrivals::Invocation;
+use wavelink_core::trace::report::Record;
+
+use crate::client::{Connection, get_request};
+
+pub struct ReplayPlan {
+    pub addr: SocketAddr,
+    /// Host header per function (`<name>.<namespace>.<domain>`).
+    pub hosts: Vec<String>,
+    pub timeout: Duration,
+    /// Most connections open at once; beyond, invocations wait (and their wait counts).
+    pub max_connections: usize,
+    pub threads: usize,
+}
+
+/// Shared counters for a progress display.
+#[derive(Default)]
+pub struct ReplayProgress {
+    pub sent: AtomicU64,
+    pub done: AtomicU64,
+}
+
+/// Replays `schedule` (sorted by time) and returns a record per invocation, in schedule order.
+pub fn replay(
+    plan: &ReplayPlan,
+    schedule: &[Invocation],
+    progress: &Arc<ReplayProgress>,
+) -> Result<Vec<Record>, String> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(plan.threads.max(1))
+        .enable_all()
+        .build()
+        .map_err(|e| format!("starting the replay runtime: {e}"))?;
+    let records: Arc<Mutex<Vec<Option<Record>>>> = Arc::new(Mutex::new(vec![None; schedule.len()]));
+    let idle: Arc<Mutex<Vec<Connection>>> = Arc::new(Mutex::new(Vec::new()));
+    let permits = Arc::new(Semaphore::new(plan.max_connections.max(1)));
+    let requests: Arc<Vec<Vec<u8>>> = Arc::new(
+        schedule
+            .iter()
+            .map(|i| {
+                let path = if i.memory_mb > 0 {
+                    format!("/?ms={}&mb={}", i.runtime_ms, i.memory_mb)
+                } else {
+                    format!("/?ms={}", i.runtime_ms)
+                };
+                get_request(&path, &plan.hosts[i.function], &[])
+            })
+            .collect(),
+    );
+    runtime.block_on(async {
+        let start = Instant::now() + Duration::from_millis(50);
+        let mut tasks = Vec::with_capacity(schedule.len());
+        for (index, invocation) in schedule.iter().enumerate() {
+            let intended = start + invocation.at;
+            tokio::time::sleep_until(intended).await;
+            let permit = match permits.clone().acquire_owned().await {
+                Ok(permit) => permit,
+                Err(_) => break,
+            };
+            progress.sent.fetch_add(1, Relaxed);
+            let (records, idle, requests, progress) =
+                (records.clone(), idle.clone(), requests.clone(), progress.clone());
+            let (addr, timeout, invocation) = (plan.addr, plan.timeout, *invocation);
+            tasks.push(tokio::spawn(async move {
+                let pooled = idle.lock().pop();
+                let outcome = tokio::time::timeout(timeout, async {
+                    let mut connection = match pooled {
+                        Some(connection) => connection,
+                        None => Connection::connect(addr).await?,
+                    };
+                    let response = connection.send(&requests[index]).await?;
+                    Ok::<_, crate::client::ClientError>((connection, response))
+                })
+                .await;
+                let done = Instant::now();
+                let (status, exec_us, track) = match outcome {
+                    Ok(Ok((connection, response))) => {
+                        if !response.close {
+                            idle.lock().push(connection);
+                        }
+                        (Some(response.status), response.exec_us, response.track)
+                    }
+                    _ => (None, None, None),
+                };
+                drop(permit);
+                records.lock()[index] = Some(Record {
+                    intended_us: invocation.at.as_micros() as u64,
+                    function: invocation.function,
+                    requested_ms: invocation.runtime_ms,
+                    exec_us,
+                    e2e_us: done.saturating_duration_since(intended).as_micros() as u64,
+                    status,
+                    track,
+                });
+                progress.done.fetch_add(1, Relaxed);
+            }));
+        }
+        for task in tasks {
+            let _ = task.await;
+        }
+    });
+    let records = std::mem::take(&mut *records.lock());
+    Ok(records.into_iter().flatten().collect())
+}
