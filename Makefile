@@ -33,6 +33,7 @@ bench: build bench-deps
 	bench/proxy.sh
 	bench/fn_startup.py
 	bench/ei.py
+	bench/load.sh
 
 clean:
 	$(CARGO) clean

@@ -2,10 +2,18 @@
 //! runtime and its share of `connections` keep-alive connections.
 //!
 //! Closed loop (no rate): every connection sends its next request as soon as the previous one is
-//! answered, as wrk does. Open loop (`rate`): every connection follows a fixed schedule, and
-//! latency is measured from each request's *intended* send time, so a stalled server shows up in
-//! the percentiles instead of silently slowing the client down (wrk2's correction for
-//! coordinated omission). Both the corrected and the uncorrected latency are recorded.
+//! answered, as wrk does. Open loop (`rate`): every connection follows a fixed schedule, and a
+//! request held back by a slow answer to an earlier one is charged the time it waited, so a
+//! stalled server shows up in the percentiles instead of silently slowing the client down
+//! (wrk2's correction for coordinated omission).
+//!
+//! The wait is computed on a virtual timeline in which the client sends every request exactly
+//! when it may (at its intended time, or when the connection's previous answer would have come
+//! had that one left on time), with the service times actually observed. Lateness of the
+//! client's own timer (tokio's has millisecond granularity) is thereby not charged to the
+//! server, which would otherwise add up to a millisecond to every sample and cascade from one
+//! request to the next. Corrected latency = virtual wait + observed service time; the
+//! uncorrected latency (service time alone) is recorded too.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -213,6 +221,8 @@ async fn connection_loop(plan: LoadPlan, schedule: Schedule, progress: Arc<Progr
     let mut measured = Measurements::new();
     let mut connection: Option<Connection> = None;
     let mut next = first;
+    // When the previous answer would have come on the virtual, punctual timeline.
+    let mut virtual_free = first;
     loop {
         let intended = match interval {
             Some(gap) => {
@@ -252,17 +262,18 @@ async fn connection_loop(plan: LoadPlan, schedule: Schedule, progress: Arc<Progr
         let sent = TokioInstant::now();
         let outcome = tokio::time::timeout(plan.timeout, conn.send(&plan.request)).await;
         let done = TokioInstant::now();
+        let service = done.saturating_duration_since(sent);
+        // On the punctual timeline the request leaves when due, or when the connection frees.
+        let ready = intended.max(virtual_free);
+        virtual_free = ready + service;
         if done > deadline {
             break;
         }
         match outcome {
             Ok(Ok(response)) => {
                 let second = done.saturating_duration_since(start).as_secs() as usize;
-                measured.record(
-                    second,
-                    done.saturating_duration_since(intended).as_micros() as u64,
-                    done.saturating_duration_since(sent).as_micros() as u64,
-                );
+                let waited = ready.saturating_duration_since(intended);
+                measured.record(second, (waited + service).as_micros() as u64, service.as_micros() as u64);
                 measured.bytes += response.bytes as u64;
                 if !(200..400).contains(&response.status) {
                     measured.non_2xx_3xx += 1;
