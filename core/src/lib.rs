@@ -5,6 +5,7 @@
 //! sockets, no Kubernetes client: everything here is plain data and functions, tested directly.
 #![forbid(unsafe_code)]
 
+pub mod autoscale;
 pub mod config;
 pub mod duration;
 pub mod function;

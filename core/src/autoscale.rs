@@ -1,0 +1,465 @@
+//! The Regular Instance autoscaler's decision, Knative-KPA-like, as a plain state machine.
+//!
+//! Every tick it gets the last seconds of concurrency (Regular + Emergency + queued: a burst
+//! served by Emergency Instances still asks for Regular ones, so a lasting burst turns into RIs
+//! and the EIs drain away) and the number of RIs, and returns how many RIs there should be:
+//!
+//! 1. observed demand over the stable window (`window`) and the panic window
+//!    (`panic-window-percentage` of it), aggregated by `metric-aggregation`: `max` of the
+//!    per-second peaks, or `avg` of the per-second averages;
+//! 2. desired = ceil(demand / (container-concurrency × target-utilization)), per window;
+//! 3. panic when the panic window asks for at least `panic-threshold-percentage` of the current
+//!    RIs; while panicking (until a stable window passes without a trigger) follow the panic
+//!    window and never scale down;
+//! 4. the highest recommendation of the last `scale-down-delay` holds; then at most 1000x up and
+//!    2x down per tick; then `min-scale`..`max-scale`.
+//!
+//! In `dual` mode a sporadic function (mean inter-arrival time above `sporadic-threshold`) has
+//! its load ignored: it lives on Emergency Instances and never holds an idle RI. `fast-only`
+//! has no RIs at all.
+
+use std::collections::VecDeque;
+use std::time::Duration;
+
+use crate::spec::{FunctionSpec, MetricAggregation, ScalingMode};
+use crate::stats::Sample;
+
+/// Largest factor RIs may grow by in one tick.
+pub const MAX_SCALE_UP_RATE: f64 = 1000.0;
+/// Largest factor RIs may shrink by in one tick.
+pub const MAX_SCALE_DOWN_RATE: f64 = 2.0;
+
+/// One second of a function's demand, summed over every proxy.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Observation {
+    /// The second (Unix time) the sample ends in.
+    pub second: u64,
+    /// Highest concurrency of the second: Regular + Emergency + queued peaks (an upper bound of
+    /// the peak of their sum, which is the safe side).
+    pub peak: f64,
+    /// Time-average concurrency of the second: Regular + Emergency + queued.
+    pub avg: f64,
+    pub arrivals: u64,
+}
+
+impl Observation {
+    pub fn from_sample(sample: &Sample) -> Self {
+        Observation {
+            second: sample.end_unix_ms / 1000,
+            peak: f64::from(sample.regular.peak + sample.emergency.peak + sample.queued.peak),
+            avg: sample.regular.avg + sample.emergency.avg + sample.queued.avg,
+            arrivals: sample.arrivals,
+        }
+    }
+
+    /// Adds another proxy's demand for the same second.
+    pub fn merge(&mut self, other: &Observation) {
+        self.peak += other.peak;
+        self.avg += other.avg;
+        self.arrivals += other.arrivals;
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Decision {
+    pub desired: u32,
+    pub panic: bool,
+    /// The function's load was not counted (dual mode, sporadic).
+    pub sporadic: bool,
+    /// Demand over the stable and the panic window, as aggregated.
+    pub stable_demand: f64,
+    pub panic_demand: f64,
+    pub reason: Reason,
+}
+
+/// What decided the number, for logs and metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reason {
+    Initial,
+    NoData,
+    FastOnly,
+    Stable,
+    Panic,
+}
+
+impl Reason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Reason::Initial => "initial",
+            Reason::NoData => "no_data",
+            Reason::FastOnly => "fast_only",
+            Reason::Stable => "stable",
+            Reason::Panic => "panic",
+        }
+    }
+}
+
+/// One function's autoscaler state between ticks.
+#[derive(Debug, Clone, Default)]
+pub struct Decider {
+    started: bool,
+    /// When the panic condition last held.
+    last_panic_trigger: Option<u64>,
+    /// Recommendations of recent ticks, for the scale-down delay.
+    recent: VecDeque<(u64, u32)>,
+}
+
+impl Decider {
+    /// The number of RIs there should be at `now` (Unix seconds), given the observations (any
+    /// order, any age; only the windows' are used) and the RIs there are.
+    pub fn decide(&mut self, spec: &FunctionSpec, now: u64, observations: &[Observation], current: u32) -> Decision {
+        let mut decision = Decision {
+            desired: current,
+            panic: false,
+            sporadic: false,
+            stable_demand: 0.0,
+            panic_demand: 0.0,
+            reason: Reason::Stable,
+        };
+        if spec.scaling_mode == ScalingMode::FastOnly {
+            decision.desired = 0;
+            decision.reason = Reason::FastOnly;
+            return decision;
+        }
+        let stable_window = spec.window.as_secs().max(1);
+        let panic_window = ((spec.window.as_secs_f64() * spec.panic_window_percentage / 100.0).round() as u64).max(1);
+        let in_window = |window: u64| observations.iter().filter(move |o| o.second <= now && o.second + window > now);
+        if !self.started {
+            self.started = true;
+            if in_window(stable_window).next().is_none() {
+                decision.desired = bound(spec, spec.initial_scale);
+                decision.reason = Reason::Initial;
+                self.remember(spec, now, decision.desired);
+                return decision;
+            }
+        }
+        if in_window(stable_window).next().is_none() {
+            decision.reason = Reason::NoData;
+            return decision;
+        }
+
+        let arrivals: u64 = in_window(stable_window).map(|o| o.arrivals).sum();
+        if spec.scaling_mode == ScalingMode::Dual
+            && let Some(threshold) = spec.sporadic_threshold
+        {
+            // Mean inter-arrival time over the window; no arrival at all counts as sporadic.
+            let mean_gap = if arrivals == 0 { f64::INFINITY } else { stable_window as f64 / arrivals as f64 };
+            decision.sporadic = mean_gap > threshold.as_secs_f64();
+        }
+        let demand = |window: u64| -> f64 {
+            let values = in_window(window).map(|o| match spec.metric_aggregation {
+                MetricAggregation::Max => o.peak,
+                MetricAggregation::Avg => o.avg,
+            });
+            match spec.metric_aggregation {
+                MetricAggregation::Max => values.fold(0.0, f64::max),
+                MetricAggregation::Avg => {
+                    let (sum, count) = values.fold((0.0, 0u32), |(s, c), v| (s + v, c + 1));
+                    if count == 0 { 0.0 } else { sum / f64::from(count) }
+                }
+            }
+        };
+        if !decision.sporadic {
+            decision.stable_demand = demand(stable_window);
+            decision.panic_demand = demand(panic_window);
+        }
+        let per_instance = f64::from(spec.container_concurrency) * spec.target_utilization;
+        let stable_desired = (decision.stable_demand / per_instance).ceil() as u32;
+        let panic_desired = (decision.panic_demand / per_instance).ceil() as u32;
+
+        let capacity_basis = f64::from(current.max(1));
+        if f64::from(panic_desired) / capacity_basis >= spec.panic_threshold_percentage / 100.0 {
+            self.last_panic_trigger = Some(now);
+        }
+        decision.panic = self.last_panic_trigger.is_some_and(|at| now < at + stable_window);
+        let mut desired = if decision.panic {
+            decision.reason = Reason::Panic;
+            panic_desired.max(current)
+        } else {
+            stable_desired
+        };
+        // The delay holds the highest demand of its period; the rate limits then pace the way
+        // there, so a drop after the delay still takes one halving per tick.
+        desired = self.hold_for_scale_down_delay(spec.scale_down_delay, now, desired);
+        let most = (capacity_basis * MAX_SCALE_UP_RATE).ceil() as u32;
+        let fewest = (f64::from(current) / MAX_SCALE_DOWN_RATE).floor() as u32;
+        desired = desired.clamp(fewest, most);
+        decision.desired = bound(spec, desired);
+        decision
+    }
+
+    /// The highest recommendation of the last `delay` (Knative's scale-down delay).
+    fn hold_for_scale_down_delay(&mut self, delay: Duration, now: u64, desired: u32) -> u32 {
+        self.recent.push_back((now, desired));
+        let delay = delay.as_secs();
+        while self.recent.front().is_some_and(|(at, _)| *at + delay < now) {
+            self.recent.pop_front();
+        }
+        if delay == 0 {
+            self.recent.clear();
+            return desired;
+        }
+        self.recent.iter().map(|(_, d)| *d).max().unwrap_or(desired)
+    }
+
+    fn remember(&mut self, spec: &FunctionSpec, now: u64, desired: u32) {
+        self.hold_for_scale_down_delay(spec.scale_down_delay, now, desired);
+    }
+}
+
+fn bound(spec: &FunctionSpec, desired: u32) -> u32 {
+    let desired = desired.max(spec.min_scale);
+    spec.max_scale.map_or(desired, |max| desired.min(max))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::spec::keys;
+
+    fn spec(extra: &[(&str, &str)]) -> FunctionSpec {
+        let mut pairs = vec![(keys::WINDOW, "60s"), (keys::INITIAL_SCALE, "0"), (keys::SPORADIC_THRESHOLD, "0")];
+        pairs.extend_from_slice(extra);
+        FunctionSpec::from_annotations(pairs).unwrap()
+    }
+
+    /// A flat stretch of demand: `level` concurrency (peak and average) for `seconds` seconds
+    /// ending at `end`, with plenty of arrivals.
+    fn flat(end: u64, seconds: u64, level: f64) -> Vec<Observation> {
+        (end + 1 - seconds..=end).map(|second| Observation { second, peak: level, avg: level, arrivals: 10 }).collect()
+    }
+
+    /// Runs ticks every 2 s; `demand(t)` is the concurrency in second t; RIs follow decisions at
+    /// once. Returns the desired count after each tick.
+    fn simulate(spec: &FunctionSpec, start: u32, seconds: u64, demand: impl Fn(u64) -> f64) -> Vec<u32> {
+        let mut decider = Decider::default();
+        let mut current = start;
+        let history: Vec<Observation> =
+            (1..=seconds).map(|s| Observation { second: s, peak: demand(s), avg: demand(s), arrivals: 10 }).collect();
+        let mut out = Vec::new();
+        for now in (2..=seconds).step_by(2) {
+            let seen: Vec<Observation> = history.iter().copied().filter(|o| o.second <= now).collect();
+            current = decider.decide(spec, now, &seen, current).desired;
+            out.push(current);
+        }
+        out
+    }
+
+    #[test]
+    fn desired_is_demand_over_target_per_instance() {
+        // container-concurrency 1 at 70%: 7 concurrent need 10 RIs.
+        let s = spec(&[]);
+        let d = Decider::default().decide(&s, 100, &flat(100, 60, 7.0), 10);
+        assert_eq!((d.desired, d.panic, d.reason), (10, false, Reason::Stable));
+        let s = spec(&[(keys::CONTAINER_CONCURRENCY, "10"), (keys::TARGET_UTILIZATION, "100")]);
+        assert_eq!(Decider::default().decide(&s, 100, &flat(100, 60, 25.0), 3).desired, 3);
+    }
+
+    #[test]
+    fn table_of_scenarios() {
+        struct Case {
+            name: &'static str,
+            annotations: &'static [(&'static str, &'static str)],
+            start: u32,
+            seconds: u64,
+            demand: fn(u64) -> f64,
+            check: fn(&[u32]) -> Result<(), String>,
+        }
+        let cases = [
+            Case {
+                name: "a burst panics straight to what the panic window needs",
+                annotations: &[],
+                start: 2,
+                seconds: 100,
+                demand: |t| if t > 80 { 20.0 } else { 1.0 },
+                check: |out| {
+                    let before = out[38]; // tick at 78 s
+                    let after = out[41]; // tick at 84 s
+                    if before != 2 {
+                        return Err(format!("steady 1 concurrent keeps 2 RIs, got {before}"));
+                    }
+                    if after != 29 {
+                        return Err(format!("20 concurrent at 70% need 29 RIs at once, got {after}"));
+                    }
+                    Ok(())
+                },
+            },
+            Case {
+                name: "a ramp is followed without overshoot",
+                annotations: &[],
+                start: 1,
+                seconds: 120,
+                demand: |t| (t / 10) as f64,
+                check: |out| {
+                    if out.windows(2).any(|w| w[1] < w[0]) {
+                        return Err(format!("a rising ramp never scales down: {out:?}"));
+                    }
+                    let last = *out.last().unwrap();
+                    if last != 18 {
+                        return Err(format!("12 concurrent need 18 RIs, got {last}"));
+                    }
+                    Ok(())
+                },
+            },
+            Case {
+                name: "after the load ends RIs decay to min-scale, at most halving per tick",
+                annotations: &[(keys::MIN_SCALE, "2")],
+                start: 40,
+                seconds: 200,
+                demand: |t| if t <= 60 { 28.0 } else { 0.0 },
+                check: |out| {
+                    for w in out.windows(2) {
+                        if w[1] < w[0] / 2 {
+                            return Err(format!("halved more than 2x: {out:?}"));
+                        }
+                    }
+                    if out[28] != 40 {
+                        return Err(format!("held during the window after the load: {out:?}"));
+                    }
+                    if *out.last().unwrap() != 2 {
+                        return Err(format!("ends at min-scale: {out:?}"));
+                    }
+                    Ok(())
+                },
+            },
+            Case {
+                name: "panic ends a stable window after its last trigger, then scale-down resumes",
+                annotations: &[],
+                start: 2,
+                seconds: 240,
+                demand: |t| if (81..=90).contains(&t) { 20.0 } else { 1.0 },
+                check: |out| {
+                    let peak = *out.iter().max().unwrap();
+                    if peak != 29 {
+                        return Err(format!("burst peak {peak}"));
+                    }
+                    // Last trigger at 90 s; panic holds until 150 s; the stable window holds the
+                    // burst until 150 s too; then scale down, halving per tick.
+                    if out[72] != 29 {
+                        return Err(format!("still up at 146 s: {out:?}"));
+                    }
+                    if *out.last().unwrap() != 2 {
+                        return Err(format!("back to 2: {out:?}"));
+                    }
+                    Ok(())
+                },
+            },
+            Case {
+                name: "max-scale caps, min-scale floors",
+                annotations: &[(keys::MIN_SCALE, "3"), (keys::MAX_SCALE, "5")],
+                start: 1,
+                seconds: 60,
+                demand: |t| if t > 30 { 100.0 } else { 0.0 },
+                check: |out| {
+                    if out[0] != 3 {
+                        return Err(format!("floored at 3: {out:?}"));
+                    }
+                    if *out.last().unwrap() != 5 {
+                        return Err(format!("capped at 5: {out:?}"));
+                    }
+                    Ok(())
+                },
+            },
+            Case {
+                name: "scale-down delay holds the highest recent recommendation",
+                annotations: &[(keys::SCALE_DOWN_DELAY, "30s"), (keys::WINDOW, "6s")],
+                start: 10,
+                seconds: 80,
+                demand: |t| if t <= 20 { 7.0 } else { 0.0 },
+                check: |out| {
+                    // The 6 s window forgets the load at 26 s; the delay holds 10 until about 56 s.
+                    if out[24] != 10 {
+                        return Err(format!("held at 50 s: {out:?}"));
+                    }
+                    if *out.last().unwrap() != 0 {
+                        return Err(format!("released by 80 s: {out:?}"));
+                    }
+                    Ok(())
+                },
+            },
+        ];
+        for case in cases {
+            let s = spec(case.annotations);
+            let out = simulate(&s, case.start, case.seconds, case.demand);
+            if let Err(e) = (case.check)(&out) {
+                panic!("{}: {e}", case.name);
+            }
+        }
+    }
+
+    #[test]
+    fn initial_scale_applies_before_any_data_and_no_data_keeps_the_count() {
+        let s = spec(&[(keys::INITIAL_SCALE, "3")]);
+        let mut decider = Decider::default();
+        let first = decider.decide(&s, 100, &[], 0);
+        assert_eq!((first.desired, first.reason), (3, Reason::Initial));
+        let second = decider.decide(&s, 102, &[], 3);
+        assert_eq!((second.desired, second.reason), (3, Reason::NoData));
+        // Old observations outside the window are no data either.
+        let stale = decider.decide(&s, 500, &flat(100, 60, 50.0), 3);
+        assert_eq!(stale.reason, Reason::NoData);
+    }
+
+    #[test]
+    fn avg_aggregation_averages_where_max_takes_the_peak() {
+        let mut observations = flat(100, 60, 1.0);
+        observations[59].peak = 30.0; // one spiky second
+        let max = spec(&[(keys::PANIC_THRESHOLD_PERCENTAGE, "1000")]);
+        let avg = spec(&[(keys::METRIC_AGGREGATION, "avg"), (keys::PANIC_THRESHOLD_PERCENTAGE, "1000")]);
+        assert_eq!(Decider::default().decide(&max, 100, &observations, 20).desired, 43);
+        assert_eq!(Decider::default().decide(&avg, 100, &observations, 2).desired, 2);
+    }
+
+    #[test]
+    fn a_sporadic_function_in_dual_mode_never_holds_an_ri() {
+        let s = spec(&[(keys::SPORADIC_THRESHOLD, "60s")]);
+        // One invocation in the last minute, running 5 s: mean gap 60 s is not above 60 s...
+        let mut observations = flat(100, 60, 0.0);
+        for o in &mut observations {
+            o.arrivals = 0;
+        }
+        observations[55].arrivals = 1;
+        for o in &mut observations[55..] {
+            o.peak = 1.0;
+            o.avg = 1.0;
+        }
+        let d = Decider::default().decide(&s, 100, &observations, 0);
+        assert!(!d.sporadic, "exactly at the threshold is not above it");
+        assert_eq!(d.desired, 2);
+        // ...but no arrival at all, or one every two minutes, is.
+        observations[55].arrivals = 0;
+        let d = Decider::default().decide(&s, 100, &observations, 1);
+        assert!(d.sporadic);
+        assert_eq!(d.desired, 0, "load of a sporadic function is not counted");
+        let async_mode = spec(&[(keys::SPORADIC_THRESHOLD, "60s"), (keys::SCALING_MODE, "async")]);
+        assert!(!Decider::default().decide(&async_mode, 100, &observations, 1).sporadic, "only dual mode");
+    }
+
+    #[test]
+    fn fast_only_has_no_regular_instances() {
+        let s = spec(&[(keys::SCALING_MODE, "fast-only"), (keys::MIN_SCALE, "2")]);
+        let d = Decider::default().decide(&s, 100, &flat(100, 60, 50.0), 4);
+        assert_eq!((d.desired, d.reason), (0, Reason::FastOnly));
+    }
+
+    #[test]
+    fn scale_up_is_limited_to_a_thousandfold_per_tick() {
+        let s = spec(&[(keys::CONTAINER_CONCURRENCY, "1"), (keys::TARGET_UTILIZATION, "100")]);
+        let d = Decider::default().decide(&s, 100, &flat(100, 60, 5000.0), 2);
+        assert_eq!(d.desired, 2000);
+    }
+
+    #[test]
+    fn observations_of_several_proxies_add_up() {
+        let sample = |regular: u32, emergency: u32| Sample {
+            end_unix_ms: 100_500,
+            regular: crate::stats::Concurrency { avg: f64::from(regular), peak: regular },
+            emergency: crate::stats::Concurrency { avg: f64::from(emergency), peak: emergency },
+            queued: crate::stats::Concurrency::default(),
+            arrivals: 3,
+        };
+        let mut a = Observation::from_sample(&sample(2, 1));
+        a.merge(&Observation::from_sample(&sample(4, 0)));
+        assert_eq!(a, Observation { second: 100, peak: 7.0, avg: 7.0, arrivals: 6 });
+    }
+}
