@@ -237,7 +237,7 @@ fn after_a_kill_9_of_the_wavelet_its_restart_kills_every_orphan_and_serves_again
 
     let _restarted = stack.start_wavelet(0);
     wait_for_no_instances(&f.marker, Duration::from_secs(10));
-    assert!(stack.wavelet_log(0).contains("cleaned up after a previous Wavelet"), "{}", stack.wavelet_log(0));
+    assert!(stack.wavelet_log(0).contains("cleaned up after a previous run"), "{}", stack.wavelet_log(0));
     assert_eq!(send(address, &f.direct("/")).unwrap().status, 200);
 }
 
@@ -285,7 +285,7 @@ fn instances_get_only_their_socket_an_unprivileged_user_and_a_memory_cgroup() {
     let log = stack.wavelet_log(0);
     if log.contains("instances get a memory cgroup") {
         let cgroup = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap();
-        assert!(cgroup.contains("wavelink-ei/"), "{cgroup}");
+        assert!(cgroup.contains("wavelink-instances/"), "{cgroup}");
     } else {
         let reason = log.lines().find(|l| l.contains("memory limits disabled")).unwrap_or("no reason logged");
         eprintln!("skipped: memory cgroups are not writable here ({reason})");

@@ -34,8 +34,7 @@ pub const MAX_SCALE_DOWN_RATE: f64 = 2.0;
 pub struct Observation {
     /// The second (Unix time) the sample ends in.
     pub second: u64,
-    /// Highest concurrency of the second: Regular + Emergency + queued peaks (an upper bound of
-    /// the peak of their sum, which is the safe side).
+    /// Highest concurrency of the second, Regular + Emergency + queued together.
     pub peak: f64,
     /// Time-average concurrency of the second: Regular + Emergency + queued.
     pub avg: f64,
@@ -46,8 +45,8 @@ impl Observation {
     pub fn from_sample(sample: &Sample) -> Self {
         Observation {
             second: sample.end_unix_ms / 1000,
-            peak: f64::from(sample.regular.peak + sample.emergency.peak + sample.queued.peak),
-            avg: sample.regular.avg + sample.emergency.avg + sample.queued.avg,
+            peak: f64::from(sample.total.peak),
+            avg: sample.total.avg,
             arrivals: sample.arrivals,
         }
     }
@@ -97,7 +96,8 @@ impl Reason {
 /// One function's autoscaler state between ticks.
 #[derive(Debug, Clone, Default)]
 pub struct Decider {
-    started: bool,
+    /// When the first decision was made: `initial-scale` holds for one stable window from then.
+    started: Option<u64>,
     /// When the panic condition last held.
     last_panic_trigger: Option<u64>,
     /// Recommendations of recent ticks, for the scale-down delay.
@@ -124,14 +124,13 @@ impl Decider {
         let stable_window = spec.window.as_secs().max(1);
         let panic_window = ((spec.window.as_secs_f64() * spec.panic_window_percentage / 100.0).round() as u64).max(1);
         let in_window = |window: u64| observations.iter().filter(move |o| o.second <= now && o.second + window > now);
-        if !self.started {
-            self.started = true;
-            if in_window(stable_window).next().is_none() {
-                decision.desired = bound(spec, spec.initial_scale);
-                decision.reason = Reason::Initial;
-                self.remember(spec, now, decision.desired);
-                return decision;
-            }
+        let started = *self.started.get_or_insert(now);
+        // A new function gets `initial-scale` RIs and keeps them for a stable window, whatever
+        // the (still thin) data says; then the windows take over.
+        if now < started + stable_window && current < bound(spec, spec.initial_scale) {
+            decision.desired = bound(spec, spec.initial_scale);
+            decision.reason = Reason::Initial;
+            return decision;
         }
         if in_window(stable_window).next().is_none() {
             decision.reason = Reason::NoData;
@@ -184,6 +183,9 @@ impl Decider {
         let most = (capacity_basis * MAX_SCALE_UP_RATE).ceil() as u32;
         let fewest = (f64::from(current) / MAX_SCALE_DOWN_RATE).floor() as u32;
         desired = desired.clamp(fewest, most);
+        if now < started + stable_window {
+            desired = desired.max(spec.initial_scale);
+        }
         decision.desired = bound(spec, desired);
         decision
     }
@@ -200,10 +202,6 @@ impl Decider {
             return desired;
         }
         self.recent.iter().map(|(_, d)| *d).max().unwrap_or(desired)
-    }
-
-    fn remember(&mut self, spec: &FunctionSpec, now: u64, desired: u32) {
-        self.hold_for_scale_down_delay(spec.scale_down_delay, now, desired);
     }
 }
 
@@ -388,16 +386,18 @@ mod tests {
     }
 
     #[test]
-    fn initial_scale_applies_before_any_data_and_no_data_keeps_the_count() {
+    fn initial_scale_holds_for_a_stable_window_then_no_data_keeps_the_count() {
         let s = spec(&[(keys::INITIAL_SCALE, "3")]);
         let mut decider = Decider::default();
-        let first = decider.decide(&s, 100, &[], 0);
+        let first = decider.decide(&s, 100, &flat(100, 5, 0.0), 0);
         assert_eq!((first.desired, first.reason), (3, Reason::Initial));
-        let second = decider.decide(&s, 102, &[], 3);
-        assert_eq!((second.desired, second.reason), (3, Reason::NoData));
-        // Old observations outside the window are no data either.
-        let stale = decider.decide(&s, 500, &flat(100, 60, 50.0), 3);
-        assert_eq!(stale.reason, Reason::NoData);
+        let idle = decider.decide(&s, 150, &flat(150, 50, 0.0), 3);
+        assert_eq!(idle.desired, 3, "no load yet, but the window has not passed");
+        let after = decider.decide(&s, 162, &flat(162, 60, 0.0), 3);
+        assert_eq!(after.desired, 1, "halving towards zero once the window has passed");
+        // Old observations outside the window are no data: the count stays.
+        let stale = decider.decide(&s, 500, &flat(100, 60, 50.0), 1);
+        assert_eq!((stale.desired, stale.reason), (1, Reason::NoData));
     }
 
     #[test]
@@ -456,6 +456,7 @@ mod tests {
             regular: crate::stats::Concurrency { avg: f64::from(regular), peak: regular },
             emergency: crate::stats::Concurrency { avg: f64::from(emergency), peak: emergency },
             queued: crate::stats::Concurrency::default(),
+            total: crate::stats::Concurrency { avg: f64::from(regular + emergency), peak: regular + emergency },
             arrivals: 3,
         };
         let mut a = Observation::from_sample(&sample(2, 1));

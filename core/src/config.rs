@@ -27,6 +27,9 @@ pub struct LocalConfig {
     /// Node agents the proxy spills to; `wavelink up` runs the first.
     #[serde(default)]
     pub wavelets: Vec<WaveletConfig>,
+    /// The autoscaler of Regular Instances.
+    #[serde(default)]
+    pub controller: Option<ControllerConfig>,
     #[serde(default)]
     pub functions: Vec<FunctionConfig>,
 }
@@ -47,6 +50,65 @@ pub struct WaveletConfig {
 
 fn default_max_instances() -> u32 {
     256
+}
+
+/// Where Regular Instances come from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum BackendKind {
+    /// Processes on this machine, started by the controller (the embedded default).
+    Local,
+    /// Deployments scaled through the Kubernetes API.
+    Kubernetes,
+}
+
+/// The `controller:` section.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct ControllerConfig {
+    #[serde(default = "default_backend")]
+    pub backend: BackendKind,
+    /// Admin listener: health, metrics, and the `sync` mode's requests for one more RI.
+    #[serde(default = "default_controller_admin")]
+    pub admin: SocketAddr,
+    /// Local backend: how long a new RI takes to become routable, modelling a conventional
+    /// cluster manager's pod start (see docs/architecture.md for the source of the default).
+    #[serde(default = "default_ri_start_delay", deserialize_with = "duration_field")]
+    pub ri_start_delay: Duration,
+    /// How often each proxy's `/stats` is read.
+    #[serde(default = "default_scrape_interval", deserialize_with = "duration_field")]
+    pub scrape_interval: Duration,
+    /// How often the autoscaler decides.
+    #[serde(default = "default_decide_interval", deserialize_with = "duration_field")]
+    pub decide_interval: Duration,
+}
+
+impl Default for ControllerConfig {
+    fn default() -> Self {
+        ControllerConfig {
+            backend: default_backend(),
+            admin: default_controller_admin(),
+            ri_start_delay: default_ri_start_delay(),
+            scrape_interval: default_scrape_interval(),
+            decide_interval: default_decide_interval(),
+        }
+    }
+}
+
+fn default_backend() -> BackendKind {
+    BackendKind::Local
+}
+fn default_controller_admin() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 9092))
+}
+fn default_ri_start_delay() -> Duration {
+    Duration::from_millis(1500)
+}
+fn default_scrape_interval() -> Duration {
+    Duration::from_secs(1)
+}
+fn default_decide_interval() -> Duration {
+    Duration::from_secs(2)
 }
 
 fn default_domain() -> String {
@@ -196,6 +258,8 @@ pub enum ConfigError {
     Threads,
     #[error("wavelets[{0}].max-instances must be at least 1")]
     MaxInstances(usize),
+    #[error("controller.{0} must be more than 0")]
+    Interval(&'static str),
 }
 
 impl LocalConfig {
@@ -215,6 +279,14 @@ impl LocalConfig {
         }
         if let Some(i) = config.wavelets.iter().position(|w| w.max_instances == 0) {
             return Err(ConfigError::MaxInstances(i));
+        }
+        if let Some(c) = &config.controller {
+            if c.scrape_interval.is_zero() {
+                return Err(ConfigError::Interval("scrape-interval"));
+            }
+            if c.decide_interval.is_zero() {
+                return Err(ConfigError::Interval("decide-interval"));
+            }
         }
         Ok(config)
     }
@@ -266,6 +338,7 @@ proxy: { listen: 127.0.0.1:8080, admin: 127.0.0.1:9090, grace-period: 5s }
 wavelets:
   - { address: 127.0.0.1:8091, admin: 127.0.0.1:9091, max-instances: 64 }
   - { address: 127.0.0.1:8092 }
+controller: { backend: local, ri-start-delay: 1500ms }
 functions:
   - name: hello
     namespace: default
@@ -339,6 +412,8 @@ functions:
         assert!(LocalConfig::from_yaml("domain: 'bad domain'").is_err());
         assert!(LocalConfig::from_yaml("proxy: { threads: 0 }").is_err());
         assert!(LocalConfig::from_yaml("wavelets: [{ address: 127.0.0.1:1, max-instances: 0 }]").is_err());
+        assert!(LocalConfig::from_yaml("controller: { backend: nomad }").is_err());
+        assert!(LocalConfig::from_yaml("controller: { decide-interval: 0 }").is_err());
         assert!(LocalConfig::from_yaml("functions: [{ name: x, instances: [localhost] }]").is_err());
     }
 }

@@ -59,6 +59,10 @@ pub struct Sample {
     pub regular: Concurrency,
     pub emergency: Concurrency,
     pub queued: Concurrency,
+    /// All of the function's requests at the proxy (regular + emergency + queued), measured as
+    /// one level: its peak is the true peak of the sum, which the three peaks above are not.
+    #[serde(default)]
+    pub total: Concurrency,
     /// Requests that arrived during the interval.
     pub arrivals: u64,
 }

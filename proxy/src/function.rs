@@ -23,12 +23,13 @@ use tokio::sync::oneshot;
 use wavelink_core::{FunctionId, FunctionSpec};
 
 use pingora_core::upstreams::peer::HttpPeer;
-use wavelink_core::spec::Track;
+use wavelink_core::spec::{ScalingMode, Track};
 
 use crate::instance::{Instance, PeerSettings, reserve_any};
+use crate::links::Links;
 use crate::metrics::{FunctionMetrics, Rejection};
 use crate::stats::StatsWindow;
-use crate::wavelets::{WaveletTarget, Wavelets};
+use crate::wavelets::WaveletTarget;
 
 /// What the request path reads, swapped as a whole.
 pub struct Routing {
@@ -85,7 +86,21 @@ pub struct FunctionLoad {
     /// Requests on Emergency Instances (forwarded to a Wavelet and not finished).
     pub emergency: LoadGauge,
     pub queued: LoadGauge,
+    /// Every request of the function at this proxy, from arrival to end, whatever its track.
+    pub total: LoadGauge,
     pub arrivals: AtomicU64,
+}
+
+impl FunctionLoad {
+    /// A request arrived (paired with [`Self::left`]).
+    pub fn arrived(&self) {
+        self.arrivals.fetch_add(1, Relaxed);
+        self.total.inc();
+    }
+
+    pub fn left(&self) {
+        self.total.dec();
+    }
 }
 
 struct Waiter {
@@ -116,8 +131,10 @@ pub struct FunctionState {
     peer_settings: PeerSettings,
     /// Recent one-second samples; written by the sampler, read by `/stats`.
     pub stats: Mutex<StatsWindow>,
-    /// The proxy's Wavelets, shared with the router.
-    wavelets: Arc<ArcSwap<Wavelets>>,
+    /// Wavelets and controller, shared with the router.
+    links: Arc<Links>,
+    /// When the controller was last poked for this function (`sync` mode).
+    last_poke: AtomicU64,
 }
 
 impl FunctionState {
@@ -127,7 +144,7 @@ impl FunctionState {
         instances: &[SocketAddr],
         metrics: FunctionMetrics,
         peer_settings: PeerSettings,
-        wavelets: Arc<ArcSwap<Wavelets>>,
+        links: Arc<Links>,
     ) -> Arc<Self> {
         let regular = dedup(instances).map(|addr| Arc::new(Instance::new(addr, peer_settings))).collect();
         let state = Arc::new(FunctionState {
@@ -141,7 +158,8 @@ impl FunctionState {
             draining: Mutex::new(Vec::new()),
             peer_settings,
             stats: Mutex::new(StatsWindow::default()),
-            wavelets,
+            links,
+            last_poke: AtomicU64::new(0),
         });
         state.metrics.regular_instances.set(state.routing.load().regular.len() as i64);
         state
@@ -189,6 +207,12 @@ impl FunctionState {
         };
         // A slot freed between our failed reservation and the enqueue saw no waiter; look again.
         self.dispatch();
+        if spec.scaling_mode == ScalingMode::Sync {
+            // Lambda-like: every waiting request wants an instance of its own, now.
+            let routing = self.routing.load();
+            let waiting = self.queued().div_ceil(spec.container_concurrency.max(1));
+            self.links.poke(&self.id, routing.regular.len() as u32 + waiting, &self.last_poke);
+        }
         let outcome = tokio::time::timeout(spec.queue_timeout, receive).await;
         self.metrics.queue_wait.observe(ticket.since.elapsed().as_secs_f64());
         match outcome {
@@ -224,7 +248,7 @@ impl FunctionState {
         if !self.load.emergency.try_inc(emergency_max) {
             return None;
         }
-        match self.wavelets.load().take(exclude) {
+        match self.links.wavelets.load().take(exclude) {
             Some(wavelet) => Some(Slot::Emergency(wavelet)),
             None => {
                 self.load.emergency.dec();
@@ -372,7 +396,7 @@ impl SlotGuard {
     /// another Wavelet, not one of `tried`. False when none is left.
     pub fn move_to_another_wavelet(&mut self, tried: &[SocketAddr]) -> bool {
         let Slot::Emergency(current) = &self.slot else { return false };
-        let wavelets = self.function.wavelets.load();
+        let wavelets = self.function.links.wavelets.load();
         wavelets.mark_full(current);
         match wavelets.take(tried) {
             Some(next) => {
@@ -422,8 +446,8 @@ mod tests {
         let settings = PeerSettings::default();
         let wavelet_addrs: Vec<SocketAddr> =
             (0..wavelets).map(|i| SocketAddr::from(([127, 0, 0, 2], 21_000 + i))).collect();
-        let wavelets = Arc::new(ArcSwap::from_pointee(Wavelets::new(&wavelet_addrs, settings)));
-        FunctionState::new(id, spec, &addrs, metrics.for_function("default/f"), settings, wavelets)
+        let links = Arc::new(Links::new(crate::wavelets::Wavelets::new(&wavelet_addrs, settings)));
+        FunctionState::new(id, spec, &addrs, metrics.for_function("default/f"), settings, links)
     }
 
     #[test]
@@ -437,7 +461,7 @@ mod tests {
         assert!(f.try_acquire().is_none(), "emergency-max reached");
         drop(spilled);
         assert_eq!(f.load.emergency.now(), 0);
-        assert!(f.wavelets.load().targets().iter().all(|w| w.in_flight() == 0));
+        assert!(f.links.wavelets.load().targets().iter().all(|w| w.in_flight() == 0));
         drop(regular);
         assert_eq!(f.try_acquire().unwrap().track(), Track::Regular, "a free RI is preferred again");
     }
@@ -482,7 +506,7 @@ mod tests {
         let second = second.addr;
         assert!(!slot.move_to_another_wavelet(&[first, second]), "no third Wavelet");
         drop(slot);
-        assert!(f.wavelets.load().targets().iter().all(|w| w.in_flight() == 0));
+        assert!(f.links.wavelets.load().targets().iter().all(|w| w.in_flight() == 0));
         assert_eq!(f.load.emergency.now(), 0);
     }
 

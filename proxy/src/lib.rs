@@ -14,6 +14,7 @@
 pub mod admin;
 pub mod function;
 pub mod instance;
+pub mod links;
 pub mod metrics;
 pub mod router;
 pub mod server;

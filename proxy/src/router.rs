@@ -11,6 +11,7 @@ use wavelink_core::{FunctionDef, FunctionId, RejectedFunction};
 
 use crate::function::FunctionState;
 use crate::instance::PeerSettings;
+use crate::links::Links;
 use crate::metrics::ProxyMetrics;
 use crate::wavelets::Wavelets;
 
@@ -29,7 +30,7 @@ pub struct Router {
     table: ArcSwap<RouteTable>,
     metrics: Arc<ProxyMetrics>,
     peer_settings: PeerSettings,
-    wavelets: Arc<ArcSwap<Wavelets>>,
+    links: Arc<Links>,
 }
 
 impl Router {
@@ -39,13 +40,13 @@ impl Router {
             table: ArcSwap::from_pointee(RouteTable::default()),
             metrics,
             peer_settings,
-            wavelets: Arc::new(ArcSwap::from_pointee(Wavelets::new(&[], peer_settings))),
+            links: Arc::new(Links::new(Wavelets::new(&[], peer_settings))),
         }
     }
 
     /// Replaces the Wavelets the proxy spills to; requests in flight on removed ones finish.
     pub fn set_wavelets(&self, addrs: &[SocketAddr]) {
-        self.wavelets.store(Arc::new(Wavelets::new(addrs, self.peer_settings)));
+        self.links.wavelets.store(Arc::new(Wavelets::new(addrs, self.peer_settings)));
         // Waiters may be able to spill now.
         for f in self.functions() {
             f.wake_waiters();
@@ -53,7 +54,12 @@ impl Router {
     }
 
     pub fn wavelets(&self) -> Arc<Wavelets> {
-        self.wavelets.load_full()
+        self.links.wavelets.load_full()
+    }
+
+    /// The controller to ask for Regular Instances in `sync` mode.
+    pub fn set_controller(&self, admin: Option<SocketAddr>) {
+        self.links.controller.store(Arc::new(admin));
     }
 
     pub fn domain(&self) -> &str {
@@ -90,10 +96,9 @@ impl Router {
         self.table.load().rejected.clone()
     }
 
-    /// Requests holding a slot or waiting for one, over all functions.
+    /// Requests being served or waiting, over all functions.
     pub fn requests_in_progress(&self) -> u64 {
-        let functions = &self.table.load().functions;
-        functions.iter().map(|f| u64::from(f.load.regular.now() + f.load.emergency.now() + f.queued())).sum()
+        self.table.load().functions.iter().map(|f| u64::from(f.load.total.now())).sum()
     }
 
     /// Makes `defs` the served functions. A function that stays keeps its state (slots, queue,
@@ -122,7 +127,7 @@ impl Router {
                         &def.instances,
                         metrics,
                         self.peer_settings,
-                        self.wavelets.clone(),
+                        self.links.clone(),
                     )
                 }
             };

@@ -70,6 +70,7 @@ impl Proxy {
         let proxy = Proxy::new(ProxySettings::from_config(config))?;
         let wavelets: Vec<SocketAddr> = config.wavelets.iter().map(|w| w.address).collect();
         proxy.router.set_wavelets(&wavelets);
+        proxy.router.set_controller(config.controller.as_ref().map(|c| c.admin));
         let (functions, rejected) = config.functions();
         proxy.router.apply(functions, rejected);
         Ok(proxy)

@@ -41,7 +41,7 @@ pub struct Ingress {
     pub probe_token: ProbeToken,
 }
 
-/// Per-request state.
+/// Per-request state. Dropping it ends the request's count in its function's load.
 pub struct RequestCtx {
     arrived: Instant,
     function: Option<Arc<FunctionState>>,
@@ -53,6 +53,14 @@ pub struct RequestCtx {
     wavelet_full: bool,
     /// Wavelets already tried for this request (empty, and not allocated, unless one failed).
     tried_wavelets: Vec<SocketAddr>,
+}
+
+impl Drop for RequestCtx {
+    fn drop(&mut self) {
+        if let Some(function) = &self.function {
+            function.load.left();
+        }
+    }
 }
 
 #[async_trait]
@@ -97,7 +105,7 @@ impl ProxyHttp for Ingress {
             respond(session, 404, &[], Bytes::from(body)).await?;
             return Ok(true);
         };
-        function.load.arrivals.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        function.load.arrived();
         let function = ctx.function.insert(function);
 
         let slot = match function.try_acquire() {

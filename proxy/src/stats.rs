@@ -33,6 +33,7 @@ pub struct StatsWindow {
     regular_sum: u64,
     emergency_sum: u64,
     queued_sum: u64,
+    total_sum: u64,
     ticks: u64,
 }
 
@@ -41,6 +42,7 @@ impl StatsWindow {
         self.regular_sum += u64::from(f.load.regular.now());
         self.emergency_sum += u64::from(f.load.emergency.now());
         self.queued_sum += u64::from(f.load.queued.now());
+        self.total_sum += u64::from(f.load.total.now());
         self.ticks += 1;
     }
 
@@ -52,13 +54,14 @@ impl StatsWindow {
             regular: level(self.regular_sum, &f.load.regular),
             emergency: level(self.emergency_sum, &f.load.emergency),
             queued: level(self.queued_sum, &f.load.queued),
+            total: level(self.total_sum, &f.load.total),
             arrivals: f.load.arrivals.swap(0, Relaxed),
         };
         if self.samples.len() == KEEP_SAMPLES {
             self.samples.pop_front();
         }
         self.samples.push_back(sample);
-        (self.regular_sum, self.emergency_sum, self.queued_sum, self.ticks) = (0, 0, 0, 0);
+        (self.regular_sum, self.emergency_sum, self.queued_sum, self.total_sum, self.ticks) = (0, 0, 0, 0, 0);
     }
 
     /// Closed samples, oldest first.
@@ -144,6 +147,21 @@ mod tests {
         let samples = f.stats.lock().samples();
         assert_eq!(samples[1].regular, Concurrency { avg: 0.0, peak: 1 });
         assert_eq!(samples[1].arrivals, 0);
+    }
+
+    #[test]
+    fn the_total_is_one_level_not_a_sum_of_peaks() {
+        let (router, f) = router_with_one_function();
+        // A request waits, then is served: queued and regular each peak at 1 within the second,
+        // but there was only ever one request.
+        f.load.arrived();
+        let slot = f.try_acquire().unwrap();
+        drop(slot);
+        f.load.left();
+        sample_all(&router, Some(1_000));
+        let sample = f.stats.lock().samples()[0];
+        assert_eq!(sample.total.peak, 1);
+        assert_eq!(sample.arrivals, 1);
     }
 
     #[test]

@@ -60,6 +60,11 @@ impl Health {
         }
     }
 
+    /// For components without a request listener to probe: ready from now on.
+    pub fn set_ready(&self) {
+        self.listener_ready.store(true, SeqCst);
+    }
+
     pub fn begin_draining(&self) {
         self.draining.store(true, SeqCst);
     }

@@ -4,6 +4,7 @@
 
 pub mod admin;
 pub mod assembly;
+pub mod client;
 pub mod health;
 pub mod respond;
 pub mod shutdown;

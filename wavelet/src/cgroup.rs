@@ -1,7 +1,8 @@
 //! Memory limits for instances with cgroups, where the kernel lets us.
 //!
 //! Each instance gets its own memory cgroup below this process's:
-//! `<own>/wavelink-ei/wavelet-<pid>/ei-<n>`, one subtree per Wavelet so several can share a node.
+//! `<own>/wavelink-instances/pid-<pid>/instance-<n>`, one subtree per process running instances
+//! (Wavelets, the local backend), so several can share a node.
 //! A destroyed instance's empty cgroup is kept for the next one (creating and removing one cost
 //! a twelfth of the Wavelet's CPU per instance in a profile); subtrees of Wavelets that are no
 //! longer running are removed at start-up.
@@ -18,8 +19,8 @@ use std::time::Duration;
 
 use parking_lot::Mutex;
 
-/// Directory under this process's cgroup that holds one cgroup per instance.
-const BASE: &str = "wavelink-ei";
+/// Directory under this process's cgroup that holds the instances' cgroups.
+const BASE: &str = "wavelink-instances";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Version {
@@ -51,7 +52,7 @@ impl Cgroups {
         let (version, own) = own_memory_cgroup(&membership, Path::new("/sys/fs/cgroup"))
             .ok_or("no writable memory cgroup hierarchy (neither a v1 memory controller nor v2 with memory)")?;
         let shared = own.join(BASE);
-        let base = shared.join(format!("wavelet-{}", std::process::id()));
+        let base = shared.join(format!("pid-{}", std::process::id()));
         if version == Version::V2 {
             enable_v2_memory(&own)
                 .map_err(|e| format!("enabling the v2 memory controller under {}: {e}", own.display()))?;
@@ -76,7 +77,7 @@ impl Cgroups {
     }
 
     fn create(&self) -> Result<Cgroup, String> {
-        let path = self.base.join(format!("ei-{}", self.next.fetch_add(1, Relaxed)));
+        let path = self.base.join(format!("instance-{}", self.next.fetch_add(1, Relaxed)));
         create_dir(&path).map_err(|e| format!("creating {}: {e}", path.display()))?;
         let limit_file = match self.version {
             Version::V1 => "memory.limit_in_bytes",
@@ -124,14 +125,13 @@ impl Drop for Cgroups {
     }
 }
 
-/// Removes the subtrees of Wavelets that are no longer running (only empty cgroups can be
+/// Removes the subtrees of processes that are no longer running (only empty cgroups can be
 /// removed; the restarted Wavelet's cleanup has killed what ran in them).
 fn remove_departed_wavelets(shared: &Path) {
     let Ok(entries) = fs::read_dir(shared) else { return };
     for entry in entries.flatten() {
         let name = entry.file_name();
-        let Some(pid) = name.to_str().and_then(|n| n.strip_prefix("wavelet-")).and_then(|p| p.parse::<u32>().ok())
-        else {
+        let Some(pid) = name.to_str().and_then(|n| n.strip_prefix("pid-")).and_then(|p| p.parse::<u32>().ok()) else {
             continue;
         };
         if Path::new(&format!("/proc/{pid}")).exists() {

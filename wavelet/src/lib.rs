@@ -20,6 +20,7 @@ pub mod reaper;
 pub mod runtime;
 pub mod server;
 pub mod service;
+pub mod setup;
 pub mod spawn;
 pub mod state;
 

@@ -147,6 +147,8 @@ pub struct ProcessRuntime {
     ports: PortRange,
     /// This binary; its directory holds the project's own programs.
     self_exe: PathBuf,
+    /// Instance ids are `<kind>-<pid>-<n>`: `ei` on a Wavelet, `ri` in the local backend.
+    kind: &'static str,
     next: AtomicU64,
 }
 
@@ -155,8 +157,20 @@ pub struct ProcessRuntime {
 const OWN_PROGRAMS: [&str; 2] = ["wavelink", "wavelink-fn"];
 
 impl ProcessRuntime {
+    /// A runtime for Emergency Instances.
     pub fn new(run_as: Option<RunAs>, cgroups: Option<Cgroups>, ports: PortRange) -> std::io::Result<Self> {
-        Ok(ProcessRuntime { run_as, cgroups, ports, self_exe: std::env::current_exe()?, next: AtomicU64::new(0) })
+        Self::for_kind("ei", run_as, cgroups, ports)
+    }
+
+    /// A runtime whose instance ids start with `kind` (`ri` for Regular Instances).
+    pub fn for_kind(
+        kind: &'static str,
+        run_as: Option<RunAs>,
+        cgroups: Option<Cgroups>,
+        ports: PortRange,
+    ) -> std::io::Result<Self> {
+        let self_exe = std::env::current_exe()?;
+        Ok(ProcessRuntime { run_as, cgroups, ports, self_exe, kind, next: AtomicU64::new(0) })
     }
 
     pub fn run_as(&self) -> Option<&RunAs> {
@@ -203,7 +217,7 @@ impl ProcessRuntime {
     /// take requests at once (they wait in the backlog); without, wait for [`wait_listening`].
     pub fn spawn(&self, launch: &Launch<'_>) -> Result<Process, SpawnError> {
         let (program, args) = launch.command.split_first().ok_or(SpawnError::NoCommand)?;
-        let id = format!("ei-{}-{}", std::process::id(), self.next.fetch_add(1, Relaxed));
+        let id = format!("{}-{}-{}", self.kind, std::process::id(), self.next.fetch_add(1, Relaxed));
         let listener = self.ports.bind().map_err(SpawnError::Bind)?;
         let addr = listener.local_addr().map_err(SpawnError::Bind)?;
 

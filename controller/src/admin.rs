@@ -1,0 +1,73 @@
+//! The controller's admin listener.
+//!
+//! | method | path | what |
+//! |---|---|---|
+//! | GET | `/healthz` | the process is alive |
+//! | GET | `/readyz` | a first decision round has run |
+//! | GET | `/metrics` | Prometheus text |
+//! | GET | `/v1/functions` | per function: RIs asked for and ready, panic, what decided last |
+//! | POST | `/v1/functions/{ns}/{name}/poke` | `sync` mode: `{"want": N}` RIs now |
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use http::{Method, Response, StatusCode};
+use pingora_core::apps::http_app::ServeHttp;
+use pingora_core::protocols::http::ServerSession;
+use serde::Deserialize;
+use wavelink_core::FunctionId;
+use wavelink_server::admin::{allow, health, json, metrics, read_body, text};
+use wavelink_server::health::Health;
+
+use crate::backend::BackendError;
+use crate::control::Controller;
+
+pub struct AdminApi {
+    pub controller: Arc<Controller>,
+    pub health: Arc<Health>,
+}
+
+#[derive(Deserialize)]
+struct Poke {
+    want: u32,
+}
+
+#[async_trait]
+impl ServeHttp for AdminApi {
+    async fn response(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
+        let method = session.req_header().method.clone();
+        let path = session.req_header().uri.path().to_owned();
+        let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
+        match (&method, segments.as_slice()) {
+            (&Method::GET, ["healthz"]) => text(StatusCode::OK, "ok\n"),
+            (&Method::GET, ["readyz"]) => health(self.health.ready(), self.health.reason()),
+            (&Method::GET, ["metrics"]) => metrics(self.controller.metrics().encode()),
+            (&Method::GET, ["v1", "functions"]) => match self.controller.view().await {
+                Ok(view) => json(StatusCode::OK, &view),
+                Err(e) => text(StatusCode::SERVICE_UNAVAILABLE, &format!("{e}\n")),
+            },
+            (&Method::POST, ["v1", "functions", namespace, name, "poke"]) => {
+                let id = match FunctionId::new(namespace, name) {
+                    Ok(id) => id,
+                    Err(e) => return text(StatusCode::BAD_REQUEST, &format!("{e}\n")),
+                };
+                let body = match read_body(session).await {
+                    Ok(body) => body,
+                    Err(message) => return text(StatusCode::BAD_REQUEST, &message),
+                };
+                let poke: Poke = match serde_json::from_slice(&body) {
+                    Ok(poke) => poke,
+                    Err(e) => return text(StatusCode::BAD_REQUEST, &format!("expected {{\"want\": N}}: {e}\n")),
+                };
+                match self.controller.poke(&id, poke.want).await {
+                    Ok(replicas) => json(StatusCode::OK, &serde_json::json!({ "replicas": replicas })),
+                    Err(e @ BackendError::UnknownFunction(_)) => text(StatusCode::NOT_FOUND, &format!("{e}\n")),
+                    Err(e) => text(StatusCode::SERVICE_UNAVAILABLE, &format!("{e}\n")),
+                }
+            }
+            (_, ["healthz" | "readyz" | "metrics"] | ["v1", "functions"]) => allow(&["GET"]),
+            (_, ["v1", "functions", _, _, "poke"]) => allow(&["POST"]),
+            _ => text(StatusCode::NOT_FOUND, &format!("no admin endpoint at {path}\n")),
+        }
+    }
+}

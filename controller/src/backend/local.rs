@@ -1,0 +1,283 @@
+//! The local backend: Regular Instances as processes on this machine, standing in for a
+//! conventional cluster manager.
+//!
+//! A new RI is started at once but becomes routable only after `ri-start-delay`, modelling what
+//! a cluster manager's pod start costs (API server, scheduler, kubelet, readiness probe); the
+//! delay is printed with every result. Routable RIs are pushed to every proxy's admin API. An RI
+//! scaled away is first taken out of the proxies, left to finish its requests, then destroyed.
+//! Processes come from the Wavelet's `process` runtime (process group, socket as fd 3, death with
+//! the controller) and a state log, so a restarted controller kills what a crashed one left.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use parking_lot::Mutex;
+use tracing::{info, warn};
+use wavelink_core::{FunctionDef, FunctionId};
+use wavelink_server::client;
+use wavelink_wavelet::runtime::{Launch, Process, ProcessRuntime};
+use wavelink_wavelet::state::StateDir;
+
+use super::{Backend, BackendError, ManagedFunction};
+
+/// Longest wait for a removed RI's requests before it is destroyed anyway.
+const DRAIN_LIMIT: Duration = Duration::from_secs(30);
+const ADMIN_TIMEOUT: Duration = Duration::from_secs(2);
+
+struct LocalRi {
+    id: String,
+    addr: SocketAddr,
+    ready: AtomicBool,
+    retiring: AtomicBool,
+    process: Mutex<Option<Process>>,
+}
+
+struct LocalFunction {
+    def: FunctionDef,
+    target: u32,
+    instances: Vec<Arc<LocalRi>>,
+    /// The proxies have been told the current set of ready RIs.
+    pushed: bool,
+}
+
+/// A handle to the backend's shared state (cloned into the tasks it starts).
+#[derive(Clone)]
+pub struct LocalBackend(Arc<Inner>);
+
+struct Inner {
+    runtime: Arc<ProcessRuntime>,
+    state: Arc<StateDir>,
+    /// Admin addresses of the proxies to tell about RIs.
+    proxies: Vec<SocketAddr>,
+    start_delay: Duration,
+    functions: Mutex<HashMap<FunctionId, LocalFunction>>,
+}
+
+impl LocalBackend {
+    pub fn new(
+        runtime: Arc<ProcessRuntime>,
+        state: Arc<StateDir>,
+        proxies: Vec<SocketAddr>,
+        start_delay: Duration,
+        defs: Vec<FunctionDef>,
+    ) -> Self {
+        let functions = defs
+            .into_iter()
+            .map(|def| (def.id.clone(), LocalFunction { def, target: 0, instances: Vec::new(), pushed: false }))
+            .collect();
+        LocalBackend(Arc::new(Inner { runtime, state, proxies, start_delay, functions: Mutex::new(functions) }))
+    }
+
+    pub fn start_delay(&self) -> Duration {
+        self.0.start_delay
+    }
+
+    /// Destroys every RI now (shutdown).
+    pub fn destroy_all(&self) {
+        self.0.destroy_all();
+    }
+}
+
+impl Inner {
+    /// Starts or retires RIs until the function has its target.
+    fn reconcile(self: &Arc<Self>, id: &FunctionId) {
+        let mut functions = self.functions.lock();
+        let Some(function) = functions.get_mut(id) else { return };
+        let live: Vec<Arc<LocalRi>> =
+            function.instances.iter().filter(|ri| !ri.retiring.load(SeqCst)).cloned().collect();
+        let target = function.target as usize;
+        if live.len() < target {
+            for _ in live.len()..target {
+                let launch = Launch {
+                    function: &function.def.id,
+                    command: &function.def.command,
+                    socket_activation: function.def.socket_activation,
+                };
+                match self.runtime.spawn(&launch) {
+                    Ok(process) => {
+                        if let Err(e) = self.state.record(&process) {
+                            warn!(error = %e, "could not record the RI; a crash would orphan it");
+                        }
+                        let ri = Arc::new(LocalRi {
+                            id: process.id.clone(),
+                            addr: process.addr,
+                            ready: AtomicBool::new(false),
+                            retiring: AtomicBool::new(false),
+                            process: Mutex::new(Some(process)),
+                        });
+                        function.instances.push(ri.clone());
+                        let (backend, id) = (self.clone(), id.clone());
+                        tokio::spawn(async move {
+                            // The modelled cluster manager's pod start.
+                            tokio::time::sleep(backend.start_delay).await;
+                            if !ri.retiring.load(SeqCst) {
+                                ri.ready.store(true, SeqCst);
+                                backend.push(&id).await;
+                            }
+                        });
+                    }
+                    Err(e) => {
+                        warn!(function = %id, error = %e, "starting a Regular Instance failed");
+                        break;
+                    }
+                }
+            }
+        } else if live.len() > target {
+            // Retire the youngest first: not-yet-ready ones cost nothing to drop.
+            let mut victims = live;
+            victims.sort_by_key(|ri| (ri.ready.load(SeqCst), std::cmp::Reverse(ri.id.clone())));
+            for ri in victims.into_iter().take(function.instances.len() - target) {
+                ri.retiring.store(true, SeqCst);
+                let (backend, id) = (self.clone(), id.clone());
+                tokio::spawn(async move { backend.retire(&id, ri).await });
+            }
+            function.pushed = false;
+        }
+    }
+
+    /// Takes a retiring RI out of the proxies, waits for its requests, destroys it.
+    async fn retire(self: &Arc<Self>, id: &FunctionId, ri: Arc<LocalRi>) {
+        let was_ready = ri.ready.swap(false, SeqCst);
+        if was_ready {
+            self.push(id).await;
+            let deadline = Instant::now() + DRAIN_LIMIT;
+            while Instant::now() < deadline && self.busy_on_any_proxy(id, ri.addr).await {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+        self.destroy(id, &ri);
+    }
+
+    fn destroy(&self, id: &FunctionId, ri: &Arc<LocalRi>) {
+        if let Some(mut functions) = self.functions.try_lock_for(Duration::from_secs(1))
+            && let Some(function) = functions.get_mut(id)
+        {
+            function.instances.retain(|other| !Arc::ptr_eq(other, ri));
+        }
+        let process = ri.process.lock().take();
+        if let Some(process) = process {
+            let (runtime, state, rid) = (self.runtime.clone(), self.state.clone(), ri.id.clone());
+            // SIGKILL and reaping block briefly: off the runtime's threads.
+            std::thread::spawn(move || {
+                runtime.destroy(process);
+                state.forget(&rid);
+            });
+        }
+    }
+
+    /// Whether any proxy still has requests in flight on `addr` for the function.
+    async fn busy_on_any_proxy(&self, id: &FunctionId, addr: SocketAddr) -> bool {
+        let path = format!("/v1/functions/{}/{}/instances", id.namespace, id.name);
+        for proxy in &self.proxies {
+            let Ok(body) = client::call(*proxy, http::Method::GET, &path, None, ADMIN_TIMEOUT).await else { continue };
+            let listing: Vec<serde_json::Value> = serde_json::from_slice(&body).unwrap_or_default();
+            let busy = listing.iter().any(|i| {
+                i["address"].as_str() == Some(addr.to_string().as_str()) && i["in_flight"].as_u64().unwrap_or(0) > 0
+            });
+            if busy {
+                return true;
+            }
+        }
+        false
+    }
+
+    /// Tells every proxy the function's ready RIs; remembers whether all of them heard it.
+    async fn push(&self, id: &FunctionId) {
+        let addrs: Vec<SocketAddr> = {
+            let functions = self.functions.lock();
+            let Some(function) = functions.get(id) else { return };
+            function
+                .instances
+                .iter()
+                .filter(|ri| ri.ready.load(SeqCst) && !ri.retiring.load(SeqCst))
+                .map(|ri| ri.addr)
+                .collect()
+        };
+        let body = serde_json::to_vec(&addrs).unwrap_or_else(|_| b"[]".to_vec());
+        let path = format!("/v1/functions/{}/{}/instances", id.namespace, id.name);
+        let mut all = true;
+        for proxy in &self.proxies {
+            if let Err(e) = client::call(*proxy, http::Method::PUT, &path, Some(body.clone()), ADMIN_TIMEOUT).await {
+                warn!(function = %id, error = %e, "could not update a proxy's instances; will retry");
+                all = false;
+            }
+        }
+        if let Some(function) = self.functions.lock().get_mut(id) {
+            function.pushed = all;
+        }
+    }
+
+    fn destroy_all(&self) {
+        let all: Vec<Arc<LocalRi>> = self.functions.lock().values_mut().flat_map(|f| f.instances.drain(..)).collect();
+        for ri in all {
+            if let Some(process) = ri.process.lock().take() {
+                let id = process.id.clone();
+                self.runtime.destroy(process);
+                self.state.forget(&id);
+            }
+        }
+    }
+}
+
+#[async_trait]
+impl Backend for LocalBackend {
+    async fn functions(&self) -> Result<Vec<ManagedFunction>, BackendError> {
+        let functions = self.0.functions.lock();
+        let mut out: Vec<ManagedFunction> = functions
+            .values()
+            .map(|f| ManagedFunction {
+                id: f.def.id.clone(),
+                spec: f.def.spec.clone(),
+                replicas: f.target,
+                ready: f.instances.iter().filter(|ri| ri.ready.load(SeqCst) && !ri.retiring.load(SeqCst)).count()
+                    as u32,
+            })
+            .collect();
+        out.sort_by(|a, b| a.id.cmp(&b.id));
+        Ok(out)
+    }
+
+    async fn scale(&self, function: &FunctionId, replicas: u32) -> Result<(), BackendError> {
+        {
+            let mut functions = self.0.functions.lock();
+            let f = functions.get_mut(function).ok_or_else(|| BackendError::UnknownFunction(function.clone()))?;
+            info!(function = %function, from = f.target, to = replicas, "scaling Regular Instances");
+            f.target = replicas;
+        }
+        self.0.reconcile(function);
+        Ok(())
+    }
+
+    async fn maintain(&self) {
+        let this = &self.0;
+        let ids: Vec<FunctionId> = this.functions.lock().keys().cloned().collect();
+        for id in ids {
+            // RIs whose process exited are replaced.
+            let dead: Vec<Arc<LocalRi>> = {
+                let functions = this.functions.lock();
+                let Some(function) = functions.get(&id) else { continue };
+                function
+                    .instances
+                    .iter()
+                    .filter(|ri| ri.process.lock().as_mut().is_some_and(|p| p.try_exited()))
+                    .cloned()
+                    .collect()
+            };
+            for ri in &dead {
+                warn!(function = %id, instance = %ri.id, "a Regular Instance exited; replacing it");
+                ri.retiring.store(true, SeqCst);
+                ri.ready.store(false, SeqCst);
+                this.destroy(&id, ri);
+            }
+            let pushed = this.functions.lock().get(&id).is_some_and(|f| f.pushed);
+            if !dead.is_empty() || !pushed {
+                this.push(&id).await;
+            }
+            this.reconcile(&id);
+        }
+    }
+}

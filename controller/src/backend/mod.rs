@@ -1,0 +1,50 @@
+//! Where Regular Instances come from: a small interface the control loop drives, so the same
+//! autoscaler runs on Kubernetes and on one machine.
+
+pub mod local;
+
+use async_trait::async_trait;
+use wavelink_core::{FunctionId, FunctionSpec};
+
+/// A function under the controller's care.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ManagedFunction {
+    pub id: FunctionId,
+    pub spec: FunctionSpec,
+    /// RIs asked for (a Deployment's `spec.replicas`).
+    pub replicas: u32,
+    /// RIs ready to serve.
+    pub ready: u32,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum BackendError {
+    #[error("no function {0}")]
+    UnknownFunction(FunctionId),
+    #[error("{operation} failed: {message}")]
+    Api { operation: &'static str, message: String },
+}
+
+impl BackendError {
+    /// The `operation` label of the API error metric.
+    pub fn operation(&self) -> &'static str {
+        match self {
+            BackendError::UnknownFunction(_) => "lookup",
+            BackendError::Api { operation, .. } => operation,
+        }
+    }
+}
+
+#[async_trait]
+pub trait Backend: Send + Sync + 'static {
+    /// The functions to scale, with their RIs asked for and ready.
+    async fn functions(&self) -> Result<Vec<ManagedFunction>, BackendError>;
+    /// Asks for `replicas` RIs of a function.
+    async fn scale(&self, function: &FunctionId, replicas: u32) -> Result<(), BackendError>;
+    /// Periodic upkeep between decisions (restarting what died, retrying pushes).
+    async fn maintain(&self) {}
+    /// Whether this controller may write (leader election; always true when alone).
+    fn is_leader(&self) -> bool {
+        true
+    }
+}

@@ -1,0 +1,236 @@
+//! The control loop: read every proxy's `/stats` each scrape interval, decide each decide
+//! interval, write the backend only on change, back off after errors. Nothing here is on a
+//! request's path: a slow or failing backend delays scaling, never a request.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use async_trait::async_trait;
+use parking_lot::Mutex;
+use pingora_core::server::ShutdownWatch;
+use pingora_core::services::background::BackgroundService;
+use serde::Serialize;
+use tracing::{debug, info, warn};
+use wavelink_core::FunctionId;
+use wavelink_core::autoscale::{Decider, Reason};
+use wavelink_core::stats::ProxyStats;
+use wavelink_server::client;
+
+use crate::backend::{Backend, BackendError, ManagedFunction};
+use crate::history::History;
+use crate::metrics::ControllerMetrics;
+
+const SCRAPE_TIMEOUT: Duration = Duration::from_secs(1);
+/// History kept per function: the longest stable window an annotation allows.
+const KEEP_SECONDS: u64 = 3600;
+/// Longest wait between retries of a failing write.
+const MAX_BACKOFF: Duration = Duration::from_secs(30);
+
+#[derive(Default)]
+struct FunctionControl {
+    history: History,
+    decider: Decider,
+    last_reason: Option<Reason>,
+    panic: bool,
+    failures: u32,
+    retry_at: Option<Instant>,
+}
+
+pub struct Controller {
+    backend: Arc<dyn Backend>,
+    /// Admin addresses of the proxies to read.
+    proxies: Vec<SocketAddr>,
+    metrics: Arc<ControllerMetrics>,
+    functions: Mutex<HashMap<FunctionId, FunctionControl>>,
+    pub scrape_interval: Duration,
+    pub decide_interval: Duration,
+}
+
+/// A function as `/v1/functions` shows it.
+#[derive(Debug, Serialize)]
+pub struct FunctionView {
+    pub function: String,
+    pub replicas: u32,
+    pub ready: u32,
+    pub panic: bool,
+    pub last_reason: Option<&'static str>,
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+}
+
+impl Controller {
+    pub fn new(
+        backend: Arc<dyn Backend>,
+        proxies: Vec<SocketAddr>,
+        metrics: Arc<ControllerMetrics>,
+        scrape_interval: Duration,
+        decide_interval: Duration,
+    ) -> Self {
+        Controller {
+            backend,
+            proxies,
+            metrics,
+            functions: Mutex::new(HashMap::new()),
+            scrape_interval,
+            decide_interval,
+        }
+    }
+
+    pub fn metrics(&self) -> &Arc<ControllerMetrics> {
+        &self.metrics
+    }
+
+    pub fn backend(&self) -> &Arc<dyn Backend> {
+        &self.backend
+    }
+
+    /// Reads every proxy's one-second samples into the functions' histories.
+    pub async fn scrape(&self) {
+        for proxy in &self.proxies {
+            let stats = client::call(*proxy, http::Method::GET, "/stats", None, SCRAPE_TIMEOUT)
+                .await
+                .map_err(|e| e.to_string())
+                .and_then(|body| serde_json::from_slice::<ProxyStats>(&body).map_err(|e| e.to_string()));
+            match stats {
+                Ok(stats) => {
+                    let mut functions = self.functions.lock();
+                    for f in stats.functions {
+                        let Ok(id) = FunctionId::new(&f.namespace, &f.name) else { continue };
+                        functions.entry(id).or_default().history.record(*proxy, &f.samples);
+                    }
+                }
+                Err(e) => {
+                    debug!(proxy = %proxy, error = %e, "reading /stats failed");
+                    self.metrics.scrape_errors.with_label_values(&[&proxy.to_string()]).inc();
+                }
+            }
+        }
+    }
+
+    /// One decision per function; writes where the number changes.
+    pub async fn decide(&self) {
+        let managed = match self.backend.functions().await {
+            Ok(managed) => managed,
+            Err(e) => {
+                self.api_error(&e);
+                return;
+            }
+        };
+        let leader = self.backend.is_leader();
+        self.metrics.leader.set(i64::from(leader));
+        let now = unix_now();
+        for function in managed {
+            let label = function.id.to_string();
+            let (decision, retry_blocked) = {
+                let mut functions = self.functions.lock();
+                let control = functions.entry(function.id.clone()).or_default();
+                control.history.forget_before(now.saturating_sub(KEEP_SECONDS));
+                let since = now.saturating_sub(function.spec.window.as_secs() + 1);
+                let observations = control.history.since(since);
+                let decision = control.decider.decide(&function.spec, now, &observations, function.ready);
+                control.last_reason = Some(decision.reason);
+                control.panic = decision.panic;
+                let blocked = control.retry_at.is_some_and(|at| Instant::now() < at);
+                (decision, blocked)
+            };
+            self.metrics.desired.with_label_values(&[&label]).set(i64::from(decision.desired));
+            self.metrics.ready.with_label_values(&[&label]).set(i64::from(function.ready));
+            self.metrics.panic.with_label_values(&[&label]).set(i64::from(decision.panic));
+            self.metrics.decisions.with_label_values(&[&label, decision.reason.as_str()]).inc();
+            if decision.desired != function.replicas && leader && !retry_blocked {
+                self.write(&function, decision.desired).await;
+            }
+        }
+        self.backend.maintain().await;
+    }
+
+    async fn write(&self, function: &ManagedFunction, replicas: u32) {
+        let label = function.id.to_string();
+        match self.backend.scale(&function.id, replicas).await {
+            Ok(()) => {
+                self.metrics.writes.with_label_values(&[&label]).inc();
+                if let Some(control) = self.functions.lock().get_mut(&function.id) {
+                    control.failures = 0;
+                    control.retry_at = None;
+                }
+            }
+            Err(e) => {
+                self.api_error(&e);
+                if let Some(control) = self.functions.lock().get_mut(&function.id) {
+                    control.failures += 1;
+                    let backoff = Duration::from_millis(500 << control.failures.min(6)).min(MAX_BACKOFF);
+                    control.retry_at = Some(Instant::now() + backoff);
+                    warn!(function = %function.id, error = %e, ?backoff, "scaling failed; retrying later");
+                }
+            }
+        }
+    }
+
+    fn api_error(&self, error: &BackendError) {
+        warn!(error = %error, "backend call failed");
+        self.metrics.api_errors.with_label_values(&[error.operation()]).inc();
+    }
+
+    /// `sync` mode: a request found no slot; make sure at least `want` RIs are asked for, now.
+    pub async fn poke(&self, id: &FunctionId, want: u32) -> Result<u32, BackendError> {
+        self.metrics.pokes.with_label_values(&[&id.to_string()]).inc();
+        let managed = self.backend.functions().await?;
+        let function =
+            managed.into_iter().find(|f| &f.id == id).ok_or_else(|| BackendError::UnknownFunction(id.clone()))?;
+        let capped = function.spec.max_scale.map_or(want, |max| want.min(max));
+        if capped > function.replicas && self.backend.is_leader() {
+            info!(function = %id, from = function.replicas, to = capped, "one more RI asked for (sync mode)");
+            self.write(&function, capped).await;
+            return Ok(capped);
+        }
+        Ok(function.replicas)
+    }
+
+    pub async fn view(&self) -> Result<Vec<FunctionView>, BackendError> {
+        let managed = self.backend.functions().await?;
+        let functions = self.functions.lock();
+        Ok(managed
+            .into_iter()
+            .map(|f| {
+                let control = functions.get(&f.id);
+                FunctionView {
+                    function: f.id.to_string(),
+                    replicas: f.replicas,
+                    ready: f.ready,
+                    panic: control.is_some_and(|c| c.panic),
+                    last_reason: control.and_then(|c| c.last_reason).map(Reason::as_str),
+                }
+            })
+            .collect())
+    }
+}
+
+/// The background task running the loop.
+pub struct ControlLoop {
+    pub controller: Arc<Controller>,
+}
+
+#[async_trait]
+impl BackgroundService for ControlLoop {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        let controller = &self.controller;
+        let mut ticker = tokio::time::interval(controller.scrape_interval);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+        let mut last_decision: Option<Instant> = None;
+        loop {
+            tokio::select! {
+                _ = ticker.tick() => {}
+                _ = shutdown.changed() => return,
+            }
+            controller.scrape().await;
+            if last_decision.is_none_or(|at| at.elapsed() >= controller.decide_interval) {
+                last_decision = Some(Instant::now());
+                controller.decide().await;
+            }
+        }
+    }
+}

@@ -1,0 +1,78 @@
+//! Prometheus metrics of the controller (`wavelink_controller_*`, labelled by `function`).
+
+use prometheus::{Encoder, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder};
+
+pub struct ControllerMetrics {
+    registry: Registry,
+    pub desired: IntGaugeVec,
+    pub ready: IntGaugeVec,
+    pub panic: IntGaugeVec,
+    pub decisions: IntCounterVec,
+    pub writes: IntCounterVec,
+    pub api_errors: IntCounterVec,
+    pub scrape_errors: IntCounterVec,
+    pub pokes: IntCounterVec,
+    pub leader: IntGauge,
+}
+
+impl ControllerMetrics {
+    pub fn new() -> Result<Self, prometheus::Error> {
+        let registry = Registry::new();
+        let gauge = |name: &str, help: &str| IntGaugeVec::new(Opts::new(name, help), &["function"]);
+        let desired = gauge("wavelink_controller_desired_instances", "Regular Instances the autoscaler asks for")?;
+        let ready = gauge("wavelink_controller_instances", "Regular Instances ready")?;
+        let panic = gauge("wavelink_controller_panic", "1 while the autoscaler is in panic mode")?;
+        let decisions = IntCounterVec::new(
+            Opts::new("wavelink_controller_decisions_total", "Autoscaling decisions, by what decided them"),
+            &["function", "reason"],
+        )?;
+        let writes = IntCounterVec::new(
+            Opts::new("wavelink_controller_scale_writes_total", "Changes of the number of Regular Instances written"),
+            &["function"],
+        )?;
+        let api_errors = IntCounterVec::new(
+            Opts::new("wavelink_controller_api_errors_total", "Failed backend (API) calls, by operation"),
+            &["operation"],
+        )?;
+        let scrape_errors = IntCounterVec::new(
+            Opts::new("wavelink_controller_scrape_errors_total", "Failed reads of a proxy's /stats"),
+            &["proxy"],
+        )?;
+        let pokes = IntCounterVec::new(
+            Opts::new("wavelink_controller_pokes_total", "Requests for one more RI (sync mode)"),
+            &["function"],
+        )?;
+        let leader = IntGauge::new("wavelink_controller_leader", "1 while this controller may write")?;
+        for c in [
+            Box::new(desired.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(ready.clone()),
+            Box::new(panic.clone()),
+            Box::new(decisions.clone()),
+            Box::new(writes.clone()),
+            Box::new(api_errors.clone()),
+            Box::new(scrape_errors.clone()),
+            Box::new(pokes.clone()),
+            Box::new(leader.clone()),
+        ] {
+            registry.register(c)?;
+        }
+        Ok(ControllerMetrics {
+            registry,
+            desired,
+            ready,
+            panic,
+            decisions,
+            writes,
+            api_errors,
+            scrape_errors,
+            pokes,
+            leader,
+        })
+    }
+
+    pub fn encode(&self) -> Result<Vec<u8>, prometheus::Error> {
+        let mut out = Vec::with_capacity(8 * 1024);
+        TextEncoder::new().encode(&self.registry.gather(), &mut out)?;
+        Ok(out)
+    }
+}

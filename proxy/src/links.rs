@@ -1,0 +1,57 @@
+//! What the proxy reaches besides instances: the Wavelets it spills to and the controller it
+//! asks for Regular Instances in `sync` mode. Shared by the router and every function.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwap;
+use tracing::debug;
+use wavelink_core::FunctionId;
+
+use crate::wavelets::Wavelets;
+
+/// Pokes for one function are at most this frequent; each carries the current need.
+const POKE_INTERVAL: Duration = Duration::from_millis(50);
+const POKE_TIMEOUT: Duration = Duration::from_secs(2);
+
+pub struct Links {
+    pub wavelets: ArcSwap<Wavelets>,
+    /// The controller's admin address, for `sync` mode.
+    pub controller: ArcSwap<Option<SocketAddr>>,
+    epoch: Instant,
+}
+
+impl Links {
+    pub fn new(wavelets: Wavelets) -> Self {
+        Links {
+            wavelets: ArcSwap::from_pointee(wavelets),
+            controller: ArcSwap::from_pointee(None),
+            epoch: Instant::now(),
+        }
+    }
+
+    /// `sync` mode: asks the controller for `want` Regular Instances now, without waiting for
+    /// the answer (the request waits for the instance in the queue). `last_poke` (ms since the
+    /// epoch, per function) keeps pokes to one per [`POKE_INTERVAL`].
+    pub fn poke(&self, function: &FunctionId, want: u32, last_poke: &AtomicU64) {
+        let Some(controller) = **self.controller.load() else { return };
+        let now = self.epoch.elapsed().as_millis() as u64;
+        let last = last_poke.load(Relaxed);
+        if last != 0 && now.saturating_sub(last) < POKE_INTERVAL.as_millis() as u64 {
+            return;
+        }
+        if last_poke.compare_exchange(last, now.max(1), Relaxed, Relaxed).is_err() {
+            return;
+        }
+        let path = format!("/v1/functions/{}/{}/poke", function.namespace, function.name);
+        let body = format!("{{\"want\":{want}}}").into_bytes();
+        tokio::spawn(async move {
+            if let Err(e) =
+                wavelink_server::client::call(controller, http::Method::POST, &path, Some(body), POKE_TIMEOUT).await
+            {
+                debug!(error = %e, "poking the controller failed");
+            }
+        });
+    }
+}

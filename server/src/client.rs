@@ -1,0 +1,61 @@
+//! A small HTTP/1.1 client for component-to-component admin calls (the controller scraping
+//! `/stats` and pushing instance lists, the proxy poking the controller). One connection per
+//! call: these are a few calls a second, off every request path.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper_util::rt::TokioIo;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("{0}: {1}")]
+    Io(SocketAddr, std::io::Error),
+    #[error("{0}: {1}")]
+    Http(SocketAddr, String),
+    #[error("{0}: no answer within {1:?}")]
+    Timeout(SocketAddr, Duration),
+    #[error("{addr} {path}: {status}: {body}")]
+    Status { addr: SocketAddr, path: String, status: u16, body: String },
+}
+
+/// Sends one request; a non-2xx answer is an error carrying its body.
+pub async fn call(
+    addr: SocketAddr,
+    method: http::Method,
+    path: &str,
+    body: Option<Vec<u8>>,
+    timeout: Duration,
+) -> Result<Vec<u8>, ClientError> {
+    let exchange = async {
+        let stream = tokio::net::TcpStream::connect(addr).await.map_err(|e| ClientError::Io(addr, e))?;
+        let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .map_err(|e| ClientError::Http(addr, e.to_string()))?;
+        tokio::spawn(connection);
+        let mut request =
+            http::Request::builder().method(method).uri(path).header(http::header::HOST, addr.to_string());
+        if body.is_some() {
+            request = request.header(http::header::CONTENT_TYPE, "application/json");
+        }
+        let request = request
+            .body(Full::new(Bytes::from(body.unwrap_or_default())))
+            .map_err(|e| ClientError::Http(addr, e.to_string()))?;
+        let response = sender.send_request(request).await.map_err(|e| ClientError::Http(addr, e.to_string()))?;
+        let status = response.status();
+        let bytes =
+            response.into_body().collect().await.map_err(|e| ClientError::Http(addr, e.to_string()))?.to_bytes();
+        if !status.is_success() {
+            return Err(ClientError::Status {
+                addr,
+                path: path.to_owned(),
+                status: status.as_u16(),
+                body: String::from_utf8_lossy(&bytes).trim().to_owned(),
+            });
+        }
+        Ok(bytes.to_vec())
+    };
+    tokio::time::timeout(timeout, exchange).await.map_err(|_| ClientError::Timeout(addr, timeout))?
+}

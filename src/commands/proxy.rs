@@ -1,0 +1,79 @@
+//! `wavelink proxy`.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use wavelink_core::LocalConfig;
+use wavelink_proxy::Proxy;
+
+use super::{load_config, parse_duration};
+
+#[derive(Debug, clap::Args)]
+pub struct ProxyArgs {
+    /// The local config file (see wavelink.yaml in the repository).
+    #[arg(long, short = 'c', env = "WAVELINK_CONFIG", value_name = "FILE")]
+    config: PathBuf,
+    /// Client listener; overrides proxy.listen.
+    #[arg(long, value_name = "ADDR")]
+    listen: Option<SocketAddr>,
+    /// Admin listener; overrides proxy.admin.
+    #[arg(long, value_name = "ADDR")]
+    admin: Option<SocketAddr>,
+    /// Worker threads; overrides proxy.threads.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..))]
+    threads: Option<u16>,
+    /// Longest drain on SIGTERM; overrides proxy.grace-period.
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    grace_period: Option<Duration>,
+    /// Validate the config, print what would be served, and exit (non-zero if any function is
+    /// rejected).
+    #[arg(long)]
+    check: bool,
+}
+
+pub fn run(args: ProxyArgs) -> anyhow::Result<()> {
+    let mut config = load_config(&args.config)?;
+    if let Some(listen) = args.listen {
+        config.proxy.listen = listen;
+    }
+    if let Some(admin) = args.admin {
+        config.proxy.admin = admin;
+    }
+    if let Some(threads) = args.threads {
+        config.proxy.threads = usize::from(threads);
+    }
+    if let Some(grace) = args.grace_period {
+        config.proxy.grace_period = grace;
+    }
+    if args.check {
+        return check_config(&config);
+    }
+    let proxy = Proxy::from_config(&config).context("setting up the proxy")?;
+    let shutdown = proxy.signal_shutdown();
+    proxy.run(shutdown, true);
+    Ok(())
+}
+
+fn check_config(config: &LocalConfig) -> anyhow::Result<()> {
+    let (accepted, rejected) = config.functions();
+    println!("proxy    listen {} admin {}", config.proxy.listen, config.proxy.admin);
+    for w in &config.wavelets {
+        let admin = w.admin.map_or_else(|| "-".to_owned(), |a| a.to_string());
+        println!("wavelet  address {} admin {admin} max-instances {}", w.address, w.max_instances);
+    }
+    if let Some(c) = &config.controller {
+        println!("controller backend {:?} admin {} ri-start-delay {:?}", c.backend, c.admin, c.ri_start_delay);
+    }
+    for f in &accepted {
+        println!("ok       {} at http://{}  ({} instances)", f.id, f.id.host(&config.domain), f.instances.len());
+    }
+    for r in &rejected {
+        println!("rejected {}: {}", r.function, r.error);
+    }
+    if !rejected.is_empty() {
+        bail!("{} of {} functions rejected", rejected.len(), accepted.len() + rejected.len());
+    }
+    Ok(())
+}

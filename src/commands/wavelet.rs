@@ -1,0 +1,74 @@
+//! `wavelink wavelet`.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+
+use super::{RuntimeArgs, load_config, parse_duration};
+
+/// Instance ports of a Wavelet, by default.
+pub const DEFAULT_PORTS: (u16, u16) = (20000, 29999);
+
+#[derive(Debug, clap::Args)]
+pub struct WaveletArgs {
+    /// The local config file: functions (command, annotations) and the wavelets: list.
+    #[arg(long, short = 'c', env = "WAVELINK_CONFIG", value_name = "FILE")]
+    config: PathBuf,
+    /// Which entry of wavelets: this is (its address, admin and max-instances are the defaults).
+    #[arg(long, default_value_t = 0, value_name = "N")]
+    index: usize,
+    /// Listener for the proxy's requests [default: the entry's address, else 127.0.0.1:8091].
+    #[arg(long, value_name = "ADDR")]
+    listen: Option<SocketAddr>,
+    /// Admin listener [default: the entry's admin, else 127.0.0.1:9091].
+    #[arg(long, value_name = "ADDR")]
+    admin: Option<SocketAddr>,
+    /// Most Emergency Instances alive at once on this node [default: the entry's, else 256].
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    max_instances: Option<u32>,
+    #[command(flatten)]
+    runtime: RuntimeArgs,
+    /// How long an instance started without socket activation may take to listen on $PORT.
+    #[arg(long, default_value = "10s", value_name = "DURATION", value_parser = parse_duration)]
+    spawn_timeout: Duration,
+    /// Worker threads.
+    #[arg(long, default_value_t = 1, value_name = "N", value_parser = clap::value_parser!(u16).range(1..))]
+    threads: u16,
+    /// Longest drain on SIGTERM before instances are destroyed anyway.
+    #[arg(long, default_value = "30s", value_name = "DURATION", value_parser = parse_duration)]
+    grace_period: Duration,
+}
+
+pub fn run(args: WaveletArgs) -> anyhow::Result<()> {
+    let config = load_config(&args.config)?;
+    let entry = config.wavelets.get(args.index);
+    if entry.is_none() && args.index > 0 {
+        bail!("--index {}: the config lists {} wavelets", args.index, config.wavelets.len());
+    }
+    let default = |port: u16| SocketAddr::from(([127, 0, 0, 1], port));
+    let listen = args.listen.or(entry.map(|w| w.address)).unwrap_or(default(8091));
+    let admin = args.admin.or(entry.and_then(|w| w.admin)).unwrap_or(default(9091));
+    let settings = wavelink_wavelet::WaveletSettings {
+        listen,
+        admin,
+        threads: usize::from(args.threads),
+        grace_period: args.grace_period,
+        max_instances: args.max_instances.or(entry.map(|w| w.max_instances)).unwrap_or(256),
+        runtime: args.runtime.settings("wavelet", listen.port(), DEFAULT_PORTS),
+        spawn_timeout: args.spawn_timeout,
+    };
+    let wavelet = wavelink_wavelet::Wavelet::new(settings).context("setting up the wavelet")?;
+    let (functions, rejected) = config.functions();
+    for r in &rejected {
+        tracing::error!(function = %r.function, error = %r.error, "function rejected");
+    }
+    wavelet.pools().apply(functions);
+    for (function, why) in wavelet.pools().unreachable_commands() {
+        tracing::warn!(%function, "{why}");
+    }
+    let shutdown = wavelet.signal_shutdown();
+    wavelet.run(shutdown, true);
+    Ok(())
+}

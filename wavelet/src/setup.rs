@@ -1,0 +1,68 @@
+//! Preparing to run instances on this machine, shared by the Wavelet (Emergency Instances) and
+//! the controller's local backend (Regular Instances): the state directory (what a crashed
+//! predecessor left is killed first), the user to run as, memory cgroups, the port range.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use tracing::{info, warn};
+
+use crate::cgroup::Cgroups;
+use crate::runtime::{PortRange, ProcessRuntime, RunAs};
+use crate::state::{StateDir, StateError};
+
+#[derive(Debug, Clone)]
+pub struct RuntimeSettings {
+    pub state_dir: PathBuf,
+    /// Run instances as this user (only possible as root).
+    pub run_as: Option<String>,
+    /// Memory limit per instance, enforced with a cgroup where the kernel allows.
+    pub memory_max: Option<u64>,
+    /// Loopback ports for instances, `(first, last)`.
+    pub port_range: (u16, u16),
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SetupError {
+    #[error(transparent)]
+    State(#[from] StateError),
+    #[error("--run-as: {0}")]
+    RunAs(String),
+    #[error("--port-range: {0}")]
+    Ports(String),
+    #[error("finding this executable: {0}")]
+    SelfExe(std::io::Error),
+}
+
+/// The runtime and state directory for instances whose ids start with `kind` (`ei`, `ri`).
+pub fn prepare(
+    kind: &'static str,
+    settings: &RuntimeSettings,
+) -> Result<(Arc<ProcessRuntime>, Arc<StateDir>), SetupError> {
+    let state = StateDir::open(&settings.state_dir)?;
+    let cleanup = state.clean_up_orphans();
+    if cleanup.killed > 0 || cleanup.stale > 0 {
+        info!(killed = cleanup.killed, already_gone = cleanup.stale, state_dir = %state.path().display(),
+              "cleaned up after a previous run");
+    }
+    let run_as = settings.run_as.as_deref().map(RunAs::lookup).transpose().map_err(SetupError::RunAs)?;
+    if run_as.is_some() && !nix::unistd::geteuid().is_root() {
+        return Err(SetupError::RunAs("switching users needs root; drop --run-as".into()));
+    }
+    let cgroups = settings.memory_max.and_then(|max| match Cgroups::setup(max) {
+        Ok(cgroups) => {
+            info!(memory_max = max, version = ?cgroups.version(), "instances get a memory cgroup");
+            Some(cgroups)
+        }
+        Err(reason) => {
+            warn!(%reason, "instance memory limits disabled");
+            None
+        }
+    });
+    let ports = PortRange::new(settings.port_range.0, settings.port_range.1).map_err(SetupError::Ports)?;
+    let runtime = ProcessRuntime::for_kind(kind, run_as, cgroups, ports).map_err(SetupError::SelfExe)?;
+    if let Some(run_as) = runtime.run_as() {
+        info!(user = %run_as.user, uid = run_as.uid, "instances run unprivileged");
+    }
+    Ok((Arc::new(runtime), Arc::new(state)))
+}
