@@ -1,6 +1,6 @@
 # The two commands of a fresh machine:
-#   make up     run WaveLink locally (proxy + function instances) from wavelink.yaml
-#   make test   run every test
+#   make up     run WaveLink locally (`wavelink up`: proxy, Wavelet, controller) from wavelink.yaml
+#   make test   run every test (starting the test apiserver of ../shared/k8s-testenv if present)
 # Both install missing build prerequisites first (scripts/deps.sh: cmake for Pingora's zlib-ng).
 
 CARGO ?= cargo
@@ -15,10 +15,10 @@ build: deps
 	$(CARGO) build --release --locked
 
 up: build
-	scripts/up.sh $(CONFIG)
+	target/release/wavelink up --config $(CONFIG)
 
 test: deps
-	$(CARGO) test --workspace --locked
+	CARGO=$(CARGO) scripts/test.sh
 
 lint: deps
 	$(CARGO) fmt --all --check

@@ -90,7 +90,8 @@ impl Controller {
 
     /// Reads every proxy's one-second samples into the functions' histories.
     pub async fn scrape(&self) {
-        for proxy in &self.proxies {
+        let proxies = self.backend.proxies().unwrap_or_else(|| self.proxies.clone());
+        for proxy in &proxies {
             let stats = client::call(*proxy, http::Method::GET, "/stats", None, SCRAPE_TIMEOUT)
                 .await
                 .map_err(|e| e.to_string())
@@ -145,7 +146,9 @@ impl Controller {
                 self.write(&function, decision.desired).await;
             }
         }
-        self.backend.maintain().await;
+        for e in self.backend.maintain().await {
+            self.api_error(&e);
+        }
     }
 
     async fn write(&self, function: &ManagedFunction, replicas: u32) {

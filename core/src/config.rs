@@ -32,6 +32,53 @@ pub struct LocalConfig {
     pub controller: Option<ControllerConfig>,
     #[serde(default)]
     pub functions: Vec<FunctionConfig>,
+    /// Read functions and instances from a Kubernetes cluster instead of `functions:`.
+    #[serde(default)]
+    pub kubernetes: Option<KubernetesConfig>,
+}
+
+/// The `kubernetes:` section: where proxy, Wavelet and controller find things in a cluster.
+/// Functions are the Deployments labelled `wavelink.dev/function`; their instances are the ready
+/// endpoints of the Service of the same name.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct KubernetesConfig {
+    /// Watch only this namespace [default: all namespaces].
+    #[serde(default)]
+    pub namespace: Option<String>,
+    /// `namespace/name` of the Service selecting the Wavelet pods; the proxy spills to its
+    /// endpoints on the port named `wavelet`.
+    #[serde(default)]
+    pub wavelet_service: Option<String>,
+    /// `namespace/name` of the Service selecting the proxy pods; the controller reads `/stats`
+    /// from each endpoint on the port named `admin`.
+    #[serde(default)]
+    pub proxy_service: Option<String>,
+    /// `namespace/name` of the controllers' leader-election Lease.
+    #[serde(default = "default_lease")]
+    pub lease: String,
+    /// How long a leader's lease lasts without renewal (renewed every third of it).
+    #[serde(default = "default_lease_duration", deserialize_with = "duration_field")]
+    pub lease_duration: Duration,
+}
+
+impl Default for KubernetesConfig {
+    fn default() -> Self {
+        KubernetesConfig {
+            namespace: None,
+            wavelet_service: None,
+            proxy_service: None,
+            lease: default_lease(),
+            lease_duration: default_lease_duration(),
+        }
+    }
+}
+
+fn default_lease() -> String {
+    "wavelink-system/wavelink-controller".to_owned()
+}
+fn default_lease_duration() -> Duration {
+    Duration::from_secs(15)
 }
 
 /// One entry of `wavelets:`.
@@ -260,6 +307,10 @@ pub enum ConfigError {
     MaxInstances(usize),
     #[error("controller.{0} must be more than 0")]
     Interval(&'static str),
+    #[error("functions come either from `functions:` or from `kubernetes:`, not both")]
+    TwoSources,
+    #[error("kubernetes.lease-duration must be at least 3s")]
+    LeaseDuration,
 }
 
 impl LocalConfig {
@@ -286,6 +337,14 @@ impl LocalConfig {
             }
             if c.decide_interval.is_zero() {
                 return Err(ConfigError::Interval("decide-interval"));
+            }
+        }
+        if let Some(k) = &config.kubernetes {
+            if !config.functions.is_empty() {
+                return Err(ConfigError::TwoSources);
+            }
+            if k.lease_duration < Duration::from_secs(3) {
+                return Err(ConfigError::LeaseDuration);
             }
         }
         Ok(config)

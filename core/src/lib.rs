@@ -9,6 +9,7 @@ pub mod autoscale;
 pub mod config;
 pub mod duration;
 pub mod function;
+pub mod lease;
 pub mod size;
 pub mod slots;
 pub mod spec;
@@ -16,6 +17,6 @@ pub mod stats;
 pub mod trace;
 pub mod wire;
 
-pub use config::{FunctionDef, LocalConfig, RejectedFunction};
+pub use config::{FunctionDef, KubernetesConfig, LocalConfig, RejectedFunction};
 pub use function::FunctionId;
 pub use spec::{FunctionSpec, InvalidSpec, ScalingMode, SpecError};

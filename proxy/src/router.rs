@@ -46,6 +46,11 @@ impl Router {
 
     /// Replaces the Wavelets the proxy spills to; requests in flight on removed ones finish.
     pub fn set_wavelets(&self, addrs: &[SocketAddr]) {
+        let current = self.links.wavelets.load();
+        if current.targets().iter().map(|t| t.addr).eq(addrs.iter().copied()) {
+            return;
+        }
+        info!(wavelets = ?addrs, "spilling to these Wavelets");
         self.links.wavelets.store(Arc::new(Wavelets::new(addrs, self.peer_settings)));
         // Waiters may be able to spill now.
         for f in self.functions() {
@@ -104,6 +109,16 @@ impl Router {
     /// Makes `defs` the served functions. A function that stays keeps its state (slots, queue,
     /// counters); its spec is updated, and so are its instances when the definition lists some.
     pub fn apply(&self, defs: Vec<FunctionDef>, rejected: Vec<RejectedFunction>) {
+        self.apply_defs(defs, rejected, false);
+    }
+
+    /// Like [`Self::apply`], for a source that knows every function's instances (a cluster's
+    /// ready endpoints): an empty list means the function has no RIs now.
+    pub fn sync(&self, defs: Vec<FunctionDef>, rejected: Vec<RejectedFunction>) {
+        self.apply_defs(defs, rejected, true);
+    }
+
+    fn apply_defs(&self, defs: Vec<FunctionDef>, rejected: Vec<RejectedFunction>, replace_instances: bool) {
         let old = self.table.load_full();
         let mut functions = Vec::with_capacity(defs.len());
         for def in defs {
@@ -113,7 +128,7 @@ impl Router {
                     if *state.spec() != def.spec {
                         state.set_spec(def.spec);
                     }
-                    if !def.instances.is_empty() {
+                    if replace_instances || !def.instances.is_empty() {
                         state.set_instances(&def.instances);
                     }
                     state
@@ -138,7 +153,7 @@ impl Router {
             info!(function = %gone.id, "no longer serving function");
             self.metrics.forget_function(&gone.label);
         }
-        for r in &rejected {
+        for r in rejected.iter().filter(|r| !old.rejected.contains(r)) {
             error!(function = %r.function, error = %r.error, "function rejected");
         }
         self.metrics.functions_rejected.set(rejected.len() as i64);
@@ -190,6 +205,10 @@ mod tests {
         assert_eq!(a_again.spec().container_concurrency, 4);
         assert_eq!(a_again.load.regular.now(), 1);
         assert!(router.lookup("b.default.example.com").is_none());
+        router.apply(vec![FunctionDef { instances: vec![], ..def("a", "4") }], vec![]);
+        assert_eq!(a_again.routing().regular.len(), 1, "apply keeps instances a definition does not list");
+        router.sync(vec![FunctionDef { instances: vec![], ..def("a", "4") }], vec![]);
+        assert!(a_again.routing().regular.is_empty(), "sync takes the list as complete");
         drop(slot);
         assert_eq!(router.requests_in_progress(), 0);
     }

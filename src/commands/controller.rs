@@ -5,12 +5,16 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{Context, bail};
+use anyhow::Context;
+use wavelink_controller::backend::kubernetes::KubernetesBackend;
 use wavelink_controller::backend::local::LocalBackend;
 use wavelink_controller::metrics::ControllerMetrics;
 use wavelink_controller::{Controller, ControllerServer};
 use wavelink_core::config::{BackendKind, ControllerConfig};
 
+use wavelink_kubernetes::LeaderElector;
+
+use super::cluster::{Cluster, namespaced_name};
 use super::{RuntimeArgs, load_config, parse_duration};
 
 /// Instance ports of the local backend, by default.
@@ -32,6 +36,10 @@ pub struct ControllerArgs {
     /// controller.ri-start-delay, else 1500ms].
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     ri_start_delay: Option<Duration>,
+    /// Kubernetes backend: this replica's name in the leader-election Lease [default: $POD_NAME,
+    /// else <hostname>-<pid>].
+    #[arg(long, env = "WAVELINK_IDENTITY", value_name = "NAME")]
+    identity: Option<String>,
     #[command(flatten)]
     runtime: RuntimeArgs,
 }
@@ -66,6 +74,56 @@ pub fn run(args: ControllerArgs) -> anyhow::Result<()> {
             server.run(shutdown);
             Ok(())
         }
-        BackendKind::Kubernetes => bail!("the kubernetes backend is chosen by `wavelink controller kubernetes`"),
+        BackendKind::Kubernetes => {
+            let k8s = config.kubernetes.clone().unwrap_or_default();
+            let proxy_service = namespaced_name("proxy-service", k8s.proxy_service.as_ref())?;
+            let lease = namespaced_name("lease", Some(&k8s.lease))?.context("kubernetes.lease is required")?;
+            let cluster = Cluster::connect(&k8s)?;
+            let identity = args.identity.clone().unwrap_or_else(default_identity);
+            let leader = Arc::new(LeaderElector::new(
+                cluster.client.clone(),
+                &lease.namespace,
+                &lease.name,
+                identity.clone(),
+                k8s.lease_duration,
+            ));
+            cluster.runtime.spawn({
+                let leader = leader.clone();
+                async move { leader.run().await }
+            });
+            tracing::info!(%identity, %lease, lease_duration = ?k8s.lease_duration, "kubernetes backend: scaling Deployments; only the lease holder writes");
+            let backend =
+                KubernetesBackend::new(cluster.client.clone(), cluster.view.clone(), leader.clone(), proxy_service);
+            let controller =
+                Arc::new(Controller::new(Arc::new(backend), proxies, metrics, scrape_interval, decide_interval));
+            let handle = cluster.runtime.handle().clone();
+            // On SIGTERM, hand the lease over at once rather than after it expires.
+            let release = Arc::new(move || {
+                let (leader, handle) = (leader.clone(), handle.clone());
+                let _ = std::thread::spawn(move || {
+                    handle.block_on(async { tokio::time::timeout(RELEASE_TIMEOUT, leader.release()).await })
+                })
+                .join();
+            });
+            let server = ControllerServer::new(controller, admin, release);
+            let shutdown = server.signal_shutdown();
+            server.run(shutdown);
+            drop(cluster);
+            Ok(())
+        }
     }
+}
+
+/// Longest wait for handing the lease over on shutdown.
+const RELEASE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// This replica's name in the Lease: the pod name where Kubernetes provides it, else host and PID.
+fn default_identity() -> String {
+    if let Ok(pod) = std::env::var("POD_NAME") {
+        if !pod.is_empty() {
+            return pod;
+        }
+    }
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+    format!("{}-{}", host.trim(), std::process::id())
 }

@@ -1,5 +1,6 @@
 //! One module per subcommand; shared argument parsing here.
 
+pub mod cluster;
 pub mod controller;
 pub mod proxy;
 pub mod up;

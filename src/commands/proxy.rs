@@ -5,10 +5,14 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-use wavelink_core::LocalConfig;
+use wavelink_core::{KubernetesConfig, LocalConfig};
 use wavelink_proxy::Proxy;
 
+use super::cluster::{Cluster, namespaced_name};
 use super::{load_config, parse_duration};
+
+/// The Wavelets' request port when their Service names no port `wavelet`.
+const DEFAULT_WAVELET_PORT: u16 = 8091;
 
 #[derive(Debug, clap::Args)]
 pub struct ProxyArgs {
@@ -51,9 +55,31 @@ pub fn run(args: ProxyArgs) -> anyhow::Result<()> {
         return check_config(&config);
     }
     let proxy = Proxy::from_config(&config).context("setting up the proxy")?;
+    // Kept alive while the proxy runs: it feeds the routing table.
+    let _cluster = match &config.kubernetes {
+        Some(settings) => Some(follow_cluster(&proxy, settings)?),
+        None => None,
+    };
     let shutdown = proxy.signal_shutdown();
     proxy.run(shutdown, true);
     Ok(())
+}
+
+/// Serves the cluster's function Deployments, routing to their Services' ready endpoints, and
+/// spills to the Wavelet Service's endpoints.
+fn follow_cluster(proxy: &Proxy, settings: &KubernetesConfig) -> anyhow::Result<Cluster> {
+    let wavelet_service = namespaced_name("wavelet-service", settings.wavelet_service.as_ref())?;
+    let cluster = Cluster::connect(settings)?;
+    let router = proxy.router().clone();
+    cluster.follow(move |view| {
+        let catalog = view.catalog();
+        let slices = view.slices();
+        router.sync(catalog.with_endpoints(slices.iter().map(|s| s.as_ref())), catalog.rejected_functions());
+        if let Some(service) = &wavelet_service {
+            router.set_wavelets(&view.service_endpoints(service, "wavelet", DEFAULT_WAVELET_PORT));
+        }
+    });
+    Ok(cluster)
 }
 
 fn check_config(config: &LocalConfig) -> anyhow::Result<()> {
@@ -62,6 +88,10 @@ fn check_config(config: &LocalConfig) -> anyhow::Result<()> {
     for w in &config.wavelets {
         let admin = w.admin.map_or_else(|| "-".to_owned(), |a| a.to_string());
         println!("wavelet  address {} admin {admin} max-instances {}", w.address, w.max_instances);
+    }
+    if let Some(k) = &config.kubernetes {
+        let scope = k.namespace.as_deref().unwrap_or("all namespaces");
+        println!("kubernetes functions from Deployments labelled wavelink.dev/function in {scope}");
     }
     if let Some(c) = &config.controller {
         println!("controller backend {:?} admin {} ri-start-delay {:?}", c.backend, c.admin, c.ri_start_delay);

@@ -6,6 +6,9 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 
+use wavelink_wavelet::pool::Pools;
+
+use super::cluster::Cluster;
 use super::{RuntimeArgs, load_config, parse_duration};
 
 /// Instance ports of a Wavelet, by default.
@@ -60,15 +63,35 @@ pub fn run(args: WaveletArgs) -> anyhow::Result<()> {
         spawn_timeout: args.spawn_timeout,
     };
     let wavelet = wavelink_wavelet::Wavelet::new(settings).context("setting up the wavelet")?;
-    let (functions, rejected) = config.functions();
-    for r in &rejected {
-        tracing::error!(function = %r.function, error = %r.error, "function rejected");
-    }
-    wavelet.pools().apply(functions);
-    for (function, why) in wavelet.pools().unreachable_commands() {
-        tracing::warn!(%function, "{why}");
-    }
+    // Kept alive while the Wavelet runs: it feeds the function table.
+    let _cluster = match &config.kubernetes {
+        Some(settings) => {
+            let cluster = Cluster::connect(settings)?;
+            let pools = wavelet.pools().clone();
+            cluster.follow(move |view| {
+                pools.apply(view.catalog().functions.into_iter().map(|f| f.def).collect());
+                warn_unreachable(&pools);
+            });
+            Some(cluster)
+        }
+        None => {
+            let (functions, rejected) = config.functions();
+            for r in &rejected {
+                tracing::error!(function = %r.function, error = %r.error, "function rejected");
+            }
+            wavelet.pools().apply(functions);
+            warn_unreachable(wavelet.pools());
+            None
+        }
+    };
     let shutdown = wavelet.signal_shutdown();
     wavelet.run(shutdown, true);
     Ok(())
+}
+
+/// Functions whose command this node cannot run get no EIs; say so once per change.
+fn warn_unreachable(pools: &Pools) {
+    for (function, why) in pools.unreachable_commands() {
+        tracing::warn!(%function, "{why}");
+    }
 }

@@ -252,7 +252,7 @@ impl Backend for LocalBackend {
         Ok(())
     }
 
-    async fn maintain(&self) {
+    async fn maintain(&self) -> Vec<BackendError> {
         let this = &self.0;
         let ids: Vec<FunctionId> = this.functions.lock().keys().cloned().collect();
         for id in ids {
@@ -279,5 +279,7 @@ impl Backend for LocalBackend {
             }
             this.reconcile(&id);
         }
+        // Failed pushes are logged and retried on the next round; they are not API errors.
+        Vec::new()
     }
 }

@@ -1,7 +1,10 @@
 //! Where Regular Instances come from: a small interface the control loop drives, so the same
 //! autoscaler runs on Kubernetes and on one machine.
 
+pub mod kubernetes;
 pub mod local;
+
+use std::net::SocketAddr;
 
 use async_trait::async_trait;
 use wavelink_core::{FunctionId, FunctionSpec};
@@ -41,10 +44,18 @@ pub trait Backend: Send + Sync + 'static {
     async fn functions(&self) -> Result<Vec<ManagedFunction>, BackendError>;
     /// Asks for `replicas` RIs of a function.
     async fn scale(&self, function: &FunctionId, replicas: u32) -> Result<(), BackendError>;
-    /// Periodic upkeep between decisions (restarting what died, retrying pushes).
-    async fn maintain(&self) {}
+    /// Periodic upkeep after each round of decisions (restarting what died, retrying pushes,
+    /// reporting rejected functions). Returns the API errors met, for the metrics.
+    async fn maintain(&self) -> Vec<BackendError> {
+        Vec::new()
+    }
     /// Whether this controller may write (leader election; always true when alone).
     fn is_leader(&self) -> bool {
         true
+    }
+    /// Admin addresses of the proxies to read, when the backend discovers them (`None`: the
+    /// configured ones).
+    fn proxies(&self) -> Option<Vec<SocketAddr>> {
+        None
     }
 }

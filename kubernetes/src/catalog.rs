@@ -1,0 +1,333 @@
+//! What the cluster says, translated: function Deployments into [`FunctionDef`]s (or rejections
+//! naming the bad annotation), EndpointSlices into instance addresses. Plain functions over
+//! k8s-openapi objects; watching and writing live elsewhere.
+
+use std::collections::{BTreeMap, HashSet};
+use std::fmt;
+use std::net::{IpAddr, SocketAddr};
+use std::str::FromStr;
+
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::ObjectReference;
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use kube::Resource;
+use wavelink_core::spec::FUNCTION_LABEL;
+use wavelink_core::{FunctionDef, FunctionId, FunctionSpec, RejectedFunction};
+
+/// The label EndpointSlices carry naming their Service.
+pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
+
+/// `namespace/name` of an object (a Service, a Lease), as given in the config.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct NamespacedName {
+    pub namespace: String,
+    pub name: String,
+}
+
+impl FromStr for NamespacedName {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        let (namespace, name) = s
+            .split_once('/')
+            .ok_or_else(|| format!("{s:?} is not namespace/name (e.g. wavelink-system/wavelink-proxy)"))?;
+        let id = FunctionId::new(namespace, name).map_err(|e| format!("{s:?}: {e}"))?;
+        Ok(NamespacedName { namespace: id.namespace, name: id.name })
+    }
+}
+
+impl fmt::Display for NamespacedName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.namespace, self.name)
+    }
+}
+
+/// A function as its Deployment defines it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ClusterFunction {
+    pub def: FunctionDef,
+    /// The Deployment's name (its scale subresource is what the controller writes).
+    pub deployment: String,
+    /// `spec.replicas` (1 when unset, as the apiserver defaults it).
+    pub replicas: u32,
+    /// `status.readyReplicas`.
+    pub ready: u32,
+}
+
+/// A function Deployment whose annotations or label are not usable, with where to report it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ClusterRejection {
+    pub rejected: RejectedFunction,
+    pub deployment: ObjectReference,
+}
+
+/// Every function the cluster defines, in id order.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Catalog {
+    pub functions: Vec<ClusterFunction>,
+    pub rejected: Vec<ClusterRejection>,
+}
+
+impl Catalog {
+    /// Reads the function Deployments; the first Deployment (by namespace and name) claiming a
+    /// function name wins, later ones are rejected as duplicates.
+    pub fn from_deployments<'a>(deployments: impl IntoIterator<Item = &'a Deployment>) -> Self {
+        let mut sorted: Vec<&Deployment> = deployments.into_iter().collect();
+        sorted
+            .sort_by(|a, b| (&a.metadata.namespace, &a.metadata.name).cmp(&(&b.metadata.namespace, &b.metadata.name)));
+        let mut catalog = Catalog::default();
+        let mut seen = HashSet::new();
+        for deployment in sorted {
+            match function_of(deployment) {
+                None => {}
+                Some(Ok(function)) if !seen.insert(function.def.id.clone()) => {
+                    catalog.rejected.push(ClusterRejection {
+                        rejected: RejectedFunction {
+                            function: function.def.id.to_string(),
+                            error: format!(
+                                "Deployment {} labels a function another Deployment already defines; the first by name is used",
+                                function.deployment
+                            ),
+                        },
+                        deployment: deployment.object_ref(&()),
+                    });
+                }
+                Some(Ok(function)) => catalog.functions.push(function),
+                Some(Err(rejected)) => {
+                    catalog.rejected.push(ClusterRejection { rejected, deployment: deployment.object_ref(&()) })
+                }
+            }
+        }
+        catalog.functions.sort_by(|a, b| a.def.id.cmp(&b.def.id));
+        catalog
+    }
+
+    pub fn function(&self, id: &FunctionId) -> Option<&ClusterFunction> {
+        self.functions.iter().find(|f| &f.def.id == id)
+    }
+
+    /// Each function's definition with its instances: the ready endpoints of its Service (named
+    /// like the function, in its namespace).
+    pub fn with_endpoints<'a>(&self, slices: impl IntoIterator<Item = &'a EndpointSlice> + Clone) -> Vec<FunctionDef> {
+        self.functions
+            .iter()
+            .map(|f| {
+                let service = NamespacedName { namespace: f.def.id.namespace.clone(), name: f.def.id.name.clone() };
+                let mut def = f.def.clone();
+                def.instances = ready_endpoints(slices.clone(), &service, None, f.def.spec.port);
+                def
+            })
+            .collect()
+    }
+
+    pub fn rejected_functions(&self) -> Vec<RejectedFunction> {
+        self.rejected.iter().map(|r| r.rejected.clone()).collect()
+    }
+}
+
+/// `None` when the Deployment is not a function (no `wavelink.dev/function` label).
+pub fn function_of(deployment: &Deployment) -> Option<Result<ClusterFunction, RejectedFunction>> {
+    let meta = &deployment.metadata;
+    let name = meta.labels.as_ref()?.get(FUNCTION_LABEL)?;
+    let namespace = meta.namespace.as_deref().unwrap_or("default");
+    let deployment_name = meta.name.clone().unwrap_or_default();
+    let reject = |error: String| RejectedFunction { function: format!("{namespace}/{name}"), error };
+    let id = match FunctionId::new(namespace, name) {
+        Ok(id) => id,
+        Err(e) => return Some(Err(reject(format!("label {FUNCTION_LABEL}: {e}")))),
+    };
+    let empty = BTreeMap::new();
+    let annotations = meta.annotations.as_ref().unwrap_or(&empty);
+    let spec = match FunctionSpec::from_annotations(annotations.iter()) {
+        Ok(spec) => spec,
+        Err(e) => return Some(Err(reject(e.to_string()))),
+    };
+    let spec_of_deployment = deployment.spec.as_ref();
+    let container = spec_of_deployment.and_then(|s| s.template.spec.as_ref()).and_then(|pod| pod.containers.first());
+    let command = container
+        .map(|c| c.command.iter().flatten().chain(c.args.iter().flatten()).cloned().collect())
+        .unwrap_or_default();
+    let replicas = spec_of_deployment.and_then(|s| s.replicas).unwrap_or(1);
+    let ready = deployment.status.as_ref().and_then(|s| s.ready_replicas).unwrap_or(0);
+    Some(Ok(ClusterFunction {
+        def: FunctionDef {
+            id,
+            spec,
+            command,
+            instances: Vec::new(),
+            // Container commands read PORT; a listening socket on fd 3 is a local-config option.
+            socket_activation: false,
+        },
+        deployment: deployment_name,
+        replicas: u32::try_from(replicas).unwrap_or(0),
+        ready: u32::try_from(ready).unwrap_or(0),
+    }))
+}
+
+/// Addresses of a Service's endpoints that take new requests: ready (an unset condition means
+/// ready, as the API defines it) and not terminating. The port is the slice's port named
+/// `port_name` (any when `None`), else `default_port`.
+pub fn ready_endpoints<'a>(
+    slices: impl IntoIterator<Item = &'a EndpointSlice>,
+    service: &NamespacedName,
+    port_name: Option<&str>,
+    default_port: u16,
+) -> Vec<SocketAddr> {
+    let mut addrs = Vec::new();
+    for slice in slices {
+        let meta = &slice.metadata;
+        let labelled = meta.labels.as_ref().and_then(|l| l.get(SERVICE_NAME_LABEL)) == Some(&service.name);
+        if !labelled || meta.namespace.as_deref() != Some(service.namespace.as_str()) {
+            continue;
+        }
+        let port = slice
+            .ports
+            .iter()
+            .flatten()
+            .find(|p| port_name.is_none_or(|wanted| p.name.as_deref() == Some(wanted)))
+            .and_then(|p| p.port)
+            .and_then(|p| u16::try_from(p).ok())
+            .unwrap_or(default_port);
+        for endpoint in &slice.endpoints {
+            let conditions = endpoint.conditions.as_ref();
+            let ready = conditions.and_then(|c| c.ready).unwrap_or(true);
+            let terminating = conditions.and_then(|c| c.terminating).unwrap_or(false);
+            if !ready || terminating {
+                continue;
+            }
+            addrs.extend(
+                endpoint.addresses.iter().filter_map(|a| a.parse::<IpAddr>().ok()).map(|ip| SocketAddr::new(ip, port)),
+            );
+        }
+    }
+    addrs.sort();
+    addrs.dedup();
+    addrs
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::api::apps::v1::{DeploymentSpec, DeploymentStatus};
+    use k8s_openapi::api::core::v1::{Container, PodSpec, PodTemplateSpec};
+    use k8s_openapi::api::discovery::v1::{Endpoint, EndpointConditions, EndpointPort};
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+    use wavelink_core::spec::keys;
+
+    fn deployment(name: &str, function: Option<&str>, annotations: &[(&str, &str)]) -> Deployment {
+        Deployment {
+            metadata: ObjectMeta {
+                name: Some(name.into()),
+                namespace: Some("apps".into()),
+                labels: function.map(|f| BTreeMap::from([(FUNCTION_LABEL.to_owned(), f.to_owned())])),
+                annotations: Some(annotations.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect()),
+                ..Default::default()
+            },
+            spec: Some(DeploymentSpec {
+                replicas: Some(3),
+                template: PodTemplateSpec {
+                    spec: Some(PodSpec {
+                        containers: vec![Container {
+                            name: "fn".into(),
+                            command: Some(vec!["wavelink".into()]),
+                            args: Some(vec!["fn".into()]),
+                            ..Default::default()
+                        }],
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                },
+                ..Default::default()
+            }),
+            status: Some(DeploymentStatus { ready_replicas: Some(2), ..Default::default() }),
+        }
+    }
+
+    fn slice(service: &str, port: Option<i32>, endpoints: &[(&str, Option<bool>, Option<bool>)]) -> EndpointSlice {
+        EndpointSlice {
+            metadata: ObjectMeta {
+                namespace: Some("apps".into()),
+                labels: Some(BTreeMap::from([(SERVICE_NAME_LABEL.to_owned(), service.to_owned())])),
+                ..Default::default()
+            },
+            address_type: "IPv4".into(),
+            ports: port.map(|p| vec![EndpointPort { port: Some(p), name: Some("http".into()), ..Default::default() }]),
+            endpoints: endpoints
+                .iter()
+                .map(|(ip, ready, terminating)| Endpoint {
+                    addresses: vec![(*ip).to_owned()],
+                    conditions: Some(EndpointConditions { ready: *ready, terminating: *terminating, serving: None }),
+                    ..Default::default()
+                })
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn a_labelled_deployment_is_a_function() {
+        let d = deployment("hello-v2", Some("hello"), &[(keys::CONTAINER_CONCURRENCY, "4"), ("other.io/x", "y")]);
+        let f = function_of(&d).unwrap().unwrap();
+        assert_eq!(f.def.id, FunctionId::new("apps", "hello").unwrap());
+        assert_eq!(f.deployment, "hello-v2");
+        assert_eq!(f.def.spec.container_concurrency, 4);
+        assert_eq!(f.def.command, ["wavelink", "fn"]);
+        assert_eq!((f.replicas, f.ready), (3, 2));
+        assert!(function_of(&deployment("plain", None, &[])).is_none());
+    }
+
+    #[test]
+    fn a_bad_annotation_rejects_that_function_only_and_names_key_value_and_range() {
+        let good = deployment("a", Some("a"), &[]);
+        let bad = deployment("b", Some("b"), &[(keys::CONTAINER_CONCURRENCY, "0")]);
+        let badly_named = deployment("c", Some("Not_A_Label"), &[]);
+        let catalog = Catalog::from_deployments([&good, &bad, &badly_named]);
+        assert_eq!(catalog.functions.len(), 1);
+        assert_eq!(catalog.rejected.len(), 2);
+        let error = &catalog.rejected[0].rejected.error;
+        assert!(
+            error.contains(keys::CONTAINER_CONCURRENCY) && error.contains("\"0\"") && error.contains("from 1 to 1000"),
+            "{error}"
+        );
+        assert_eq!(catalog.rejected[0].deployment.name.as_deref(), Some("b"));
+        assert!(catalog.rejected[1].rejected.error.contains(FUNCTION_LABEL));
+    }
+
+    #[test]
+    fn two_deployments_of_one_function_keep_the_first_by_name() {
+        let catalog = Catalog::from_deployments([&deployment("z", Some("f"), &[]), &deployment("a", Some("f"), &[])]);
+        assert_eq!(catalog.functions[0].deployment, "a");
+        assert!(catalog.rejected[0].rejected.error.contains("already defines"));
+    }
+
+    #[test]
+    fn ready_endpoints_skip_not_ready_and_terminating_ones() {
+        let service = NamespacedName::from_str("apps/hello").unwrap();
+        let slices = [
+            slice("hello", Some(9000), &[("10.0.0.1", Some(true), None), ("10.0.0.2", Some(false), None)]),
+            slice("hello", None, &[("10.0.0.3", None, None), ("10.0.0.4", Some(true), Some(true))]),
+            slice("other", Some(9000), &[("10.0.0.9", None, None)]),
+        ];
+        let addrs = ready_endpoints(&slices, &service, None, 8080);
+        let expected: Vec<SocketAddr> = vec!["10.0.0.1:9000".parse().unwrap(), "10.0.0.3:8080".parse().unwrap()];
+        assert_eq!(addrs, expected);
+        assert_eq!(
+            ready_endpoints(&slices, &service, Some("admin"), 7),
+            ["10.0.0.1:7".parse().unwrap(), "10.0.0.3:7".parse().unwrap()]
+        );
+    }
+
+    #[test]
+    fn functions_get_their_services_endpoints() {
+        let catalog = Catalog::from_deployments([&deployment("hello", Some("hello"), &[(keys::PORT, "9000")])]);
+        let slices = [slice("hello", None, &[("10.0.0.1", None, None)])];
+        let defs = catalog.with_endpoints(&slices);
+        assert_eq!(defs[0].instances, ["10.0.0.1:9000".parse::<SocketAddr>().unwrap()]);
+    }
+
+    #[test]
+    fn namespaced_names_are_namespace_slash_name() {
+        assert_eq!(NamespacedName::from_str("wavelink-system/proxy").unwrap().to_string(), "wavelink-system/proxy");
+        assert!(NamespacedName::from_str("proxy").unwrap_err().contains("namespace/name"));
+        assert!(NamespacedName::from_str("a/B_c").is_err());
+    }
+}

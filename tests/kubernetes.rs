@@ -1,0 +1,261 @@
+//! The standard track on Kubernetes, against the real apiserver of `../shared/k8s-testenv`:
+//! proxy and controller run as `wavelink` processes with a `kubernetes:` config section, and a
+//! test-side kubelet turns replicas into local `wavelink fn` processes and EndpointSlices.
+//! Skipped, with a message, when no test apiserver is given (`make test` starts one).
+
+#[path = "support/cluster.rs"]
+mod cluster;
+mod support;
+
+use std::net::SocketAddr;
+use std::process::Stdio;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use cluster::{Kubelet, TestCluster, test_cluster};
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::events::v1::Event;
+use kube::Api;
+use kube::api::ListParams;
+use nix::sys::signal::Signal;
+use support::{
+    PATIENCE, Proc, TempDir, burst_with, free_port, get, metric, run_as_args, wait_until, wait_within, wavelink,
+};
+
+fn loopback() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], free_port()))
+}
+
+/// A config file for components of one test: proxy and controller addresses, and the cluster.
+struct Setup {
+    dir: TempDir,
+    config: std::path::PathBuf,
+    proxy_listen: SocketAddr,
+    proxy_admin: SocketAddr,
+}
+
+fn setup(cluster: &TestCluster) -> Setup {
+    let dir = TempDir::new("k8s");
+    let (proxy_listen, proxy_admin) = (loopback(), loopback());
+    let config = dir.0.join("wavelink.yaml");
+    let text = format!(
+        "domain: example.com\n\
+         proxy: {{ listen: \"{proxy_listen}\", admin: \"{proxy_admin}\", grace-period: 1s }}\n\
+         controller: {{ backend: kubernetes, scrape-interval: 1s, decide-interval: 1s }}\n{}",
+        cluster.config_section("3s")
+    );
+    std::fs::write(&config, text).expect("config");
+    Setup { dir, config, proxy_listen, proxy_admin }
+}
+
+impl Setup {
+    fn start_proxy(&self, cluster: &TestCluster) -> Proc {
+        let log = std::fs::File::create(self.dir.0.join("proxy.log")).expect("log");
+        let mut command = wavelink();
+        command.args(["proxy", "--config"]).arg(&self.config).env("KUBECONFIG", &cluster.kubeconfig);
+        command.stdout(Stdio::null()).stderr(log);
+        let proc = Proc::spawn("proxy", &mut command);
+        wait_until("proxy ready", || get(self.proxy_admin, "admin", "/readyz").is_ok_and(|r| r.status == 200));
+        proc
+    }
+
+    /// A controller named `identity`, reading this setup's proxy; returns it and its admin address.
+    fn start_controller(&self, cluster: &TestCluster, identity: &str) -> (Proc, SocketAddr) {
+        let admin = loopback();
+        let log = std::fs::File::create(self.dir.0.join(format!("controller-{identity}.log"))).expect("log");
+        let mut command = wavelink();
+        command
+            .args(["controller", "--config"])
+            .arg(&self.config)
+            .args(["--admin", &admin.to_string(), "--proxy", &self.proxy_admin.to_string(), "--identity", identity])
+            .env("KUBECONFIG", &cluster.kubeconfig)
+            .stdout(Stdio::null())
+            .stderr(log);
+        let proc = Proc::spawn(identity, &mut command);
+        wait_until("controller ready", || get(admin, "admin", "/readyz").is_ok_and(|r| r.status == 200));
+        (proc, admin)
+    }
+
+    fn log(&self, name: &str) -> String {
+        std::fs::read_to_string(self.dir.0.join(format!("{name}.log"))).unwrap_or_default()
+    }
+}
+
+#[test]
+fn load_seen_by_the_proxy_scales_a_deployment_up_the_proxy_routes_to_its_pods_and_it_scales_back_down() {
+    let Some(cluster) = test_cluster("scale-loop") else { return };
+    // `async`: requests wait for RIs (no Wavelets here), so the only capacity is what the
+    // controller asks Kubernetes for.
+    cluster.create_function(
+        "hot",
+        0,
+        &[
+            ("wavelink.dev/container-concurrency", "1"),
+            ("wavelink.dev/scaling-mode", "async"),
+            ("wavelink.dev/window", "6s"),
+            ("wavelink.dev/initial-scale", "0"),
+            ("wavelink.dev/queue-timeout", "60s"),
+        ],
+    );
+    let _kubelet = Kubelet::start(&cluster);
+    let setup = setup(&cluster);
+    let _proxy = setup.start_proxy(&cluster);
+    let (_controller, controller_admin) = setup.start_controller(&cluster, "solo");
+    wait_until("the proxy serves the function from the cluster", || {
+        get(setup.proxy_admin, "admin", "/v1/functions").is_ok_and(|r| r.text().contains("hot"))
+    });
+
+    // Four clients, each one request at a time, for a few seconds.
+    let stop = Arc::new(AtomicBool::new(false));
+    let ok = Arc::new(AtomicUsize::new(0));
+    let host = format!("hot.{}.example.com", cluster.namespace);
+    let clients: Vec<_> = (0..4)
+        .map(|_| {
+            let (stop, ok, host, addr) = (stop.clone(), ok.clone(), host.clone(), setup.proxy_listen);
+            std::thread::spawn(move || {
+                let mut instances = std::collections::HashSet::new();
+                let deadline = Instant::now() + PATIENCE * 2;
+                while !stop.load(Ordering::SeqCst) && Instant::now() < deadline {
+                    let response = get(addr, &host, "/?sleep=200").expect("request through the proxy");
+                    assert_eq!(response.status, 200, "{}", response.text());
+                    assert_eq!(response.header("x-wavelink-track"), Some("regular"));
+                    instances.insert(response.header("x-wavelink-instance").unwrap_or_default().to_owned());
+                    ok.fetch_add(1, Ordering::SeqCst);
+                }
+                instances
+            })
+        })
+        .collect();
+    let mut peak = 0;
+    wait_until("the controller scales the Deployment up and requests complete on its pods", || {
+        peak = peak.max(cluster.replicas("hot"));
+        peak >= 2 && ok.load(Ordering::SeqCst) >= 20
+    });
+    stop.store(true, Ordering::SeqCst);
+    let mut instances = std::collections::HashSet::new();
+    for client in clients {
+        instances.extend(client.join().expect("client"));
+    }
+    assert!(instances.len() >= 2, "requests were spread over the scaled-up pods: {instances:?}");
+    assert!(
+        metric(
+            controller_admin,
+            &format!("wavelink_controller_scale_writes_total{{function=\"{}/hot\"}}", cluster.namespace)
+        ) >= 1.0
+    );
+
+    // With the load gone, after the 6 s window, back to min-scale (0), and the proxy has no RIs.
+    wait_until("the Deployment is scaled back to 0", || cluster.replicas("hot") == 0);
+    let path = format!("/v1/functions/{}/hot/instances", cluster.namespace);
+    wait_until("the proxy no longer routes to removed pods", || {
+        get(setup.proxy_admin, "admin", &path)
+            .is_ok_and(|r| serde_json::from_slice::<Vec<serde_json::Value>>(&r.body).is_ok_and(|v| v.is_empty()))
+    });
+}
+
+#[test]
+fn a_bad_annotation_leaves_an_event_on_the_deployment_and_is_never_scaled() {
+    let Some(cluster) = test_cluster("bad-annotation") else { return };
+    cluster.create_function("good", 2, &[("wavelink.dev/window", "2s")]);
+    cluster.create_function("bad", 2, &[("wavelink.dev/window", "2s"), ("wavelink.dev/container-concurrency", "0")]);
+    let setup = setup(&cluster);
+    let (_controller, admin) = setup.start_controller(&cluster, "solo");
+
+    // The good function is scaled (to min-scale 0 without load): the controller did act.
+    wait_until("the good function is scaled to 0", || cluster.replicas("good") == 0);
+    let events: Api<Event> = Api::namespaced(cluster.client.clone(), &cluster.namespace);
+    let mut note = String::new();
+    wait_until("a Warning Event on the bad Deployment", || {
+        let list = cluster.runtime.block_on(events.list(&ListParams::default())).expect("list events");
+        note = list
+            .items
+            .iter()
+            .filter(|e| e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some("bad"))
+            .filter(|e| e.type_.as_deref() == Some("Warning") && e.reason.as_deref() == Some("InvalidFunction"))
+            .filter_map(|e| e.note.clone())
+            .next()
+            .unwrap_or_default();
+        !note.is_empty()
+    });
+    assert!(note.contains("wavelink.dev/container-concurrency"), "{note}");
+    assert!(note.contains("\"0\""), "{note}");
+    assert!(note.contains("from 1 to 1000"), "{note}");
+    assert_eq!(cluster.replicas("bad"), 2, "a rejected function is never scaled");
+    let writes = format!("wavelink_controller_scale_writes_total{{function=\"{}/bad\"}}", cluster.namespace);
+    assert_eq!(metric(admin, &writes), 0.0);
+    // Reported once, not at every decision.
+    std::thread::sleep(Duration::from_secs(3));
+    let list = cluster.runtime.block_on(events.list(&ListParams::default())).expect("list events");
+    let about_bad =
+        list.items.iter().filter(|e| e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some("bad")).count();
+    assert_eq!(about_bad, 1, "one Event for one problem");
+}
+
+#[test]
+fn of_two_controllers_only_the_leader_writes_and_the_other_takes_over_when_it_dies() {
+    let Some(cluster) = test_cluster("two-controllers") else { return };
+    let setup = setup(&cluster);
+    let (mut first, first_admin) = setup.start_controller(&cluster, "first");
+    wait_until("the first controller leads", || metric(first_admin, "wavelink_controller_leader") == 1.0);
+    let (_second, second_admin) = setup.start_controller(&cluster, "second");
+
+    cluster.create_function("shared", 3, &[("wavelink.dev/window", "2s")]);
+    wait_until("the Deployment is scaled to 0", || cluster.replicas("shared") == 0);
+    let writes = |admin, name: &str| {
+        metric(admin, &format!("wavelink_controller_scale_writes_total{{function=\"{}/{name}\"}}", cluster.namespace))
+    };
+    assert!(writes(first_admin, "shared") >= 1.0);
+    assert_eq!(writes(second_admin, "shared"), 0.0, "the follower wrote:\n{}", setup.log("controller-second"));
+    assert_eq!(metric(second_admin, "wavelink_controller_leader"), 0.0);
+    let leases: Api<Lease> = Api::namespaced(cluster.client.clone(), &cluster.namespace);
+    let holder = |leases: &Api<Lease>| {
+        let lease = cluster.runtime.block_on(leases.get("wavelink-controller")).expect("lease");
+        lease.spec.and_then(|s| s.holder_identity).unwrap_or_default()
+    };
+    assert_eq!(holder(&leases), "first");
+
+    // The leader dies without handing over; the lease expires (3 s) and the other takes it.
+    first.signal(Signal::SIGKILL);
+    let _ = first.wait_timeout(PATIENCE);
+    wait_within("the second controller leads", PATIENCE, || metric(second_admin, "wavelink_controller_leader") == 1.0);
+    assert_eq!(holder(&leases), "second");
+    cluster.create_function("later", 2, &[("wavelink.dev/window", "2s")]);
+    wait_until("the new leader scales", || cluster.replicas("later") == 0);
+    assert!(writes(second_admin, "later") >= 1.0);
+}
+
+#[test]
+fn overflow_spills_to_a_wavelet_found_through_its_service_which_runs_the_deployments_command() {
+    let Some(cluster) = test_cluster("spill") else { return };
+    // No RIs (replicas 0, no controller): in `dual` mode every request goes to an EI, started
+    // from the Deployment's container command (`wavelink fn`) by a Wavelet the proxy found
+    // through the endpoints of Service wavelink-wavelet.
+    cluster.create_function("burst", 0, &[("wavelink.dev/emergency-keepalive", "1s")]);
+    let setup = setup(&cluster);
+    let (listen, admin) = (loopback(), loopback());
+    let log = std::fs::File::create(setup.dir.0.join("wavelet.log")).expect("log");
+    let mut command = wavelink();
+    command
+        .args(["wavelet", "--config"])
+        .arg(&setup.config)
+        .args(["--listen", &listen.to_string(), "--admin", &admin.to_string(), "--state-dir"])
+        .arg(setup.dir.0.join("wavelet-state"))
+        .args(run_as_args())
+        .env("KUBECONFIG", &cluster.kubeconfig)
+        .stdout(Stdio::null())
+        .stderr(log);
+    let _wavelet = Proc::spawn("wavelet", &mut command);
+    wait_until("wavelet ready", || get(admin, "admin", "/readyz").is_ok_and(|r| r.status == 200));
+    cluster.publish_endpoint("wavelink-wavelet", "wavelet", listen);
+    let _proxy = setup.start_proxy(&cluster);
+    wait_until("the proxy spills to the Wavelet", || {
+        get(setup.proxy_admin, "admin", "/v1/wavelets").is_ok_and(|r| r.text().contains(&listen.to_string()))
+    });
+
+    let host = format!("burst.{}.example.com", cluster.namespace);
+    for (response, _) in burst_with(setup.proxy_listen, &host, "/?sleep=50", 5, "") {
+        assert_eq!(response.status, 200, "{}\n{}", response.text(), setup.log("wavelet"));
+        assert_eq!(response.header("x-wavelink-track"), Some("emergency"));
+    }
+}

@@ -1,0 +1,206 @@
+//! The test apiserver of `../shared/k8s-testenv` and a test-side kubelet.
+//!
+//! The apiserver has no controllers and no kubelet, so [`Kubelet`] plays their part for function
+//! Deployments: it keeps `spec.replicas` local `wavelink fn` processes per Deployment, publishes
+//! each as a ready endpoint in an EndpointSlice of the function's Service, and writes
+//! `status.readyReplicas`. Every test works in a namespace of its own.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::Namespace;
+use k8s_openapi::api::discovery::v1::{Endpoint, EndpointConditions, EndpointPort, EndpointSlice};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use kube::{Api, Client};
+
+use crate::support::{FnInstance, start_fn};
+
+pub struct TestCluster {
+    pub kubeconfig: PathBuf,
+    pub runtime: tokio::runtime::Runtime,
+    pub client: Client,
+    pub namespace: String,
+}
+
+/// The test apiserver, with a fresh namespace for `test`; `None` (and a message saying why the
+/// test is skipped) when the environment does not name one.
+pub fn test_cluster(test: &str) -> Option<TestCluster> {
+    let (Ok(kubeconfig), Ok(_)) = (std::env::var("KUBECONFIG"), std::env::var("WAVELINK_TESTENV_DIR")) else {
+        eprintln!(
+            "SKIPPED {test}: no test apiserver (KUBECONFIG and WAVELINK_TESTENV_DIR unset). `make test` starts \
+             one from ../shared/k8s-testenv; by hand: eval \"$(../shared/k8s-testenv/start.sh)\""
+        );
+        return None;
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().expect("runtime");
+    let client = runtime.block_on(Client::try_default()).expect("client for the test apiserver");
+    let namespace = format!("{}-{:x}", test.replace('_', "-").chars().take(40).collect::<String>(), nonce());
+    let namespaces: Api<Namespace> = Api::all(client.clone());
+    let ns = Namespace {
+        metadata: ObjectMeta { name: Some(namespace.clone()), ..Default::default() },
+        ..Default::default()
+    };
+    runtime.block_on(namespaces.create(&PostParams::default(), &ns)).expect("create namespace");
+    Some(TestCluster { kubeconfig: kubeconfig.into(), runtime, client, namespace })
+}
+
+fn nonce() -> u32 {
+    let nanos =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0);
+    nanos ^ std::process::id()
+}
+
+impl TestCluster {
+    pub fn deployments(&self) -> Api<Deployment> {
+        Api::namespaced(self.client.clone(), &self.namespace)
+    }
+
+    /// Creates a function Deployment (`wavelink.dev/function: <name>`) with these annotations.
+    pub fn create_function(&self, name: &str, replicas: i32, annotations: &[(&str, &str)]) {
+        let deployment: Deployment = serde_json::from_value(serde_json::json!({
+            "apiVersion": "apps/v1",
+            "kind": "Deployment",
+            "metadata": {
+                "name": name,
+                "labels": { "wavelink.dev/function": name },
+                "annotations": annotations.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect::<BTreeMap<_, _>>(),
+            },
+            "spec": {
+                "replicas": replicas,
+                "selector": { "matchLabels": { "app": name } },
+                "template": {
+                    "metadata": { "labels": { "app": name } },
+                    "spec": { "containers": [{ "name": "fn", "image": "wavelink", "command": ["wavelink", "fn"] }] }
+                }
+            }
+        }))
+        .expect("deployment JSON");
+        self.runtime
+            .block_on(self.deployments().create(&PostParams::default(), &deployment))
+            .expect("create deployment");
+    }
+
+    pub fn replicas(&self, name: &str) -> i32 {
+        let d = self.runtime.block_on(self.deployments().get(name)).expect("get deployment");
+        d.spec.and_then(|s| s.replicas).unwrap_or(1)
+    }
+
+    /// Publishes `addr` as the one endpoint of a Service, on a port named `port_name`.
+    pub fn publish_endpoint(&self, service: &str, port_name: &str, addr: std::net::SocketAddr) {
+        let slices: Api<EndpointSlice> = Api::namespaced(self.client.clone(), &self.namespace);
+        let slice = endpoint_slice(&format!("{service}-{:x}", nonce()), service, port_name, addr);
+        self.runtime.block_on(slices.create(&PostParams::default(), &slice)).expect("create endpoint slice");
+    }
+
+    /// The `kubernetes:` section of a config for components working in this namespace (the
+    /// Wavelets are the endpoints of Service `wavelink-wavelet`).
+    pub fn config_section(&self, lease_duration: &str) -> String {
+        format!(
+            "kubernetes: {{ namespace: {ns}, lease: {ns}/wavelink-controller, lease-duration: {lease_duration}, \
+             wavelet-service: {ns}/wavelink-wavelet }}\n",
+            ns = self.namespace
+        )
+    }
+}
+
+/// Plays the kubelet and the endpoint controller for the function Deployments of one namespace.
+pub struct Kubelet {
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Kubelet {
+    pub fn start(cluster: &TestCluster) -> Kubelet {
+        let stop = Arc::new(AtomicBool::new(false));
+        let client = cluster.client.clone();
+        let namespace = cluster.namespace.clone();
+        let flag = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+            let mut pods: HashMap<String, Vec<Pod>> = HashMap::new();
+            while !flag.load(Ordering::SeqCst) {
+                if let Err(e) = runtime.block_on(sync_once(&client, &namespace, &mut pods)) {
+                    eprintln!("test kubelet: {e}");
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            // Dropping the pods kills their processes.
+        });
+        Kubelet { stop, thread: Some(thread) }
+    }
+}
+
+impl Drop for Kubelet {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+struct Pod {
+    instance: FnInstance,
+    slice: String,
+}
+
+async fn sync_once(client: &Client, namespace: &str, pods: &mut HashMap<String, Vec<Pod>>) -> Result<(), kube::Error> {
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), namespace);
+    let slices: Api<EndpointSlice> = Api::namespaced(client.clone(), namespace);
+    let list = deployments.list(&ListParams::default().labels("wavelink.dev/function")).await?;
+    for d in list.items {
+        let Some(name) = d.metadata.name.clone() else { continue };
+        let function =
+            d.metadata.labels.as_ref().and_then(|l| l.get("wavelink.dev/function")).cloned().unwrap_or_default();
+        let desired = usize::try_from(d.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1)).unwrap_or(0);
+        let running = pods.entry(name.clone()).or_default();
+        let before = running.len();
+        while running.len() < desired {
+            let n = running.len();
+            let instance = start_fn(&format!("{name}-{n}"));
+            let slice_name = format!("{name}-{n}-{:x}", nonce());
+            let slice = endpoint_slice(&slice_name, &function, "http", instance.addr);
+            slices.create(&PostParams::default(), &slice).await?;
+            running.push(Pod { instance, slice: slice_name });
+        }
+        while running.len() > desired {
+            let Some(pod) = running.pop() else { break };
+            slices.delete(&pod.slice, &DeleteParams::default()).await?;
+            drop(pod.instance);
+        }
+        if running.len() != before || d.status.as_ref().and_then(|s| s.ready_replicas).is_none() {
+            let status = serde_json::json!({ "status": { "replicas": running.len(), "readyReplicas": running.len() } });
+            deployments.patch_status(&name, &PatchParams::default(), &Patch::Merge(&status)).await?;
+        }
+    }
+    Ok(())
+}
+
+/// A ready endpoint of `service` at `addr`, as the endpoint controller would write it.
+fn endpoint_slice(name: &str, service: &str, port_name: &str, addr: std::net::SocketAddr) -> EndpointSlice {
+    EndpointSlice {
+        metadata: ObjectMeta {
+            name: Some(name.to_owned()),
+            labels: Some(BTreeMap::from([("kubernetes.io/service-name".to_owned(), service.to_owned())])),
+            ..Default::default()
+        },
+        address_type: "IPv4".into(),
+        endpoints: vec![Endpoint {
+            addresses: vec![addr.ip().to_string()],
+            conditions: Some(EndpointConditions { ready: Some(true), serving: Some(true), terminating: Some(false) }),
+            ..Default::default()
+        }],
+        ports: Some(vec![EndpointPort {
+            name: Some(port_name.to_owned()),
+            port: Some(i32::from(addr.port())),
+            protocol: Some("TCP".into()),
+            ..Default::default()
+        }]),
+    }
+}
