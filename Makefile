@@ -6,7 +6,7 @@
 CARGO ?= cargo
 CONFIG ?= wavelink.yaml
 
-.PHONY: deps build up test lint bench bench-deps clean
+.PHONY: deps build up test lint bench bench-deps experiment clean
 
 deps:
 	@scripts/deps.sh
@@ -34,6 +34,10 @@ bench: build bench-deps
 	bench/fn_startup.py
 	bench/ei.py
 	bench/load.sh
+
+# The headline experiment: every scaling mode side by side on one trace (docs/benchmarks.md).
+experiment: build
+	target/release/wavelink experiment $(EXPERIMENT_ARGS)
 
 clean:
 	$(CARGO) clean

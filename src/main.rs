@@ -65,6 +65,13 @@ enum Command {
     /// Generate load: wrk-style against a URL (closed loop, or open loop with --rate), or
     /// replay a serverless trace against the proxy (`wavelink load trace`).
     Load(Box<wavelink_loadtest::cli::LoadArgs>),
+    /// Run the same trace through the local stack once per scaling mode and compare them.
+    ///
+    /// For each mode (dual, async, sync, fast-only) a fresh `wavelink up` on free loopback ports,
+    /// the same seeded replay, then a side-by-side table: geometric mean of per-function p99
+    /// slowdown, latency, EI share, cold starts, instance memory-time, platform CPU, and ratios to
+    /// dual. Results, records, logs and plots go to --out.
+    Experiment(Box<commands::experiment::ExperimentArgs>),
     /// Print the annotation reference: every wavelink.dev/* key, its default and accepted values.
     Annotations,
 }
@@ -82,6 +89,7 @@ fn main() -> std::process::ExitCode {
         Command::Controller(args) => commands::controller::run(args),
         Command::Fn(args) => wavelink_loadtest::workload::run(args),
         Command::Load(args) => wavelink_loadtest::run(*args),
+        Command::Experiment(args) => commands::experiment::run(*args),
         Command::Annotations => {
             print!("{}", wavelink_core::spec::markdown_table());
             Ok(())

@@ -1,6 +1,6 @@
 //! Prometheus metrics of the controller (`wavelink_controller_*`, labelled by `function`).
 
-use prometheus::{Encoder, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder};
+use prometheus::{CounterVec, Encoder, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder};
 
 pub struct ControllerMetrics {
     registry: Registry,
@@ -13,6 +13,10 @@ pub struct ControllerMetrics {
     pub scrape_errors: IntCounterVec,
     pub pokes: IntCounterVec,
     pub leader: IntGauge,
+    /// Local backend: RI processes started (cold starts on the standard track).
+    pub regular_started: IntCounterVec,
+    /// Local backend: resident memory of RIs integrated over their lifetime.
+    pub regular_memory: CounterVec,
 }
 
 impl ControllerMetrics {
@@ -43,6 +47,17 @@ impl ControllerMetrics {
             &["function"],
         )?;
         let leader = IntGauge::new("wavelink_controller_leader", "1 while this controller may write")?;
+        let regular_started = IntCounterVec::new(
+            Opts::new("wavelink_regular_instances_started_total", "Regular Instances started (local backend)"),
+            &["function"],
+        )?;
+        let regular_memory = CounterVec::new(
+            Opts::new(
+                "wavelink_regular_memory_byte_seconds_total",
+                "Resident memory of Regular Instances integrated over their lifetime (local backend)",
+            ),
+            &["function"],
+        )?;
         for c in [
             Box::new(desired.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(ready.clone()),
@@ -53,6 +68,8 @@ impl ControllerMetrics {
             Box::new(scrape_errors.clone()),
             Box::new(pokes.clone()),
             Box::new(leader.clone()),
+            Box::new(regular_started.clone()),
+            Box::new(regular_memory.clone()),
         ] {
             registry.register(c)?;
         }
@@ -67,6 +84,8 @@ impl ControllerMetrics {
             scrape_errors,
             pokes,
             leader,
+            regular_started,
+            regular_memory,
         })
     }
 

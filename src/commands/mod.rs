@@ -2,6 +2,7 @@
 
 pub mod cluster;
 pub mod controller;
+pub mod experiment;
 pub mod proxy;
 pub mod up;
 pub mod wavelet;

@@ -61,7 +61,7 @@ pub fn run(args: UpArgs) -> anyhow::Result<()> {
     let mut children: Vec<Child> = Vec::new();
     let started = runtime.block_on(async {
         for (name, argv, admin) in plan {
-            let pid = start(&exe, &argv).with_context(|| format!("starting the {name}"))?;
+            let pid = start(&exe, &argv, &[]).with_context(|| format!("starting the {name}"))?;
             children.push(Child { name, pid });
             wait_ready(name, pid, admin).await?;
         }
@@ -78,13 +78,17 @@ pub fn run(args: UpArgs) -> anyhow::Result<()> {
 }
 
 /// Starts `wavelink <argv>` as a child: own process group, killed if this process dies.
-fn start(exe: &Path, argv: &[String]) -> anyhow::Result<u32> {
-    let env: Vec<(String, String)> = std::env::vars()
+/// Starts `exe argv` in its own process group, killed when this process dies, with the
+/// environment that matters to it (plus `extra`, which wins).
+pub fn start(exe: &Path, argv: &[String], extra: &[(String, String)]) -> anyhow::Result<u32> {
+    let mut env: Vec<(String, String)> = std::env::vars()
         .filter(|(k, _)| {
             matches!(k.as_str(), "PATH" | "HOME" | "USER" | "LANG" | "TZ" | "XDG_RUNTIME_DIR" | "RUST_BACKTRACE")
                 || k.starts_with("WAVELINK_")
         })
+        .filter(|(k, _)| !extra.iter().any(|(e, _)| e == k))
         .collect();
+    env.extend_from_slice(extra);
     let plan = Plan { program: exe, args: argv, env: &env, listen_fd: None, credentials: None };
     Ok(spawn(&plan)?)
 }

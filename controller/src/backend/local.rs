@@ -23,6 +23,7 @@ use wavelink_wavelet::runtime::{Launch, Process, ProcessRuntime};
 use wavelink_wavelet::state::StateDir;
 
 use super::{Backend, BackendError, ManagedFunction};
+use crate::metrics::ControllerMetrics;
 
 /// Longest wait for a removed RI's requests before it is destroyed anyway.
 const DRAIN_LIMIT: Duration = Duration::from_secs(30);
@@ -30,6 +31,8 @@ const ADMIN_TIMEOUT: Duration = Duration::from_secs(2);
 
 struct LocalRi {
     id: String,
+    /// When its memory was last added to the memory-time metric.
+    memory_sampled: Mutex<Instant>,
     addr: SocketAddr,
     ready: AtomicBool,
     retiring: AtomicBool,
@@ -55,6 +58,7 @@ struct Inner {
     proxies: Vec<SocketAddr>,
     start_delay: Duration,
     functions: Mutex<HashMap<FunctionId, LocalFunction>>,
+    metrics: Arc<ControllerMetrics>,
 }
 
 impl LocalBackend {
@@ -64,12 +68,20 @@ impl LocalBackend {
         proxies: Vec<SocketAddr>,
         start_delay: Duration,
         defs: Vec<FunctionDef>,
+        metrics: Arc<ControllerMetrics>,
     ) -> Self {
         let functions = defs
             .into_iter()
             .map(|def| (def.id.clone(), LocalFunction { def, target: 0, instances: Vec::new(), pushed: false }))
             .collect();
-        LocalBackend(Arc::new(Inner { runtime, state, proxies, start_delay, functions: Mutex::new(functions) }))
+        LocalBackend(Arc::new(Inner {
+            runtime,
+            state,
+            proxies,
+            start_delay,
+            functions: Mutex::new(functions),
+            metrics,
+        }))
     }
 
     pub fn start_delay(&self) -> Duration {
@@ -102,8 +114,10 @@ impl Inner {
                         if let Err(e) = self.state.record(&process) {
                             warn!(error = %e, "could not record the RI; a crash would orphan it");
                         }
+                        self.metrics.regular_started.with_label_values(&[&id.to_string()]).inc();
                         let ri = Arc::new(LocalRi {
                             id: process.id.clone(),
+                            memory_sampled: Mutex::new(Instant::now()),
                             addr: process.addr,
                             ready: AtomicBool::new(false),
                             retiring: AtomicBool::new(false),
@@ -160,6 +174,7 @@ impl Inner {
         }
         let process = ri.process.lock().take();
         if let Some(process) = process {
+            self.account_memory(id, ri, process.rss_bytes());
             let (runtime, state, rid) = (self.runtime.clone(), self.state.clone(), ri.id.clone());
             // SIGKILL and reaping block briefly: off the runtime's threads.
             std::thread::spawn(move || {
@@ -167,6 +182,15 @@ impl Inner {
                 state.forget(&rid);
             });
         }
+    }
+
+    /// Adds the RI's memory since its last sample to the memory-time metric (RSS × elapsed).
+    fn account_memory(&self, id: &FunctionId, ri: &LocalRi, rss_bytes: u64) {
+        let mut sampled = ri.memory_sampled.lock();
+        let now = Instant::now();
+        let seconds = now.duration_since(*sampled).as_secs_f64();
+        *sampled = now;
+        self.metrics.regular_memory.with_label_values(&[&id.to_string()]).inc_by(rss_bytes as f64 * seconds);
     }
 
     /// Whether any proxy still has requests in flight on `addr` for the function.
@@ -254,6 +278,18 @@ impl Backend for LocalBackend {
 
     async fn maintain(&self) -> Vec<BackendError> {
         let this = &self.0;
+        let live: Vec<(FunctionId, Arc<LocalRi>)> = this
+            .functions
+            .lock()
+            .iter()
+            .flat_map(|(id, f)| f.instances.iter().map(move |ri| (id.clone(), ri.clone())))
+            .collect();
+        for (id, ri) in live {
+            let rss = ri.process.lock().as_ref().map(Process::rss_bytes);
+            if let Some(rss) = rss {
+                this.account_memory(&id, &ri, rss);
+            }
+        }
         let ids: Vec<FunctionId> = this.functions.lock().keys().cloned().collect();
         for id in ids {
             // RIs whose process exited are replaced.

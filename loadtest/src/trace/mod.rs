@@ -115,7 +115,8 @@ pub struct SyntheticArgs {
     pub memory_mb: f64,
 }
 
-fn parse_pattern(text: &str) -> Result<ArrivalPattern, String> {
+/// `--arrivals`: exponential, uniform or equidistant.
+pub fn parse_pattern(text: &str) -> Result<ArrivalPattern, String> {
     text.parse()
 }
 
@@ -126,7 +127,8 @@ fn parse_speedup(text: &str) -> Result<f64, String> {
     }
 }
 
-fn parse_range(text: &str) -> Result<(f64, f64), String> {
+/// A range of numbers written `LOW..HIGH`.
+pub fn parse_range(text: &str) -> Result<(f64, f64), String> {
     let (low, high) = text.split_once("..").ok_or_else(|| format!("{text:?} is not a range like 0.5..4"))?;
     let number = |t: &str| t.trim().parse::<f64>().map_err(|_| format!("{t:?} is not a number"));
     Ok((number(low)?, number(high)?))

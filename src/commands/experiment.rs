@@ -1,0 +1,575 @@
+//! `wavelink experiment`: the same trace through the embedded stack (`wavelink up`) once per
+//! scaling mode, side by side: slowdown, latency, EI share, cold starts, instance memory-time and
+//! platform CPU, with ratios to `dual`.
+//!
+//! Each mode gets a fresh stack on free loopback ports and the same seeded schedule. Counters are
+//! read from the components' `/metrics` when the replay starts and ends; CPU from `/proc` (each
+//! component's own time) and from `getrusage(RUSAGE_CHILDREN)` once the stack has exited (the
+//! whole tree, instances included).
+
+use std::fmt::Write as _;
+use std::net::{SocketAddr, TcpListener};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use nix::sys::resource::{UsageWho, getrusage};
+use nix::sys::signal::Signal;
+use nix::unistd::Pid;
+use serde::Serialize;
+use wavelink_core::ScalingMode;
+use wavelink_core::trace::Trace;
+use wavelink_core::trace::arrivals::{ArrivalPattern, ScheduleOptions, schedule};
+use wavelink_core::trace::report::{Record, Report, summarize};
+use wavelink_core::trace::synthetic::{SyntheticOptions, generate};
+use wavelink_loadtest::trace::replay::{ReplayPlan, ReplayProgress, replay};
+use wavelink_loadtest::trace::{parse_pattern, parse_range, read_trace, write_plots, write_records};
+use wavelink_wavelet::spawn::wait;
+
+use super::parse_duration;
+
+const NAMESPACE: &str = "default";
+const DOMAIN: &str = "example.com";
+const READY_TIMEOUT: Duration = Duration::from_secs(60);
+const STOP_TIMEOUT: Duration = Duration::from_secs(60);
+
+#[derive(Debug, clap::Args)]
+pub struct ExperimentArgs {
+    /// A trace directory in the Azure Functions layout [default: a synthetic bimodal trace sized
+    /// for about 10 minutes on 2 cores, by the options below].
+    #[arg(value_name = "DIR")]
+    trace: Option<PathBuf>,
+    /// Scaling modes to run, in this order; ratios are to `dual`.
+    #[arg(long, value_delimiter = ',', default_value = "dual,async,sync,fast-only", value_parser = parse_mode)]
+    modes: Vec<ScalingMode>,
+    /// Where results go: results.md, results.json, per-mode records and logs, plots.
+    #[arg(long, default_value = "target/experiment", value_name = "DIR")]
+    out: PathBuf,
+    /// Replay only the first N minutes of the trace.
+    #[arg(long, value_name = "N")]
+    minutes: Option<usize>,
+    /// Trace time runs this many times faster (runtimes are kept).
+    #[arg(long, default_value_t = 2.0, value_name = "F")]
+    speedup: f64,
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// How a minute's invocations spread over it (exponential, uniform, equidistant).
+    #[arg(long, default_value = "exponential", value_parser = parse_pattern)]
+    arrivals: ArrivalPattern,
+    /// How long a new RI takes to become routable (the modelled cluster manager's pod start).
+    #[arg(long, default_value = "1500ms", value_parser = parse_duration, value_name = "DURATION")]
+    ri_start_delay: Duration,
+    /// An annotation for every function, e.g. wavelink.dev/window=30s (repeatable; the mode's
+    /// own scaling-mode always wins).
+    #[arg(long = "annotation", value_name = "KEY=VALUE", value_parser = parse_annotation)]
+    annotations: Vec<(String, String)>,
+    /// Most Emergency Instances alive on the node at once.
+    #[arg(long, default_value_t = 256, value_name = "N")]
+    max_instances: u32,
+    /// Cap on the runtime an invocation asks for.
+    #[arg(long, default_value_t = 10_000, value_name = "MS")]
+    max_runtime_ms: u32,
+    /// Synthetic trace: functions in all.
+    #[arg(long, default_value_t = 6)]
+    functions: usize,
+    /// Synthetic trace: of those, functions with bursts only.
+    #[arg(long, default_value_t = 2)]
+    sporadic: usize,
+    /// Synthetic trace: its length.
+    #[arg(long = "trace-minutes", default_value_t = 5, value_name = "N")]
+    trace_minutes: usize,
+    /// Synthetic trace: sustained invocations per second of the least and most loaded function.
+    #[arg(long, default_value = "0.5..4", value_parser = parse_range, value_name = "LOW..HIGH")]
+    sustained_rps: (f64, f64),
+    /// Synthetic trace: invocations a burst adds to each of its minutes.
+    #[arg(long, default_value_t = 300)]
+    burst_size: u32,
+    /// Synthetic trace: minutes between a function's bursts.
+    #[arg(long, default_value_t = 3)]
+    burst_every: usize,
+    /// Synthetic trace: median runtime per invocation.
+    #[arg(long, default_value_t = 20.0, value_name = "MS")]
+    runtime_ms: f64,
+    /// Synthetic trace: median memory per invocation.
+    #[arg(long, default_value_t = 8.0, value_name = "MIB")]
+    memory_mb: f64,
+}
+
+fn parse_mode(text: &str) -> Result<ScalingMode, String> {
+    match text {
+        "dual" => Ok(ScalingMode::Dual),
+        "async" => Ok(ScalingMode::Async),
+        "sync" => Ok(ScalingMode::Sync),
+        "fast-only" => Ok(ScalingMode::FastOnly),
+        _ => Err(format!("{text:?} is not a scaling mode (dual, async, sync, fast-only)")),
+    }
+}
+
+fn mode_name(mode: ScalingMode) -> &'static str {
+    match mode {
+        ScalingMode::Dual => "dual",
+        ScalingMode::Async => "async",
+        ScalingMode::Sync => "sync",
+        ScalingMode::FastOnly => "fast-only",
+    }
+}
+
+fn parse_annotation(text: &str) -> Result<(String, String), String> {
+    let (key, value) = text.split_once('=').ok_or_else(|| format!("{text:?} is not KEY=VALUE"))?;
+    Ok((key.trim().to_owned(), value.trim().to_owned()))
+}
+
+/// What one mode measured.
+#[derive(Debug, Clone, Serialize)]
+pub struct ModeResult {
+    pub mode: &'static str,
+    pub report: Report,
+    /// RIs and EIs started during the replay.
+    pub regular_starts: f64,
+    pub emergency_starts: f64,
+    /// RSS × lifetime of every RI and EI during the replay, GiB-s.
+    pub regular_memory_gib_s: f64,
+    pub emergency_memory_gib_s: f64,
+    /// CPU seconds over the stack's life.
+    pub cpu: CpuSeconds,
+    pub replay_seconds: f64,
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct CpuSeconds {
+    pub proxy: f64,
+    pub wavelet: f64,
+    pub controller: f64,
+    /// Every instance (RI and EI), start-up and requested work included.
+    pub instances: f64,
+    /// The CPU work the invocations asked for (`?ms=`), which any platform must spend.
+    pub requested_work: f64,
+}
+
+impl CpuSeconds {
+    /// Proxy, Wavelet, controller, and what instances spent beyond the requested work (start-up,
+    /// HTTP, memory touching): what the platform costs on top of the functions' own work.
+    pub fn platform(&self) -> f64 {
+        self.proxy + self.wavelet + self.controller + (self.instances - self.requested_work).max(0.0)
+    }
+}
+
+impl ModeResult {
+    pub fn memory_gib_s(&self) -> f64 {
+        self.regular_memory_gib_s + self.emergency_memory_gib_s
+    }
+}
+
+pub fn run(args: ExperimentArgs) -> anyhow::Result<()> {
+    if args.modes.is_empty() {
+        bail!("--modes: at least one mode");
+    }
+    if !(args.speedup.is_finite() && args.speedup >= 1.0) {
+        bail!("--speedup must be at least 1");
+    }
+    let trace = match &args.trace {
+        Some(dir) => read_trace(dir)?,
+        None => generate(&SyntheticOptions {
+            functions: args.functions,
+            sporadic: args.sporadic,
+            minutes: args.trace_minutes,
+            sustained_rps: args.sustained_rps,
+            burst_size: args.burst_size,
+            burst_minutes: 1,
+            burst_every: args.burst_every,
+            runtime_ms: args.runtime_ms,
+            memory_mb: args.memory_mb,
+            seed: args.seed,
+        })
+        .map_err(|e| anyhow::anyhow!("synthetic trace: {e}"))?,
+    };
+    let options = ScheduleOptions {
+        pattern: args.arrivals,
+        seed: args.seed,
+        minutes: args.minutes,
+        speedup: args.speedup,
+        max_runtime_ms: args.max_runtime_ms,
+        max_memory_mb: 512,
+    };
+    let invocations = schedule(&trace, &options);
+    if invocations.is_empty() {
+        bail!("the trace has no invocation to replay");
+    }
+    std::fs::create_dir_all(&args.out).with_context(|| format!("creating {}", args.out.display()))?;
+    let names: Vec<String> = trace.functions.iter().map(|f| f.name()).collect();
+    let length = invocations.last().map_or(Duration::ZERO, |i| i.at);
+    println!(
+        "experiment: {} invocations of {} functions over {:.0} s per mode, modes {}, RI start delay {:?}",
+        invocations.len(),
+        names.len(),
+        length.as_secs_f64(),
+        args.modes.iter().map(|m| mode_name(*m)).collect::<Vec<_>>().join(", "),
+        args.ri_start_delay
+    );
+    let mut results = Vec::new();
+    let mut all_records = Vec::new();
+    for &mode in &args.modes {
+        println!("experiment: running {} ...", mode_name(mode));
+        let (result, records) =
+            run_mode(&args, mode, &trace, &names, &invocations).with_context(|| format!("mode {}", mode_name(mode)))?;
+        println!(
+            "experiment: {} done: geomean p99 slowdown {:.2}x, {} of {} failed",
+            result.mode, result.report.geomean_p99_slowdown, result.report.failed, result.report.invocations
+        );
+        results.push(result);
+        all_records.push(records);
+    }
+    let table = results_table(&results, args.ri_start_delay);
+    print!("\n{table}");
+    std::fs::write(args.out.join("results.md"), &table).context("writing results.md")?;
+    let json = serde_json::to_vec_pretty(&results).context("encoding results")?;
+    std::fs::write(args.out.join("results.json"), json).context("writing results.json")?;
+    let labelled: Vec<(&str, &[Record])> =
+        results.iter().zip(&all_records).map(|(r, records)| (r.mode, records.as_slice())).collect();
+    write_plots(&args.out.join("plots"), &labelled)?;
+    println!("experiment: results, records, logs and plots in {}", args.out.display());
+    Ok(())
+}
+
+/// The side-by-side table (Markdown), with ratios to `dual` when it ran.
+pub fn results_table(results: &[ModeResult], ri_start_delay: Duration) -> String {
+    let dual = results.iter().find(|r| r.mode == "dual");
+    let ratio = |value: f64, base: Option<f64>| match base {
+        Some(b) if b > 0.0 => format!("{:.2}", value / b),
+        _ => "-".to_owned(),
+    };
+    let mut out = String::new();
+    let _ = writeln!(out, "RI start delay (modelled pod start): {} ms\n", ri_start_delay.as_millis());
+    let _ = writeln!(
+        out,
+        "| mode | geomean p99 slowdown | ×dual | p50 ms | p99 ms | EI share | failed | cold starts (RI+EI) | memory GiB-s | ×dual | platform CPU s | ×dual |"
+    );
+    let _ = writeln!(out, "|---|---|---|---|---|---|---|---|---|---|---|---|");
+    for r in results {
+        let _ = writeln!(
+            out,
+            "| {} | {:.2} | {} | {:.1} | {:.1} | {:.1}% | {} | {:.0}+{:.0} | {:.1} | {} | {:.1} | {} |",
+            r.mode,
+            r.report.geomean_p99_slowdown,
+            ratio(r.report.geomean_p99_slowdown, dual.map(|d| d.report.geomean_p99_slowdown)),
+            r.report.p50_latency_ms,
+            r.report.p99_latency_ms,
+            100.0 * r.report.emergency_share(),
+            r.report.failed,
+            r.regular_starts,
+            r.emergency_starts,
+            r.memory_gib_s(),
+            ratio(r.memory_gib_s(), dual.map(ModeResult::memory_gib_s)),
+            r.cpu.platform(),
+            ratio(r.cpu.platform(), dual.map(|d| d.cpu.platform())),
+        );
+    }
+    let _ = writeln!(out, "\nCPU seconds by part:\n");
+    let _ = writeln!(out, "| mode | proxy | Wavelet | controller | instances | of which requested work |");
+    let _ = writeln!(out, "|---|---|---|---|---|---|");
+    for r in results {
+        let c = &r.cpu;
+        let _ = writeln!(
+            out,
+            "| {} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} |",
+            r.mode, c.proxy, c.wavelet, c.controller, c.instances, c.requested_work
+        );
+    }
+    out
+}
+
+fn free_addr() -> anyhow::Result<SocketAddr> {
+    let listener = TcpListener::bind("127.0.0.1:0").context("finding a free port")?;
+    listener.local_addr().context("finding a free port")
+}
+
+/// The config of one mode's stack.
+fn config_text(args: &ExperimentArgs, mode: ScalingMode, names: &[String], addrs: &[SocketAddr; 5]) -> String {
+    let [listen, admin, wavelet, wavelet_admin, controller] = addrs;
+    let mut annotations: Vec<(String, String)> = vec![("wavelink.dev/container-concurrency".into(), "1".into())];
+    if mode == ScalingMode::FastOnly {
+        // FaaS-only: an idle instance lives as long as the autoscaler would keep an RI (its
+        // stable window), like a keep-alive policy of Dirigent-style platforms.
+        let window = args.annotations.iter().find(|(k, _)| k == "wavelink.dev/window").map_or("60s", |(_, v)| v);
+        annotations.push(("wavelink.dev/emergency-keepalive".into(), window.to_owned()));
+    }
+    for (key, value) in &args.annotations {
+        annotations.retain(|(k, _)| k != key);
+        annotations.push((key.clone(), value.clone()));
+    }
+    annotations.retain(|(k, _)| k != "wavelink.dev/scaling-mode");
+    annotations.push(("wavelink.dev/scaling-mode".into(), mode_name(mode).into()));
+    let annotations: Vec<String> = annotations.iter().map(|(k, v)| format!("{k}: \"{v}\"")).collect();
+    let mut text = format!(
+        "domain: {DOMAIN}\n\
+         proxy: {{ listen: \"{listen}\", admin: \"{admin}\", grace-period: 5s }}\n\
+         wavelets:\n  - {{ address: \"{wavelet}\", admin: \"{wavelet_admin}\", max-instances: {} }}\n\
+         controller: {{ backend: local, admin: \"{controller}\", ri-start-delay: {}ms }}\n\
+         functions:\n",
+        args.max_instances,
+        args.ri_start_delay.as_millis()
+    );
+    for name in names {
+        let _ = writeln!(
+            text,
+            "  - {{ name: {name}, namespace: {NAMESPACE}, command: [\"wavelink-fn\"], annotations: {{ {} }} }}",
+            annotations.join(", ")
+        );
+    }
+    text
+}
+
+fn run_mode(
+    args: &ExperimentArgs,
+    mode: ScalingMode,
+    trace: &Trace,
+    names: &[String],
+    invocations: &[wavelink_core::trace::arrivals::Invocation],
+) -> anyhow::Result<(ModeResult, Vec<Record>)> {
+    let dir = args.out.join(mode_name(mode));
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    let addrs = [free_addr()?, free_addr()?, free_addr()?, free_addr()?, free_addr()?];
+    let [listen, proxy_admin, _, wavelet_admin, controller_admin] = addrs;
+    let config = dir.join("wavelink.yaml");
+    std::fs::write(&config, config_text(args, mode, names, &addrs)).context("writing the config")?;
+    let children_before = children_cpu();
+    let exe = std::env::current_exe().context("finding this executable")?;
+    // Own process group, killed if this process dies (so Ctrl-C leaves nothing behind); only
+    // warnings from the stack reach the terminal unless WAVELINK_LOG says otherwise.
+    let log_level = std::env::var("WAVELINK_LOG").unwrap_or_else(|_| "warn".into());
+    let argv = ["up".to_owned(), "--config".to_owned(), config.display().to_string()];
+    let up_pid =
+        super::up::start(&exe, &argv, &[("WAVELINK_LOG".into(), log_level)]).context("starting wavelink up")?;
+    let stack = Stack { pid: up_pid };
+    let deadline = Instant::now() + READY_TIMEOUT;
+    for admin in [proxy_admin, wavelet_admin, controller_admin] {
+        while !ready(admin) {
+            if Instant::now() > deadline {
+                bail!("the stack did not become ready within {READY_TIMEOUT:?}");
+            }
+            if let Some(status) = wait(up_pid, false) {
+                bail!("wavelink up exited with status {status} while starting (see the messages above)");
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+    let before = Counters::read(wavelet_admin, controller_admin);
+    let plan = ReplayPlan {
+        addr: listen,
+        hosts: names.iter().map(|n| format!("{n}.{NAMESPACE}.{DOMAIN}")).collect(),
+        timeout: Duration::from_secs(120),
+        max_connections: 4096,
+        threads: 2,
+    };
+    let started = Instant::now();
+    let records = replay(&plan, invocations, &Arc::new(ReplayProgress::default())).map_err(anyhow::Error::msg)?;
+    let replay_seconds = started.elapsed().as_secs_f64();
+    let after = Counters::read(wavelet_admin, controller_admin);
+    let components = component_cpu(up_pid);
+    drop(stack); // SIGTERM: `up` stops its children in order.
+    if !wait_for_exit(up_pid, STOP_TIMEOUT) {
+        // Its children and their instances die with it (parent-death signal).
+        let _ = nix::sys::signal::kill(Pid::from_raw(up_pid as i32), Signal::SIGKILL);
+        let _ = wait(up_pid, true);
+    }
+    let tree = children_cpu() - children_before;
+    let requested_work: f64 =
+        records.iter().filter(|r| r.succeeded()).map(|r| f64::from(r.requested_ms) / 1000.0).sum();
+    let own = components.proxy + components.wavelet + components.controller + components.up;
+    let cpu = CpuSeconds {
+        proxy: components.proxy,
+        wavelet: components.wavelet,
+        controller: components.controller,
+        instances: (tree - own).max(0.0),
+        requested_work,
+    };
+    write_records(&dir.join("records.csv"), &records, names)?;
+    let report = summarize(&records, trace.functions.len());
+    let gib = 1024.0 * 1024.0 * 1024.0;
+    Ok((
+        ModeResult {
+            mode: mode_name(mode),
+            report,
+            regular_starts: after.regular_starts - before.regular_starts,
+            emergency_starts: after.emergency_starts - before.emergency_starts,
+            regular_memory_gib_s: (after.regular_memory - before.regular_memory) / gib,
+            emergency_memory_gib_s: (after.emergency_memory - before.emergency_memory) / gib,
+            cpu,
+            replay_seconds,
+        },
+        records,
+    ))
+}
+
+/// Stops the stack if anything fails on the way.
+struct Stack {
+    pid: u32,
+}
+
+impl Drop for Stack {
+    fn drop(&mut self) {
+        let _ = nix::sys::signal::kill(Pid::from_raw(self.pid as i32), Signal::SIGTERM);
+    }
+}
+
+/// Waits (reaping it) for `pid` to exit, at most `limit`.
+fn wait_for_exit(pid: u32, limit: Duration) -> bool {
+    let deadline = Instant::now() + limit;
+    while Instant::now() < deadline {
+        if wait(pid, false).is_some() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    false
+}
+
+fn ready(admin: SocketAddr) -> bool {
+    http_get(admin, "/readyz").is_some_and(|(status, _)| status == 200)
+}
+
+/// A blocking one-shot GET on loopback (the admin listeners), `None` on any failure.
+fn http_get(addr: SocketAddr, path: &str) -> Option<(u16, String)> {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2)).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(stream, "GET {path} HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n").ok()?;
+    let mut raw = String::new();
+    stream.read_to_string(&mut raw).ok()?;
+    let status = raw.split_whitespace().nth(1)?.parse().ok()?;
+    let body = raw.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
+    Some((status, body))
+}
+
+/// Sum of every sample of a Prometheus series family in an exposition.
+fn metric_sum(exposition: &str, family: &str) -> f64 {
+    exposition
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter(|l| l.strip_prefix(family).is_some_and(|rest| rest.starts_with('{') || rest.starts_with(' ')))
+        .filter_map(|l| l.rsplit_once(' ').and_then(|(_, v)| v.parse::<f64>().ok()))
+        .sum()
+}
+
+#[derive(Debug, Default)]
+struct Counters {
+    regular_starts: f64,
+    emergency_starts: f64,
+    regular_memory: f64,
+    emergency_memory: f64,
+}
+
+impl Counters {
+    fn read(wavelet_admin: SocketAddr, controller_admin: SocketAddr) -> Counters {
+        let wavelet = http_get(wavelet_admin, "/metrics").map(|(_, b)| b).unwrap_or_default();
+        let controller = http_get(controller_admin, "/metrics").map(|(_, b)| b).unwrap_or_default();
+        Counters {
+            regular_starts: metric_sum(&controller, "wavelink_regular_instances_started_total"),
+            emergency_starts: metric_sum(&wavelet, "wavelink_emergency_instances_spawned_total"),
+            regular_memory: metric_sum(&controller, "wavelink_regular_memory_byte_seconds_total"),
+            emergency_memory: metric_sum(&wavelet, "wavelink_emergency_memory_byte_seconds_total"),
+        }
+    }
+}
+
+/// CPU seconds of every child this process has waited for (and theirs, recursively).
+fn children_cpu() -> f64 {
+    getrusage(UsageWho::RUSAGE_CHILDREN).map_or(0.0, |u| {
+        let t = |tv: nix::sys::time::TimeVal| tv.tv_sec() as f64 + tv.tv_usec() as f64 / 1e6;
+        t(u.user_time()) + t(u.system_time())
+    })
+}
+
+#[derive(Debug, Default)]
+struct ComponentCpu {
+    up: f64,
+    proxy: f64,
+    wavelet: f64,
+    controller: f64,
+}
+
+/// Own CPU (user + system) of `wavelink up` and of each component it runs, from /proc.
+fn component_cpu(up_pid: u32) -> ComponentCpu {
+    let mut cpu = ComponentCpu { up: own_cpu_seconds(up_pid).unwrap_or(0.0), ..Default::default() };
+    let Ok(entries) = std::fs::read_dir("/proc") else { return cpu };
+    for entry in entries.flatten() {
+        let Some(pid) = entry.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else { continue };
+        if parent_pid(pid) != Some(up_pid) {
+            continue;
+        }
+        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+        let args: Vec<&[u8]> = cmdline.split(|&b| b == 0).collect();
+        let seconds = own_cpu_seconds(pid).unwrap_or(0.0);
+        match args.get(1).copied() {
+            Some(b"proxy") => cpu.proxy += seconds,
+            Some(b"wavelet") => cpu.wavelet += seconds,
+            Some(b"controller") => cpu.controller += seconds,
+            _ => {}
+        }
+    }
+    cpu
+}
+
+/// Fields of /proc/<pid>/stat after the command name (which may contain spaces).
+fn stat_fields(pid: u32) -> Option<Vec<String>> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let (_, rest) = stat.rsplit_once(')')?;
+    Some(rest.split_whitespace().map(str::to_owned).collect())
+}
+
+fn parent_pid(pid: u32) -> Option<u32> {
+    stat_fields(pid)?.get(1)?.parse().ok()
+}
+
+fn own_cpu_seconds(pid: u32) -> Option<f64> {
+    let fields = stat_fields(pid)?;
+    // utime and stime are fields 14 and 15 of stat; after the name, indices 11 and 12.
+    let ticks: u64 = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+    let per_second = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK).ok().flatten().unwrap_or(100) as f64;
+    Some(ticks as f64 / per_second)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn metric_families_are_summed_over_labels_without_prefix_clashes() {
+        let text = "# HELP x\nwavelink_a_total{function=\"f\"} 2\nwavelink_a_total{function=\"g\"} 3.5\nwavelink_a_total_more 9\nwavelink_a_total 1\n";
+        assert_eq!(metric_sum(text, "wavelink_a_total"), 6.5);
+        assert_eq!(metric_sum(text, "wavelink_b_total"), 0.0);
+    }
+
+    #[test]
+    fn platform_cpu_counts_instance_overhead_not_requested_work() {
+        let cpu = CpuSeconds { proxy: 1.0, wavelet: 2.0, controller: 0.5, instances: 10.0, requested_work: 8.0 };
+        assert_eq!(cpu.platform(), 5.5);
+        let cpu = CpuSeconds { instances: 1.0, requested_work: 2.0, ..Default::default() };
+        assert_eq!(cpu.platform(), 0.0);
+    }
+
+    #[test]
+    fn annotations_apply_to_every_function_and_the_mode_wins() {
+        #[derive(clap::Parser)]
+        struct Cli {
+            #[command(flatten)]
+            args: ExperimentArgs,
+        }
+        let flags = ["x", "--annotation", "wavelink.dev/scaling-mode=async", "--annotation", "wavelink.dev/window=30s"];
+        let args = <Cli as clap::Parser>::parse_from(flags).args;
+        let addrs = [SocketAddr::from(([127, 0, 0, 1], 1)); 5];
+        let text = config_text(&args, ScalingMode::FastOnly, &["a".into(), "b".into()], &addrs);
+        let config = wavelink_core::LocalConfig::from_yaml(&text).expect("a valid config");
+        let (functions, rejected) = config.functions();
+        assert!(rejected.is_empty(), "{rejected:?}");
+        assert_eq!(functions.len(), 2);
+        assert_eq!(functions[0].spec.scaling_mode, ScalingMode::FastOnly);
+        assert_eq!(functions[0].spec.window, Duration::from_secs(30));
+        assert_eq!(
+            functions[0].spec.emergency_keepalive,
+            Duration::from_secs(30),
+            "fast-only keeps EIs for the window"
+        );
+    }
+}
