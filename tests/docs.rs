@@ -24,7 +24,11 @@ fn the_annotation_reference_is_the_table_the_parser_uses() {
 
 #[test]
 fn every_documented_key_is_known_to_the_code() {
-    for path in ["README.md", "docs/annotations.md", "docs/architecture.md", "wavelink.yaml"] {
+    let manifests = ["namespace", "config", "proxy", "wavelet", "controller", "example-function"]
+        .map(|m| format!("manifests/{m}.yaml"));
+    let docs = ["README.md", "docs/annotations.md", "docs/architecture.md", "docs/operations.md", "wavelink.yaml"];
+    for path in docs.iter().map(|d| d.to_string()).chain(manifests) {
+        let path = path.as_str();
         let text = read(path);
         for (start, _) in text.match_indices("wavelink.dev/") {
             let key: String = text[start..]
@@ -38,4 +42,24 @@ fn every_documented_key_is_known_to_the_code() {
             assert!(annotation_key(key).is_some(), "{path} mentions {key}, which the code does not know");
         }
     }
+}
+
+#[test]
+fn every_metric_the_operations_guide_names_exists() {
+    let sources: String = ["proxy/src/metrics.rs", "wavelet/src/metrics.rs", "controller/src/metrics.rs"]
+        .iter()
+        .map(|p| read(p))
+        .collect();
+    let guide = read("docs/operations.md");
+    let mut named = 0;
+    // The metrics table: rows that start with a metric name.
+    for row in guide.lines().filter(|l| l.starts_with("| `wavelink_")) {
+        let name: String = row[3..].chars().take_while(|c| c.is_ascii_lowercase() || *c == '_').collect();
+        named += 1;
+        assert!(
+            sources.contains(&format!("\"{name}\"")),
+            "docs/operations.md names {name}, which no component exports"
+        );
+    }
+    assert!(named >= 10, "the guide should name the metrics to watch");
 }

@@ -5,6 +5,7 @@
 //! Translation is plain functions over k8s-openapi objects ([`catalog`]); the rest is kube-rs at
 //! the edge. Proxy, Wavelet and controller all read the cluster through [`watch::ClusterView`].
 
+pub mod access;
 pub mod catalog;
 pub mod events;
 pub mod leader;

@@ -5,6 +5,8 @@
 //! each as a ready endpoint in an EndpointSlice of the function's Service, and writes
 //! `status.readyReplicas`. Every test works in a namespace of its own.
 
+#![allow(dead_code)]
+
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::sync::Arc;
