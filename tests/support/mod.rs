@@ -391,7 +391,8 @@ pub fn burst_with(addr: SocketAddr, host: &str, path: &str, n: usize, extra: &st
             std::thread::spawn(move || {
                 barrier.wait();
                 let started = Instant::now();
-                let response = send(addr, &request).expect("request");
+                let response = send(addr, &request)
+                    .unwrap_or_else(|e| panic!("request to {addr} failed after {:?}: {e}", started.elapsed()));
                 (response, started.elapsed())
             })
         })
