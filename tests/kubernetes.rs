@@ -259,3 +259,38 @@ fn overflow_spills_to_a_wavelet_found_through_its_service_which_runs_the_deploym
         assert_eq!(response.header("x-wavelink-track"), Some("emergency"));
     }
 }
+
+#[test]
+fn in_sync_mode_the_proxy_asks_every_controller_for_an_ri_and_only_the_leader_writes() {
+    let Some(cluster) = test_cluster("sync") else { return };
+    cluster.create_function(
+        "pokey",
+        0,
+        &[
+            ("wavelink.dev/scaling-mode", "sync"),
+            ("wavelink.dev/initial-scale", "0"),
+            ("wavelink.dev/queue-timeout", "60s"),
+        ],
+    );
+    let _kubelet = Kubelet::start(&cluster);
+    let setup = setup(&cluster);
+    let (_leader, leader_admin) = setup.start_controller(&cluster, "leader");
+    wait_until("the first controller leads", || metric(leader_admin, "wavelink_controller_leader") == 1.0);
+    let (_follower, follower_admin) = setup.start_controller(&cluster, "follower");
+    for admin in [leader_admin, follower_admin] {
+        cluster.publish_endpoint("wavelink-controller-admin", "admin", admin);
+    }
+    let _proxy = setup.start_proxy(&cluster);
+
+    let host = format!("pokey.{}.example.com", cluster.namespace);
+    let response = get(setup.proxy_listen, &host, "/?sleep=10").expect("request");
+    assert_eq!(response.status, 200, "{}", response.text());
+    assert_eq!(response.header("x-wavelink-track"), Some("regular"));
+    let pokes = format!("wavelink_controller_pokes_total{{function=\"{}/pokey\"}}", cluster.namespace);
+    let writes = format!("wavelink_controller_scale_writes_total{{function=\"{}/pokey\"}}", cluster.namespace);
+    wait_until("both controllers were asked", || {
+        metric(leader_admin, &pokes) >= 1.0 && metric(follower_admin, &pokes) >= 1.0
+    });
+    assert!(metric(leader_admin, &writes) >= 1.0);
+    assert_eq!(metric(follower_admin, &writes), 0.0, "a follower wrote:\n{}", setup.log("controller-follower"));
+}

@@ -109,7 +109,8 @@ fn the_shipped_config_and_example_function_are_accepted() {
     let k8s = config.kubernetes.expect("a kubernetes: section");
     assert_eq!(config.controller.map(|c| c.backend), Some(wavelink_core::config::BackendKind::Kubernetes));
     // The Services it names exist in the base, with the port names the code looks for.
-    for (setting, port) in [(k8s.wavelet_service, "wavelet"), (k8s.proxy_service, "admin")] {
+    let services = [(k8s.wavelet_service, "wavelet"), (k8s.proxy_service, "admin"), (k8s.controller_service, "admin")];
+    for (setting, port) in services {
         let setting = setting.expect("service setting");
         let (namespace, name) = setting.split_once('/').expect("namespace/name");
         let service = docs

@@ -54,6 +54,10 @@ pub struct KubernetesConfig {
     /// from each endpoint on the port named `admin`.
     #[serde(default)]
     pub proxy_service: Option<String>,
+    /// `namespace/name` of the Service selecting the controller pods; in `sync` mode the proxy
+    /// asks each endpoint (port `admin`) for an RI, and the leader acts.
+    #[serde(default)]
+    pub controller_service: Option<String>,
     /// `namespace/name` of the controllers' leader-election Lease.
     #[serde(default = "default_lease")]
     pub lease: String,
@@ -68,6 +72,7 @@ impl Default for KubernetesConfig {
             namespace: None,
             wavelet_service: None,
             proxy_service: None,
+            controller_service: None,
             lease: default_lease(),
             lease_duration: default_lease_duration(),
         }

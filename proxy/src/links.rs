@@ -17,8 +17,9 @@ const POKE_TIMEOUT: Duration = Duration::from_secs(2);
 
 pub struct Links {
     pub wavelets: ArcSwap<Wavelets>,
-    /// The controller's admin address, for `sync` mode.
-    pub controller: ArcSwap<Option<SocketAddr>>,
+    /// Admin addresses of the controllers, for `sync` mode: every replica is asked and only the
+    /// leader writes, so the proxy need not know which one leads.
+    pub controllers: ArcSwap<Vec<SocketAddr>>,
     epoch: Instant,
 }
 
@@ -26,7 +27,7 @@ impl Links {
     pub fn new(wavelets: Wavelets) -> Self {
         Links {
             wavelets: ArcSwap::from_pointee(wavelets),
-            controller: ArcSwap::from_pointee(None),
+            controllers: ArcSwap::from_pointee(Vec::new()),
             epoch: Instant::now(),
         }
     }
@@ -35,7 +36,10 @@ impl Links {
     /// the answer (the request waits for the instance in the queue). `last_poke` (ms since the
     /// epoch, per function) keeps pokes to one per [`POKE_INTERVAL`].
     pub fn poke(&self, function: &FunctionId, want: u32, last_poke: &AtomicU64) {
-        let Some(controller) = **self.controller.load() else { return };
+        let controllers = self.controllers.load_full();
+        if controllers.is_empty() {
+            return;
+        }
         let now = self.epoch.elapsed().as_millis() as u64;
         let last = last_poke.load(Relaxed);
         if last != 0 && now.saturating_sub(last) < POKE_INTERVAL.as_millis() as u64 {
@@ -47,10 +51,17 @@ impl Links {
         let path = format!("/v1/functions/{}/{}/poke", function.namespace, function.name);
         let body = format!("{{\"want\":{want}}}").into_bytes();
         tokio::spawn(async move {
-            if let Err(e) =
-                wavelink_server::client::call(controller, http::Method::POST, &path, Some(body), POKE_TIMEOUT).await
-            {
-                debug!(error = %e, "poking the controller failed");
+            for &controller in controllers.iter() {
+                let call = wavelink_server::client::call(
+                    controller,
+                    http::Method::POST,
+                    &path,
+                    Some(body.clone()),
+                    POKE_TIMEOUT,
+                );
+                if let Err(e) = call.await {
+                    debug!(%controller, error = %e, "poking the controller failed");
+                }
             }
         });
     }

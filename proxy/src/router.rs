@@ -62,9 +62,12 @@ impl Router {
         self.links.wavelets.load_full()
     }
 
-    /// The controller to ask for Regular Instances in `sync` mode.
-    pub fn set_controller(&self, admin: Option<SocketAddr>) {
-        self.links.controller.store(Arc::new(admin));
+    /// The controllers to ask for Regular Instances in `sync` mode (every replica; only the
+    /// leader acts).
+    pub fn set_controllers(&self, admins: &[SocketAddr]) {
+        if **self.links.controllers.load() != admins {
+            self.links.controllers.store(Arc::new(admins.to_vec()));
+        }
     }
 
     pub fn domain(&self) -> &str {

@@ -70,7 +70,8 @@ impl Proxy {
         let proxy = Proxy::new(ProxySettings::from_config(config))?;
         let wavelets: Vec<SocketAddr> = config.wavelets.iter().map(|w| w.address).collect();
         proxy.router.set_wavelets(&wavelets);
-        proxy.router.set_controller(config.controller.as_ref().map(|c| c.admin));
+        let controllers: Vec<SocketAddr> = config.controller.iter().map(|c| c.admin).collect();
+        proxy.router.set_controllers(&controllers);
         let (functions, rejected) = config.functions();
         proxy.router.apply(functions, rejected);
         Ok(proxy)

@@ -13,6 +13,8 @@ use super::{load_config, parse_duration};
 
 /// The Wavelets' request port when their Service names no port `wavelet`.
 const DEFAULT_WAVELET_PORT: u16 = 8091;
+/// The controllers' admin port when their Service names no port `admin`.
+const DEFAULT_CONTROLLER_PORT: u16 = 9092;
 
 #[derive(Debug, clap::Args)]
 pub struct ProxyArgs {
@@ -69,6 +71,7 @@ pub fn run(args: ProxyArgs) -> anyhow::Result<()> {
 /// spills to the Wavelet Service's endpoints.
 fn follow_cluster(proxy: &Proxy, settings: &KubernetesConfig) -> anyhow::Result<Cluster> {
     let wavelet_service = namespaced_name("wavelet-service", settings.wavelet_service.as_ref())?;
+    let controller_service = namespaced_name("controller-service", settings.controller_service.as_ref())?;
     let cluster = Cluster::connect(settings)?;
     let router = proxy.router().clone();
     cluster.follow(move |view| {
@@ -77,6 +80,9 @@ fn follow_cluster(proxy: &Proxy, settings: &KubernetesConfig) -> anyhow::Result<
         router.sync(catalog.with_endpoints(slices.iter().map(|s| s.as_ref())), catalog.rejected_functions());
         if let Some(service) = &wavelet_service {
             router.set_wavelets(&view.service_endpoints(service, "wavelet", DEFAULT_WAVELET_PORT));
+        }
+        if let Some(service) = &controller_service {
+            router.set_controllers(&view.service_endpoints(service, "admin", DEFAULT_CONTROLLER_PORT));
         }
     });
     Ok(cluster)

@@ -101,11 +101,12 @@ impl TestCluster {
     }
 
     /// The `kubernetes:` section of a config for components working in this namespace (the
-    /// Wavelets are the endpoints of Service `wavelink-wavelet`).
+    /// Wavelets are the endpoints of Service `wavelink-wavelet`, the controllers those of
+    /// `wavelink-controller-admin`).
     pub fn config_section(&self, lease_duration: &str) -> String {
         format!(
             "kubernetes: {{ namespace: {ns}, lease: {ns}/wavelink-controller, lease-duration: {lease_duration}, \
-             wavelet-service: {ns}/wavelink-wavelet }}\n",
+             wavelet-service: {ns}/wavelink-wavelet, controller-service: {ns}/wavelink-controller-admin }}\n",
             ns = self.namespace
         )
     }
