@@ -16,6 +16,7 @@ pub mod admin;
 pub mod cgroup;
 pub mod metrics;
 pub mod pool;
+pub mod procfs;
 pub mod reaper;
 pub mod runtime;
 pub mod server;

@@ -99,10 +99,7 @@ pub fn resident_bytes(pid: u32) -> u64 {
 
 /// Kernel start time of a process in clock ticks, `None` if there is no such process.
 pub fn start_ticks(pid: u32) -> Option<u64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // The command name (field 2) may contain spaces; fields after it are plain.
-    let after_name = &stat[stat.rfind(')')? + 2..];
-    after_name.split_whitespace().nth(19)?.parse().ok()
+    crate::procfs::stat(pid).map(|s| s.start_ticks)
 }
 
 /// Loopback ports for instances, handed out in turn.

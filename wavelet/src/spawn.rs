@@ -258,8 +258,7 @@ mod tests {
             std::thread::sleep(std::time::Duration::from_millis(5));
             fds = read_fds();
         }
-        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
-        let pgrp: u32 = stat[stat.rfind(')').unwrap() + 2..].split_whitespace().nth(2).unwrap().parse().unwrap();
+        let pgrp = crate::procfs::stat(pid).expect("the child's stat").pgrp;
         // SAFETY: kill has no memory preconditions.
         unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) };
         wait(pid, true);

@@ -24,6 +24,7 @@ use nix::unistd::Pid;
 use tracing::{info, warn};
 
 use crate::cgroup::Cgroup;
+use crate::procfs;
 use crate::runtime::{Process, start_ticks};
 
 const LOG: &str = "instances.log";
@@ -175,18 +176,7 @@ fn replay(text: &str) -> HashMap<String, Record> {
 
 /// Processes whose process group is `pgid`, from `/proc`.
 pub fn group_members(pgid: u32) -> Vec<u32> {
-    let Ok(entries) = fs::read_dir("/proc") else { return Vec::new() };
-    entries
-        .flatten()
-        .filter_map(|e| e.file_name().to_str().and_then(|n| n.parse::<u32>().ok()))
-        .filter(|pid| {
-            fs::read_to_string(format!("/proc/{pid}/stat")).ok().and_then(|stat| {
-                // Fields after the parenthesised command name: state, ppid, pgrp, ...
-                let after_name = &stat[stat.rfind(')')? + 2..];
-                after_name.split_whitespace().nth(2)?.parse::<u32>().ok()
-            }) == Some(pgid)
-        })
-        .collect()
+    procfs::pids().into_iter().filter(|&pid| procfs::stat(pid).is_some_and(|s| s.pgrp == pgid)).collect()
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -309,14 +299,10 @@ mod tests {
     }
 
     fn group_pgid_of(pid: u32) -> u32 {
-        let stat = fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
-        let after_name = &stat[stat.rfind(')').unwrap() + 2..];
-        after_name.split_whitespace().nth(2).unwrap().parse().unwrap()
+        procfs::stat(pid).expect("a live process").pgrp
     }
 
     fn is_zombie(pid: u32) -> bool {
-        fs::read_to_string(format!("/proc/{pid}/stat"))
-            .map(|stat| stat[stat.rfind(')').unwrap() + 2..].starts_with('Z'))
-            .unwrap_or(true)
+        procfs::stat(pid).is_none_or(|s| s.state == 'Z')
     }
 }
