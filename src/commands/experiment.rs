@@ -25,13 +25,15 @@ use wavelink_core::trace::report::{Record, Report, summarize};
 use wavelink_core::trace::synthetic::{SyntheticOptions, generate};
 use wavelink_loadtest::trace::replay::{ReplayPlan, ReplayProgress, replay};
 use wavelink_loadtest::trace::{parse_pattern, parse_range, read_trace, write_plots, write_records};
+use wavelink_server::client;
+use wavelink_wavelet::procfs;
 use wavelink_wavelet::spawn::wait;
 
 use super::parse_duration;
 
 const NAMESPACE: &str = "default";
 const DOMAIN: &str = "example.com";
-const READY_TIMEOUT: Duration = Duration::from_secs(60);
+const ADMIN_TIMEOUT: Duration = Duration::from_secs(5);
 const STOP_TIMEOUT: Duration = Duration::from_secs(60);
 
 #[derive(Debug, clap::Args)]
@@ -342,19 +344,14 @@ fn run_mode(
     let up_pid =
         super::up::start(&exe, &argv, &[("WAVELINK_LOG".into(), log_level)]).context("starting wavelink up")?;
     let stack = Stack { pid: up_pid };
-    let deadline = Instant::now() + READY_TIMEOUT;
-    for admin in [proxy_admin, wavelet_admin, controller_admin] {
-        while !ready(admin) {
-            if Instant::now() > deadline {
-                bail!("the stack did not become ready within {READY_TIMEOUT:?}");
-            }
-            if let Some(status) = wait(up_pid, false) {
-                bail!("wavelink up exited with status {status} while starting (see the messages above)");
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
+    let admin_calls = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting a runtime for admin calls")?;
+    for (name, admin) in [("proxy", proxy_admin), ("wavelet", wavelet_admin), ("controller", controller_admin)] {
+        admin_calls.block_on(super::up::wait_ready(&format!("stack (waiting for its {name})"), up_pid, admin))?;
     }
-    let before = Counters::read(wavelet_admin, controller_admin);
+    let before = Counters::read(&admin_calls, wavelet_admin, controller_admin);
     let plan = ReplayPlan {
         addr: listen,
         hosts: names.iter().map(|n| format!("{n}.{NAMESPACE}.{DOMAIN}")).collect(),
@@ -365,7 +362,7 @@ fn run_mode(
     let started = Instant::now();
     let records = replay(&plan, invocations, &Arc::new(ReplayProgress::default())).map_err(anyhow::Error::msg)?;
     let replay_seconds = started.elapsed().as_secs_f64();
-    let after = Counters::read(wavelet_admin, controller_admin);
+    let after = Counters::read(&admin_calls, wavelet_admin, controller_admin);
     let components = component_cpu(up_pid);
     drop(stack); // SIGTERM: `up` stops its children in order.
     if !wait_for_exit(up_pid, STOP_TIMEOUT) {
@@ -425,23 +422,6 @@ fn wait_for_exit(pid: u32, limit: Duration) -> bool {
     false
 }
 
-fn ready(admin: SocketAddr) -> bool {
-    http_get(admin, "/readyz").is_some_and(|(status, _)| status == 200)
-}
-
-/// A blocking one-shot GET on loopback (the admin listeners), `None` on any failure.
-fn http_get(addr: SocketAddr, path: &str) -> Option<(u16, String)> {
-    use std::io::{Read, Write};
-    let mut stream = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2)).ok()?;
-    stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    write!(stream, "GET {path} HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n").ok()?;
-    let mut raw = String::new();
-    stream.read_to_string(&mut raw).ok()?;
-    let status = raw.split_whitespace().nth(1)?.parse().ok()?;
-    let body = raw.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
-    Some((status, body))
-}
-
 /// Sum of every sample of a Prometheus series family in an exposition.
 fn metric_sum(exposition: &str, family: &str) -> f64 {
     exposition
@@ -461,9 +441,12 @@ struct Counters {
 }
 
 impl Counters {
-    fn read(wavelet_admin: SocketAddr, controller_admin: SocketAddr) -> Counters {
-        let wavelet = http_get(wavelet_admin, "/metrics").map(|(_, b)| b).unwrap_or_default();
-        let controller = http_get(controller_admin, "/metrics").map(|(_, b)| b).unwrap_or_default();
+    fn read(runtime: &tokio::runtime::Runtime, wavelet_admin: SocketAddr, controller_admin: SocketAddr) -> Counters {
+        let metrics = |admin| {
+            let call = client::call(admin, http::Method::GET, "/metrics", None, ADMIN_TIMEOUT);
+            runtime.block_on(call).map(|body| String::from_utf8_lossy(&body).into_owned()).unwrap_or_default()
+        };
+        let (wavelet, controller) = (metrics(wavelet_admin), metrics(controller_admin));
         Counters {
             regular_starts: metric_sum(&controller, "wavelink_regular_instances_started_total"),
             emergency_starts: metric_sum(&wavelet, "wavelink_emergency_instances_spawned_total"),
@@ -491,43 +474,20 @@ struct ComponentCpu {
 
 /// Own CPU (user + system) of `wavelink up` and of each component it runs, from /proc.
 fn component_cpu(up_pid: u32) -> ComponentCpu {
-    let mut cpu = ComponentCpu { up: own_cpu_seconds(up_pid).unwrap_or(0.0), ..Default::default() };
-    let Ok(entries) = std::fs::read_dir("/proc") else { return cpu };
-    for entry in entries.flatten() {
-        let Some(pid) = entry.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else { continue };
-        if parent_pid(pid) != Some(up_pid) {
-            continue;
-        }
+    let per_second = procfs::ticks_per_second() as f64;
+    let seconds = |stat: &procfs::ProcStat| (stat.utime + stat.stime) as f64 / per_second;
+    let mut cpu = ComponentCpu { up: procfs::stat(up_pid).map_or(0.0, |s| seconds(&s)), ..Default::default() };
+    for pid in procfs::pids() {
+        let Some(stat) = procfs::stat(pid).filter(|s| s.ppid == up_pid) else { continue };
         let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-        let args: Vec<&[u8]> = cmdline.split(|&b| b == 0).collect();
-        let seconds = own_cpu_seconds(pid).unwrap_or(0.0);
-        match args.get(1).copied() {
-            Some(b"proxy") => cpu.proxy += seconds,
-            Some(b"wavelet") => cpu.wavelet += seconds,
-            Some(b"controller") => cpu.controller += seconds,
+        match cmdline.split(|&b| b == 0).nth(1) {
+            Some(b"proxy") => cpu.proxy += seconds(&stat),
+            Some(b"wavelet") => cpu.wavelet += seconds(&stat),
+            Some(b"controller") => cpu.controller += seconds(&stat),
             _ => {}
         }
     }
     cpu
-}
-
-/// Fields of /proc/<pid>/stat after the command name (which may contain spaces).
-fn stat_fields(pid: u32) -> Option<Vec<String>> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let (_, rest) = stat.rsplit_once(')')?;
-    Some(rest.split_whitespace().map(str::to_owned).collect())
-}
-
-fn parent_pid(pid: u32) -> Option<u32> {
-    stat_fields(pid)?.get(1)?.parse().ok()
-}
-
-fn own_cpu_seconds(pid: u32) -> Option<f64> {
-    let fields = stat_fields(pid)?;
-    // utime and stime are fields 14 and 15 of stat; after the name, indices 11 and 12.
-    let ticks: u64 = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
-    let per_second = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK).ok().flatten().unwrap_or(100) as f64;
-    Some(ticks as f64 / per_second)
 }
 
 #[cfg(test)]

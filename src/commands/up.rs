@@ -93,7 +93,9 @@ pub fn start(exe: &Path, argv: &[String], extra: &[(String, String)]) -> anyhow:
     Ok(spawn(&plan)?)
 }
 
-async fn wait_ready(name: &str, pid: u32, admin: SocketAddr) -> anyhow::Result<()> {
+/// Waits until the admin listener at `admin` says ready, or fails if `pid` (the process that
+/// runs it) exits first or it takes longer than the ready timeout.
+pub async fn wait_ready(name: &str, pid: u32, admin: SocketAddr) -> anyhow::Result<()> {
     let deadline = Instant::now() + READY_TIMEOUT;
     while Instant::now() < deadline {
         if wait(pid, false).is_some() {
