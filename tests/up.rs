@@ -27,8 +27,7 @@ fn addr() -> SocketAddr {
 /// Starts `wavelink up` with one function `work` in a namespace of its own.
 fn up(annotations: &str, ri_start_delay: &str) -> Up {
     let dir = TempDir::new("up");
-    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.subsec_nanos());
-    let namespace = format!("up-{:06x}", (std::process::id() ^ nanos) & 0xff_ffff);
+    let namespace = format!("up-{:06x}", nonce() & 0xff_ffff);
     let (proxy, proxy_admin, wavelet, wavelet_admin, controller_admin) = (addr(), addr(), addr(), addr(), addr());
     let config = dir.0.join("wavelink.yaml");
     std::fs::write(

@@ -30,8 +30,7 @@ fn lean_function(prefix: &str, annotations: &str, extra: &str) -> TestFunction {
 }
 
 fn function_with_command(prefix: &str, command: &str, annotations: &str, extra: &str) -> TestFunction {
-    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.subsec_nanos());
-    let namespace = format!("{prefix}-{:06x}", (std::process::id() ^ nanos) & 0xff_ffff);
+    let namespace = format!("{prefix}-{:06x}", nonce() & 0xff_ffff);
     let yaml = format!(
         "  - name: burst\n    namespace: {namespace}\n    command: {command}\n    annotations: {{ {annotations} }}\n{}",
         extra.replace("NAMESPACE", &namespace)

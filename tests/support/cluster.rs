@@ -21,7 +21,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::{Api, Client};
 
-use crate::support::{FnInstance, start_fn};
+use crate::support::{FnInstance, nonce, start_fn};
 
 pub struct TestCluster {
     pub kubeconfig: PathBuf,
@@ -50,12 +50,6 @@ pub fn test_cluster(test: &str) -> Option<TestCluster> {
     };
     runtime.block_on(namespaces.create(&PostParams::default(), &ns)).expect("create namespace");
     Some(TestCluster { kubeconfig: kubeconfig.into(), runtime, client, namespace })
-}
-
-fn nonce() -> u32 {
-    let nanos =
-        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0);
-    nanos ^ std::process::id()
 }
 
 impl TestCluster {

@@ -102,8 +102,7 @@ pub struct TempDir(pub PathBuf);
 
 impl TempDir {
     pub fn new(label: &str) -> TempDir {
-        let path =
-            std::env::temp_dir().join(format!("wavelink-test-{label}-{}-{:08x}", std::process::id(), fastrand_u32()));
+        let path = std::env::temp_dir().join(format!("wavelink-test-{label}-{}-{:08x}", std::process::id(), nonce()));
         std::fs::create_dir_all(&path).expect("temp dir");
         TempDir(path)
     }
@@ -115,7 +114,9 @@ impl Drop for TempDir {
     }
 }
 
-fn fastrand_u32() -> u32 {
+/// A number that differs between calls and test processes, for names that must not collide
+/// (temporary directories, namespaces, objects).
+pub fn nonce() -> u32 {
     let nanos =
         std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0);
     nanos ^ (std::process::id() << 16)
