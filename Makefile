@@ -1,7 +1,8 @@
 # The two commands of a fresh machine:
 #   make up     run WaveLink locally (`wavelink up`: proxy, Wavelet, controller) from wavelink.yaml
 #   make test   run every test (starting the test apiserver of ../shared/k8s-testenv if present)
-# Both install missing build prerequisites first (scripts/deps.sh: cmake for Pingora's zlib-ng).
+# Both install missing prerequisites first (scripts/deps.sh: cmake for Pingora's zlib-ng, protoc for
+# containerd's API; for the tests also containerd, runc and a static busybox).
 
 CARGO ?= cargo
 CONFIG ?= wavelink.yaml
@@ -17,7 +18,8 @@ build: deps
 up: build
 	target/release/wavelink up --config $(CONFIG)
 
-test: deps
+test:
+	@scripts/deps.sh test
 	CARGO=$(CARGO) scripts/test.sh
 
 lint: deps

@@ -1,17 +1,24 @@
 #!/usr/bin/env bash
 # Install the build prerequisites a fresh Debian/Ubuntu machine lacks, and nothing else.
 #
-#   scripts/deps.sh            # build + test prerequisites (cmake for Pingora's zlib-ng)
+#   scripts/deps.sh            # build prerequisites (cmake for Pingora's zlib-ng, protoc for
+#                              # containerd's gRPC API)
+#   scripts/deps.sh test       # also what the tests run: containerd, runc and ctr for the
+#                              # containerd runtime, busybox for a shell inside test images
 #   scripts/deps.sh bench      # also the baselines the benchmarks compare against
 #
 # Idempotent and quiet when everything is present, so `make up` / `make test` can always run it.
 set -euo pipefail
 
-need_cmds=(cmake cc curl)
-need_pkgs=(cmake build-essential curl)
+need_cmds=(cmake cc curl protoc)
+need_pkgs=(cmake build-essential curl protobuf-compiler)
+if [ "${1:-}" = test ] || [ "${1:-}" = bench ]; then
+  need_cmds+=(containerd runc ctr busybox)
+  need_pkgs+=(containerd runc containerd busybox-static)
+fi
 if [ "${1:-}" = bench ]; then
-  need_cmds+=(wrk nginx haproxy perf)
-  need_pkgs+=(wrk nginx-light haproxy linux-perf)
+  need_cmds+=(wrk nginx haproxy perf crun)
+  need_pkgs+=(wrk nginx-light haproxy linux-perf crun)
 fi
 
 missing=()
@@ -39,4 +46,6 @@ echo "deps: installing ${missing[*]}" >&2
 export DEBIAN_FRONTEND=noninteractive
 # A fresh machine has empty package lists: update once, then install.
 $SUDO apt-get update -qq >/dev/null
+# Sorted and unique: containerd provides two of the commands.
+mapfile -t missing < <(printf '%s\n' "${missing[@]}" | sort -u)
 $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null

@@ -74,6 +74,12 @@ enum Command {
     Experiment(Box<commands::experiment::ExperimentArgs>),
     /// Print the annotation reference: every wavelink.dev/* key, its default and accepted values.
     Annotations,
+    /// Write an OCI image (a layout tar for `ctr images import`) of a program and its libraries.
+    ///
+    /// By default the image holds wavelink-fn, the function workload, so the containerd runtime
+    /// can be tried without a registry or a container engine:
+    ///   wavelink image -o fn.tar && ctr -n k8s.io images import fn.tar
+    Image(commands::image::ImageArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -90,6 +96,7 @@ fn main() -> std::process::ExitCode {
         Command::Fn(args) => wavelink_loadtest::workload::run(args),
         Command::Load(args) => wavelink_loadtest::run(*args),
         Command::Experiment(args) => commands::experiment::run(*args),
+        Command::Image(args) => commands::image::run(args),
         Command::Annotations => {
             print!("{}", wavelink_core::spec::markdown_table());
             Ok(())

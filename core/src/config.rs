@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Deserializer};
 
+use crate::container::ContainerTemplate;
 use crate::duration::parse_duration;
 use crate::function::FunctionId;
 use crate::spec::FunctionSpec;
@@ -223,9 +224,20 @@ pub struct FunctionConfig {
     pub name: String,
     #[serde(default = "default_namespace")]
     pub namespace: String,
-    /// How instances start; they get a listening socket (`LISTEN_FDS=1`) or `PORT`.
+    /// How instances start; they get a listening socket (`LISTEN_FDS=1`) or `PORT`. With
+    /// `image:`, the command inside the image (replacing its entrypoint, as in a pod spec).
     #[serde(default)]
     pub command: Vec<String>,
+    /// The function's container image, for a Wavelet (or local backend) with the `containerd`
+    /// runtime; the `process` runtime runs `command` on the host instead.
+    #[serde(default)]
+    pub image: Option<String>,
+    /// Arguments after the command (or the image's entrypoint), as a pod spec's `args`.
+    #[serde(default)]
+    pub args: Vec<String>,
+    /// Environment of every instance (RI and EI, either runtime).
+    #[serde(default)]
+    pub env: BTreeMap<String, ScalarString>,
     /// `wavelink.dev/*` settings, as on a Kubernetes Deployment.
     #[serde(default)]
     pub annotations: BTreeMap<String, ScalarString>,
@@ -280,7 +292,12 @@ fn duration_field<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Duration
 pub struct FunctionDef {
     pub id: FunctionId,
     pub spec: FunctionSpec,
+    /// The `process` runtime's program and arguments.
     pub command: Vec<String>,
+    /// Literal environment of every instance.
+    pub env: Vec<(String, String)>,
+    /// How instances run as containers; `None` when the function has no image.
+    pub container: Option<ContainerTemplate>,
     pub instances: Vec<SocketAddr>,
     pub socket_activation: bool,
 }
@@ -375,12 +392,30 @@ impl LocalConfig {
                 rejected.push(reject("defined more than once; the first definition is used".into()));
                 continue;
             }
+            if let Some(name) = entry.env.keys().find(|n| n.is_empty() || n.contains(['=', '\0'])) {
+                rejected.push(reject(format!("env name {name:?} is empty or contains '=' or NUL")));
+                continue;
+            }
+            if entry.image.as_deref().is_some_and(|i| i.is_empty() || i.contains(char::is_whitespace)) {
+                rejected.push(reject(format!(
+                    "image {:?} is not an image reference",
+                    entry.image.as_deref().unwrap_or("")
+                )));
+                continue;
+            }
             let annotations = entry.annotations.iter().map(|(k, v)| (k.as_str(), v.0.as_str()));
             match FunctionSpec::from_annotations(annotations) {
                 Ok(spec) => accepted.push(FunctionDef {
                     id,
                     spec,
-                    command: entry.command.clone(),
+                    command: entry.command.iter().chain(&entry.args).cloned().collect(),
+                    env: entry.env.iter().map(|(k, v)| (k.clone(), v.0.clone())).collect(),
+                    container: entry.image.as_ref().map(|image| ContainerTemplate {
+                        image: image.clone(),
+                        command: entry.command.clone(),
+                        args: entry.args.clone(),
+                        ..ContainerTemplate::default()
+                    }),
                     instances: entry.instances.clone(),
                     socket_activation: entry.socket_activation,
                 }),
@@ -412,6 +447,11 @@ functions:
   - name: typed
     annotations: { wavelink.dev/container-concurrency: 4 }
     socket-activation: false
+  - name: boxed
+    image: localhost/wavelink-fn:dev
+    command: ["wavelink-fn"]
+    args: ["--threads", "1"]
+    env: { FN_MESSAGE: hi, COUNT: 3 }
 "#;
 
     #[test]
@@ -421,7 +461,17 @@ functions:
         assert_eq!(config.proxy.connect_timeout, Duration::from_secs(1));
         let (accepted, rejected) = config.functions();
         assert!(rejected.is_empty(), "{rejected:?}");
-        assert_eq!(accepted.len(), 2);
+        assert_eq!(accepted.len(), 3);
+        let boxed = &accepted[2];
+        assert_eq!(boxed.command, ["wavelink-fn", "--threads", "1"], "the process runtime runs command + args");
+        assert_eq!(boxed.env, [("COUNT".to_owned(), "3".to_owned()), ("FN_MESSAGE".to_owned(), "hi".to_owned())]);
+        let container = boxed.container.as_ref().expect("an image makes a container template");
+        assert_eq!(container.image, "localhost/wavelink-fn:dev");
+        assert_eq!(
+            (container.command.as_slice(), container.args.as_slice()),
+            (&["wavelink-fn".to_owned()][..], &["--threads".to_owned(), "1".to_owned()][..])
+        );
+        assert!(accepted[0].container.is_none());
         assert_eq!(accepted[0].id.host(&config.domain), "hello.default.example.com");
         assert_eq!(accepted[0].spec.container_concurrency, 2);
         assert_eq!(accepted[0].spec.queue_timeout, Duration::from_secs(2));
@@ -453,10 +503,14 @@ functions:
   - { name: bad, annotations: { wavelink.dev/container-concurrency: "0" } }
   - { name: Bad_Name }
   - { name: good }
+  - { name: bad-env, env: { "A=B": x } }
+  - { name: bad-image, image: "" }
 "#;
         let (accepted, rejected) = LocalConfig::from_yaml(text).expect("valid").functions();
         assert_eq!(accepted.iter().map(|f| f.id.name.as_str()).collect::<Vec<_>>(), ["good"]);
-        assert_eq!(rejected.len(), 3);
+        assert_eq!(rejected.len(), 5);
+        assert!(rejected[3].error.contains("\"A=B\""), "{}", rejected[3]);
+        assert!(rejected[4].error.contains("image"), "{}", rejected[4]);
         assert_eq!(rejected[0].function, "default/bad");
         assert!(rejected[0].error.contains(keys::CONTAINER_CONCURRENCY), "{}", rejected[0]);
         assert!(rejected[0].error.contains("\"0\""));

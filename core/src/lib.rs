@@ -7,6 +7,7 @@
 
 pub mod autoscale;
 pub mod config;
+pub mod container;
 pub mod duration;
 pub mod function;
 pub mod lease;
@@ -18,5 +19,6 @@ pub mod trace;
 pub mod wire;
 
 pub use config::{FunctionDef, KubernetesConfig, LocalConfig, RejectedFunction};
+pub use container::ContainerTemplate;
 pub use function::FunctionId;
 pub use spec::{FunctionSpec, InvalidSpec, ScalingMode, SpecError};

@@ -9,6 +9,9 @@ pub const TRACK_HEADER: &str = "x-wavelink-track";
 pub const WAVELET_HEADER: &str = "x-wavelink-wavelet";
 /// The Wavelet is at its node-wide instance cap.
 pub const WAVELET_FULL: &str = "full";
+/// The Wavelet cannot start this function yet (its image is being pulled on that node); other
+/// functions are not affected.
+pub const WAVELET_UNAVAILABLE: &str = "unavailable";
 
 /// The `code` label of request counters; `client_closed` is a client that hung up before an
 /// answer (nginx's 499).

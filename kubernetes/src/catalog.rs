@@ -8,11 +8,11 @@ use std::net::{IpAddr, SocketAddr};
 use std::str::FromStr;
 
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::ObjectReference;
+use k8s_openapi::api::core::v1::{Container, ObjectReference, PodSecurityContext};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::Resource;
 use wavelink_core::spec::FUNCTION_LABEL;
-use wavelink_core::{FunctionDef, FunctionId, FunctionSpec, RejectedFunction};
+use wavelink_core::{ContainerTemplate, FunctionDef, FunctionId, FunctionSpec, RejectedFunction};
 
 /// The label EndpointSlices carry naming their Service.
 pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
@@ -147,6 +147,10 @@ pub fn function_of(deployment: &Deployment) -> Option<Result<ClusterFunction, Re
     let command = container
         .map(|c| c.command.iter().flatten().chain(c.args.iter().flatten()).cloned().collect())
         .unwrap_or_default();
+    let env = container.map(literal_env).unwrap_or_default();
+    let pod_security =
+        spec_of_deployment.and_then(|s| s.template.spec.as_ref()).and_then(|pod| pod.security_context.as_ref());
+    let template = container.and_then(|c| container_template(c, pod_security));
     let replicas = spec_of_deployment.and_then(|s| s.replicas).unwrap_or(1);
     let ready = deployment.status.as_ref().and_then(|s| s.ready_replicas).unwrap_or(0);
     Some(Ok(ClusterFunction {
@@ -154,6 +158,8 @@ pub fn function_of(deployment: &Deployment) -> Option<Result<ClusterFunction, Re
             id,
             spec,
             command,
+            env,
+            container: template,
             instances: Vec::new(),
             // Container commands read PORT; a listening socket on fd 3 is a local-config option.
             socket_activation: false,
@@ -162,6 +168,38 @@ pub fn function_of(deployment: &Deployment) -> Option<Result<ClusterFunction, Re
         replicas: u32::try_from(replicas).unwrap_or(0),
         ready: u32::try_from(ready).unwrap_or(0),
     }))
+}
+
+/// The container's `env` entries with a literal `value`. Values from Secrets, ConfigMaps or the
+/// downward API (`valueFrom`) are not resolved by the Wavelet (it would need read access to
+/// every Secret); such variables are left out of Emergency Instances.
+fn literal_env(container: &Container) -> Vec<(String, String)> {
+    container
+        .env
+        .iter()
+        .flatten()
+        .filter(|e| e.value_from.is_none())
+        .map(|e| (e.name.clone(), e.value.clone().unwrap_or_default()))
+        .collect()
+}
+
+/// What an Emergency Instance takes from the pod template's container; `None` without an image.
+fn container_template(container: &Container, pod: Option<&PodSecurityContext>) -> Option<ContainerTemplate> {
+    let image = container.image.clone().filter(|i| !i.is_empty())?;
+    let security = container.security_context.as_ref();
+    let id = |own: Option<i64>, pod: Option<i64>| own.or(pod).and_then(|v| u32::try_from(v).ok());
+    let limits = container.resources.as_ref().and_then(|r| r.limits.as_ref());
+    let limit = |name: &str| limits.and_then(|l| l.get(name)).map(|q| q.0.as_str());
+    Some(ContainerTemplate {
+        image,
+        command: container.command.clone().unwrap_or_default(),
+        args: container.args.clone().unwrap_or_default(),
+        working_dir: container.working_dir.clone(),
+        run_as_user: id(security.and_then(|s| s.run_as_user), pod.and_then(|p| p.run_as_user)),
+        run_as_group: id(security.and_then(|s| s.run_as_group), pod.and_then(|p| p.run_as_group)),
+        memory_limit: limit("memory").and_then(|q| wavelink_core::size::parse_size(q).ok()),
+        cpu_limit_millis: limit("cpu").and_then(|q| wavelink_core::size::parse_cpu_millis(q).ok()),
+    })
 }
 
 /// Addresses of a Service's endpoints that take new requests: ready (an unset condition means

@@ -12,7 +12,8 @@
 //!
 //! Every response carries `x-wavelink-exec-us` (time spent handling it), `x-wavelink-instance`
 //! (a stable id of this process) and `x-wavelink-in-flight` (requests this instance was handling
-//! when the request began, itself included).
+//! when the request began, itself included); and `x-wavelink-message`, the value of `FN_MESSAGE`
+//! when the function's environment sets it (so tests can tell which spec an instance runs).
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -59,6 +60,8 @@ fn parse_duration_arg(text: &str) -> Result<Duration, String> {
 struct Instance {
     id: String,
     in_flight: AtomicU32,
+    /// `FN_MESSAGE` from the environment, echoed in every answer.
+    message: Option<http::HeaderValue>,
 }
 
 /// Runs the workload until SIGTERM or SIGINT.
@@ -67,7 +70,8 @@ pub fn run(args: FnArgs) -> anyhow::Result<()> {
     let addr = std_listener.local_addr().context("reading the listening address")?;
     std_listener.set_nonblocking(true).context("making the listener non-blocking")?;
     let id = args.instance_id.clone().unwrap_or_else(|| format!("{}-{:08x}", std::process::id(), fastrand::u32(..)));
-    let instance = Arc::new(Instance { id, in_flight: AtomicU32::new(0) });
+    let message = std::env::var("FN_MESSAGE").ok().and_then(|m| http::HeaderValue::from_str(&m).ok());
+    let instance = Arc::new(Instance { id, in_flight: AtomicU32::new(0), message });
     // Printed so a caller that asked for port 0 learns the port.
     println!("listening on {addr}");
 
@@ -227,6 +231,9 @@ fn reply(
     headers.insert("x-wavelink-in-flight", in_flight.into());
     if let Ok(id) = http::HeaderValue::from_str(&instance.id) {
         headers.insert("x-wavelink-instance", id);
+    }
+    if let Some(message) = &instance.message {
+        headers.insert("x-wavelink-message", message.clone());
     }
     response
 }

@@ -176,6 +176,8 @@ mod tests {
             id: FunctionId::new("default", name).unwrap(),
             spec: FunctionSpec::from_annotations([(keys::CONTAINER_CONCURRENCY, cc)]).unwrap(),
             command: vec![],
+            env: vec![],
+            container: None,
             instances: vec!["127.0.0.1:1".parse().unwrap()],
             socket_activation: true,
         }

@@ -116,6 +116,8 @@ mod tests {
             id: FunctionId::new("default", "f").unwrap(),
             spec: FunctionSpec::default(),
             command: vec![],
+            env: vec![],
+            container: None,
             instances: vec!["127.0.0.1:1".parse().unwrap(), "127.0.0.1:2".parse().unwrap()],
             socket_activation: true,
         };

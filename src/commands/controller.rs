@@ -65,7 +65,14 @@ pub fn run(args: ControllerArgs) -> anyhow::Result<()> {
             let runtime = args.runtime.settings("controller", admin.port(), DEFAULT_PORTS);
             let (runtime, state) =
                 wavelink_wavelet::setup::prepare("ri", &runtime).context("setting up the local backend")?;
-            let local = LocalBackend::new(runtime, state, proxies.clone(), ri_start_delay, functions, metrics.clone());
+            let local = LocalBackend::new(
+                std::sync::Arc::new(runtime),
+                state,
+                proxies.clone(),
+                ri_start_delay,
+                functions,
+                metrics.clone(),
+            );
             tracing::info!(ri_start_delay = ?ri_start_delay, proxies = ?proxies, "local backend: RIs are processes, routable after the start delay");
             let controller =
                 Arc::new(Controller::new(Arc::new(local.clone()), proxies, metrics, scrape_interval, decide_interval));

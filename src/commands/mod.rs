@@ -3,6 +3,7 @@
 pub mod cluster;
 pub mod controller;
 pub mod experiment;
+pub mod image;
 pub mod proxy;
 pub mod up;
 pub mod wavelet;

@@ -14,6 +14,8 @@
 
 pub mod admin;
 pub mod cgroup;
+pub mod containerd;
+pub mod instance;
 pub mod metrics;
 pub mod pool;
 pub mod procfs;

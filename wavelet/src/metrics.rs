@@ -1,4 +1,5 @@
-//! Prometheus metrics of a Wavelet (`wavelink_emergency_*`, labelled by `function`).
+//! Prometheus metrics of a Wavelet (`wavelink_emergency_*`, labelled by `function`; every series
+//! also carries `runtime`: `process` or `containerd`).
 
 use prometheus::{
     Counter, CounterVec, Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
@@ -41,9 +42,11 @@ impl DestroyReason {
     }
 }
 
-/// Spawn-to-first-byte buckets, from a fast process start to a slow one.
-const START_BUCKETS: &[f64] =
-    &[0.00025, 0.0005, 0.00075, 0.001, 0.0015, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0];
+/// Spawn-to-first-byte and start-phase buckets, from a fast process start to a slow container.
+const START_BUCKETS: &[f64] = &[
+    0.00025, 0.0005, 0.00075, 0.001, 0.0015, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.25,
+    0.5, 1.0, 2.5,
+];
 
 pub struct WaveletMetrics {
     registry: Registry,
@@ -55,13 +58,16 @@ pub struct WaveletMetrics {
     first_byte: HistogramVec,
     memory: CounterVec,
     requests: IntCounterVec,
+    phases: HistogramVec,
     pub full: IntCounter,
     pub live_total: IntGauge,
 }
 
 impl WaveletMetrics {
-    pub fn new() -> Result<Self, prometheus::Error> {
-        let registry = Registry::new();
+    /// Metrics of a Wavelet whose instances run on `runtime` (`process`, `containerd`).
+    pub fn new(runtime: &str) -> Result<Self, prometheus::Error> {
+        let labels = std::collections::HashMap::from([("runtime".to_owned(), runtime.to_owned())]);
+        let registry = Registry::new_custom(None, Some(labels))?;
         let spawned = IntCounterVec::new(
             Opts::new("wavelink_emergency_instances_spawned_total", "Emergency Instances started"),
             &["function"],
@@ -104,6 +110,15 @@ impl WaveletMetrics {
             Opts::new("wavelink_wavelet_requests_total", "Requests the Wavelet finished, by function and status class"),
             &["function", "code"],
         )?;
+        let phases = HistogramVec::new(
+            HistogramOpts::new(
+                "wavelink_emergency_start_phase_seconds",
+                "Time of each phase of starting a container instance (image, snapshot, container, task_create, \
+                 task_start; the first four are not on the request path for prepared instances)",
+            )
+            .buckets(START_BUCKETS.to_vec()),
+            &["phase", "prepared"],
+        )?;
         let full =
             IntCounter::new("wavelink_wavelet_full_total", "Requests turned away at the node-wide instance cap")?;
         let live_total = IntGauge::new("wavelink_wavelet_instances", "Emergency Instances alive on this node")?;
@@ -116,6 +131,7 @@ impl WaveletMetrics {
             Box::new(first_byte.clone()),
             Box::new(memory.clone()),
             Box::new(requests.clone()),
+            Box::new(phases.clone()),
             Box::new(full.clone()),
             Box::new(live_total.clone()),
         ] {
@@ -131,9 +147,29 @@ impl WaveletMetrics {
             first_byte,
             memory,
             requests,
+            phases,
             full,
             live_total,
         })
+    }
+
+    /// Records how long each phase of a container start took.
+    pub fn observe_phases(&self, phases: &crate::containerd::StartPhases) {
+        let prepared = if phases.prepared { "true" } else { "false" };
+        let observed = [
+            ("image", phases.image),
+            ("snapshot", phases.snapshot),
+            ("container", phases.container),
+            ("task_create", phases.task_create),
+            ("task_start", phases.task_start),
+        ];
+        for (phase, took) in observed {
+            // A prepared instance did its first phases ahead of time; only what ran now counts.
+            if phases.prepared && phase != "task_start" {
+                continue;
+            }
+            self.phases.with_label_values(&[phase, prepared]).observe(took.as_secs_f64());
+        }
     }
 
     pub fn for_function(&self, label: &str) -> FunctionMetrics {

@@ -20,8 +20,8 @@ use tracing::{info, warn};
 use wavelink_core::slots::SlotCounter;
 use wavelink_core::{FunctionDef, FunctionId};
 
+use crate::instance::{Instance, Reach, Runtime, StartError};
 use crate::metrics::{DestroyReason, FunctionMetrics, WaveletMetrics};
-use crate::runtime::{Launch, Process, ProcessRuntime, SpawnError};
 use crate::state::StateDir;
 
 /// One Emergency Instance.
@@ -31,6 +31,8 @@ pub struct Ei {
     /// Keyed to this instance (`group_key`), so pooled connections are never reused on a later
     /// instance that happens to get the same port.
     pub peer: HttpPeer,
+    /// Where it listens, and whether it still runs (without taking the instance's lock).
+    pub reach: Reach,
     pub pid: u32,
     pub spawned: Instant,
     slots: SlotCounter,
@@ -38,9 +40,11 @@ pub struct Ei {
     retired: AtomicBool,
     /// emergency-keepalive 0: this instance serves one request, then goes.
     single_use: bool,
+    /// Started without a listening socket handed over (containers, `socket-activation: false`).
+    wait_listening: bool,
     /// When the last request finished, in ms since the pools' epoch.
     last_release_ms: AtomicU64,
-    process: Mutex<Option<Process>>,
+    process: Mutex<Option<Instance>>,
     memory: Mutex<MemorySample>,
 }
 
@@ -51,6 +55,12 @@ struct MemorySample {
 }
 
 impl Ei {
+    /// The instance binds its port itself (no socket handed over): a request must wait until it
+    /// listens.
+    pub fn must_wait_listening(&self) -> bool {
+        self.wait_listening
+    }
+
     pub fn in_flight(&self) -> u32 {
         self.slots.get()
     }
@@ -92,7 +102,7 @@ pub enum AcquireError {
     #[error("this node runs its maximum of {0} Emergency Instances")]
     Full(u32),
     #[error("could not start an instance: {0}")]
-    Spawn(#[from] SpawnError),
+    Start(#[from] StartError),
 }
 
 /// A slot on an instance, held for one request; dropping it releases the slot.
@@ -116,9 +126,11 @@ impl Drop for Lease {
 
 pub struct Pools {
     functions: ArcSwap<HashMap<FunctionId, Arc<FunctionPool>>>,
-    runtime: Arc<ProcessRuntime>,
+    runtime: Arc<Runtime>,
     state: Arc<StateDir>,
     metrics: Arc<WaveletMetrics>,
+    /// Time to connect to an instance before the attempt counts as failed.
+    connect_timeout: Duration,
     /// Instances alive on this node, against `max_instances`.
     live: SlotCounter,
     max_instances: u32,
@@ -134,7 +146,7 @@ struct Doomed {
 
 impl Pools {
     pub fn new(
-        runtime: Arc<ProcessRuntime>,
+        runtime: Arc<Runtime>,
         state: Arc<StateDir>,
         metrics: Arc<WaveletMetrics>,
         max_instances: u32,
@@ -145,6 +157,7 @@ impl Pools {
             runtime,
             state,
             metrics,
+            connect_timeout: Duration::from_secs(1),
             live: SlotCounter::default(),
             max_instances,
             epoch: Instant::now(),
@@ -197,7 +210,7 @@ impl Pools {
     pub fn unreachable_commands(&self) -> Vec<(FunctionId, String)> {
         self.functions()
             .iter()
-            .filter_map(|p| self.runtime.unreachable(&p.def.load().command).map(|why| (p.id.clone(), why)))
+            .filter_map(|p| self.runtime.unreachable(&p.def.load()).map(|why| (p.id.clone(), why)))
             .collect()
     }
 
@@ -232,7 +245,7 @@ impl Pools {
     }
 
     /// A slot on an instance of `pool`: a running one if any has a free slot, else a new one.
-    pub fn acquire(self: &Arc<Self>, pool: &Arc<FunctionPool>) -> Result<Lease, AcquireError> {
+    pub async fn acquire(self: &Arc<Self>, pool: &Arc<FunctionPool>) -> Result<Lease, AcquireError> {
         let def = pool.def.load_full();
         let capacity = def.spec.container_concurrency;
         {
@@ -253,36 +266,42 @@ impl Pools {
             self.metrics.full.inc();
             return Err(AcquireError::Full(self.max_instances));
         }
-        let launch = Launch { function: &def.id, command: &def.command, socket_activation: def.socket_activation };
-        let process = match self.runtime.spawn(&launch) {
-            Ok(process) => process,
+        let instance = match self.runtime.start(&def).await {
+            Ok(instance) => instance,
             Err(e) => {
                 self.live.release();
-                pool.metrics.spawn_failures.inc();
-                warn!(function = %def.id, error = %e, "starting an Emergency Instance failed");
+                if !e.is_unavailable() {
+                    pool.metrics.spawn_failures.inc();
+                    warn!(function = %def.id, error = %e, "starting an Emergency Instance failed");
+                }
                 return Err(e.into());
             }
         };
-        if let Err(e) = self.state.record(&process) {
+        if let Instance::Process(process) = &instance
+            && let Err(e) = self.state.record(process)
+        {
             warn!(instance = %process.id, error = %e, "could not record the instance; a crash would orphan it");
         }
-        let mut peer = HttpPeer::new(process.addr, false, String::new());
-        peer.group_key = fastrand::u64(..);
-        peer.options.connection_timeout = Some(Duration::from_secs(1));
+        if let Some(phases) = instance.phases() {
+            self.metrics.observe_phases(&phases);
+        }
+        let reach = instance.reach();
         let slots = SlotCounter::default();
         slots.try_reserve(1);
         let ei = Arc::new(Ei {
-            id: process.id.clone(),
-            addr: process.addr,
-            peer,
-            pid: process.pid,
-            spawned: process.started,
+            id: instance.id().to_owned(),
+            addr: instance.addr(),
+            peer: reach.peer(self.connect_timeout),
+            reach,
+            pid: instance.pid(),
+            spawned: instance.started(),
             slots,
             retired: AtomicBool::new(false),
             single_use: def.spec.emergency_keepalive.is_zero(),
+            wait_listening: matches!(instance, Instance::Container(_)) || !def.socket_activation,
             last_release_ms: AtomicU64::new(self.now_ms()),
-            memory: Mutex::new(MemorySample { at: process.started, rss: 0 }),
-            process: Mutex::new(Some(process)),
+            memory: Mutex::new(MemorySample { at: instance.started(), rss: 0 }),
+            process: Mutex::new(Some(instance)),
         });
         pool.instances.lock().push(ei.clone());
         pool.metrics.spawned.inc();
@@ -295,6 +314,10 @@ impl Pools {
     /// forgets instances whose process exited. Called periodically by the reaper.
     pub fn reap(&self, full_scan: bool) {
         let now = self.now_ms();
+        if full_scan {
+            let defs = self.functions.load().iter().map(|(id, pool)| (id.clone(), pool.def.load_full())).collect();
+            self.runtime.maintain(&defs);
+        }
         for pool in self.functions.load().values() {
             let keepalive_ms = pool.def.load().spec.emergency_keepalive.as_millis() as u64;
             for ei in pool.instances() {
@@ -350,19 +373,23 @@ impl Pools {
     }
 
     fn destroy(&self, doomed: Doomed) {
-        let Some(process) = doomed.ei.process.lock().take() else { return };
+        let Some(instance) = doomed.ei.process.lock().take() else { return };
         doomed.ei.account_memory(&doomed.pool.metrics.memory);
-        let id = process.id.clone();
-        self.runtime.destroy(process);
-        self.state.forget(&id);
+        let id = instance.id().to_owned();
+        let recorded = matches!(instance, Instance::Process(_));
+        self.runtime.destroy(instance);
+        if recorded {
+            self.state.forget(&id);
+        }
         self.live.release();
         doomed.pool.metrics.live.dec();
         doomed.pool.metrics.destroyed(doomed.reason);
         self.metrics.live_total.dec();
     }
 
-    /// Destroys every instance now, busy or not (shutdown).
+    /// Destroys every instance now, busy or not, and whatever the runtime prepared (shutdown).
     pub fn destroy_all(&self) {
+        self.runtime.shutdown();
         for pool in self.functions.load().values() {
             for ei in pool.instances() {
                 ei.retired.store(true, SeqCst);

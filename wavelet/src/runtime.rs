@@ -45,6 +45,8 @@ impl RunAs {
 pub struct Launch<'a> {
     pub function: &'a FunctionId,
     pub command: &'a [String],
+    /// The function's literal environment (before the platform's own variables).
+    pub env: &'a [(String, String)],
     pub socket_activation: bool,
 }
 
@@ -58,6 +60,8 @@ pub enum SpawnError {
     Exec { program: String, source: std::io::Error },
     #[error("the instance did not listen on its PORT within {0:?}")]
     NotListening(Duration),
+    #[error("the instance exited before it listened on its PORT")]
+    ExitedEarly,
 }
 
 /// A running instance.
@@ -220,11 +224,17 @@ impl ProcessRuntime {
 
         let program = self.program_path(program);
         let program = program.as_path();
-        let mut env = vec![
-            ("PATH".to_owned(), std::env::var("PATH").unwrap_or_else(|_| "/usr/local/bin:/usr/bin:/bin".into())),
-            ("WAVELINK_FUNCTION".to_owned(), launch.function.to_string()),
-            ("WAVELINK_INSTANCE_ID".to_owned(), id.clone()),
-        ];
+        let mut env =
+            vec![("PATH".to_owned(), std::env::var("PATH").unwrap_or_else(|_| "/usr/local/bin:/usr/bin:/bin".into()))];
+        // The function's own variables (its PATH replaces ours); the platform's take precedence.
+        for (name, value) in launch.env.iter().filter(|(name, _)| !PLATFORM_ENV.contains(&name.as_str())) {
+            match env.iter_mut().find(|(n, _)| n == name) {
+                Some(entry) => entry.1 = value.clone(),
+                None => env.push((name.clone(), value.clone())),
+            }
+        }
+        env.push(("WAVELINK_FUNCTION".to_owned(), launch.function.to_string()));
+        env.push(("WAVELINK_INSTANCE_ID".to_owned(), id.clone()));
         if launch.socket_activation {
             env.push(("LISTEN_FDS".to_owned(), "1".to_owned()));
         } else {
@@ -276,13 +286,21 @@ impl ProcessRuntime {
     }
 }
 
-/// Polls until `addr` accepts connections (for instances started without socket activation).
-pub async fn wait_listening(addr: SocketAddr, timeout: Duration) -> bool {
+/// Variables the platform sets for every instance; a function's own `env` cannot replace them.
+const PLATFORM_ENV: [&str; 6] =
+    ["WAVELINK_FUNCTION", "WAVELINK_INSTANCE_ID", "LISTEN_FDS", "LISTEN_PID", "HOST", "PORT"];
+
+/// Polls until `addr` accepts connections (for instances started without socket activation),
+/// giving up after `timeout` or as soon as `alive` says the instance is gone.
+pub async fn wait_listening(addr: SocketAddr, timeout: Duration, alive: impl Fn() -> bool) -> bool {
     let deadline = tokio::time::Instant::now() + timeout;
     let mut pause = Duration::from_micros(200);
     while tokio::time::Instant::now() < deadline {
         if tokio::net::TcpStream::connect(addr).await.is_ok() {
             return true;
+        }
+        if !alive() {
+            return false;
         }
         tokio::time::sleep(pause).await;
         pause = (pause * 2).min(Duration::from_millis(10));

@@ -13,6 +13,8 @@ use wavelink_server::health::{Health, ProbeToken};
 use wavelink_server::shutdown::{Drain, SignalShutdown};
 
 use crate::admin::AdminApi;
+use crate::containerd::{ConnectError, ContainerError, ContainerdRuntime, ContainerdSettings};
+use crate::instance::Runtime;
 use crate::metrics::WaveletMetrics;
 use crate::pool::Pools;
 use crate::reaper::Reaper;
@@ -32,6 +34,8 @@ pub struct WaveletSettings {
     pub runtime: RuntimeSettings,
     /// How long an instance without socket activation may take to listen on its PORT.
     pub spawn_timeout: Duration,
+    /// Run instances as containers through containerd; `None`: the `process` runtime.
+    pub containerd: Option<ContainerdSettings>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -40,6 +44,10 @@ pub enum WaveletError {
     Setup(#[from] SetupError),
     #[error("setting up metrics failed: {0}")]
     Metrics(#[from] prometheus::Error),
+    #[error(transparent)]
+    Containerd(#[from] ConnectError),
+    #[error("removing containers left by a previous run: {0}")]
+    Orphans(#[from] ContainerError),
 }
 
 pub struct Wavelet {
@@ -51,8 +59,21 @@ pub struct Wavelet {
 
 impl Wavelet {
     pub fn new(settings: WaveletSettings) -> Result<Self, WaveletError> {
-        let (runtime, state) = prepare("ei", &settings.runtime)?;
-        let metrics = Arc::new(WaveletMetrics::new()?);
+        let (process, state) = prepare("ei", &settings.runtime)?;
+        let runtime = match &settings.containerd {
+            None => Runtime::Process(process),
+            Some(containerd) => {
+                let owner = owner_id(&settings.runtime.state_dir);
+                let runtime =
+                    ContainerdRuntime::connect(containerd.clone(), owner.clone(), settings.runtime.memory_max)?;
+                let removed = runtime.clean_up_orphans()?;
+                info!(socket = %containerd.socket.display(), namespace = %containerd.namespace, version = runtime.version(),
+                      %owner, removed_orphans = removed, "instances run as containers");
+                Runtime::Containerd(runtime)
+            }
+        };
+        let metrics = Arc::new(WaveletMetrics::new(runtime.kind())?);
+        let runtime = Arc::new(runtime);
         let pools = Pools::new(runtime, state, metrics, settings.max_instances);
         Ok(Wavelet { settings, pools, health: Arc::new(Health::default()), probe_token: ProbeToken::random() })
     }
@@ -101,4 +122,17 @@ impl Drain for Pools {
     fn finish(&self) {
         self.destroy_all();
     }
+}
+
+/// This Wavelet's identity in containerd labels: the same across restarts on one node (host
+/// name and state directory), distinct for two Wavelets on one node or sharing one containerd.
+pub fn owner_id(state_dir: &std::path::Path) -> String {
+    let host = nix::unistd::gethostname().map(|h| h.to_string_lossy().into_owned()).unwrap_or_default();
+    let dir = state_dir.canonicalize().unwrap_or_else(|_| state_dir.to_owned());
+    // FNV-1a: stable across builds, unlike the standard library's hasher.
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for byte in host.bytes().chain([0]).chain(dir.to_string_lossy().bytes()) {
+        hash = (hash ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3);
+    }
+    format!("{:016x}", hash)
 }

@@ -19,12 +19,12 @@ use pingora_http::ResponseHeader;
 use pingora_proxy::{ProxyHttp, Session};
 use wavelink_core::FunctionId;
 use wavelink_core::function::host_without_port;
-use wavelink_core::wire::{FUNCTION_HEADER, WAVELET_FULL, WAVELET_HEADER};
+use wavelink_core::wire::{FUNCTION_HEADER, WAVELET_FULL, WAVELET_HEADER, WAVELET_UNAVAILABLE};
 use wavelink_server::health::{PROBE_HEADER, ProbeToken};
 use wavelink_server::respond::respond;
 
 use crate::pool::{AcquireError, FunctionPool, Lease, Pools};
-use crate::runtime::{SpawnError, wait_listening};
+use crate::runtime::SpawnError;
 
 pub struct WaveletProxy {
     pub pools: Arc<Pools>,
@@ -92,7 +92,19 @@ impl ProxyHttp for WaveletProxy {
                     .await?;
                 Ok(true)
             }
-            Err(e @ AcquireError::Spawn(_)) => {
+            Err(AcquireError::Start(e)) if e.is_unavailable() => {
+                // Not here yet (an image on its way): the proxy tries another Wavelet.
+                let body = format!("{e}\n");
+                respond(
+                    session,
+                    503,
+                    &[(WAVELET_HEADER, WAVELET_UNAVAILABLE), ("retry-after", "1")],
+                    Bytes::from(body),
+                )
+                .await?;
+                Ok(true)
+            }
+            Err(e @ AcquireError::Start(_)) => {
                 respond(session, 502, &[], Bytes::from(format!("{e}\n"))).await?;
                 Ok(true)
             }
@@ -153,11 +165,15 @@ impl ProxyHttp for WaveletProxy {
 impl WaveletProxy {
     /// A lease, waiting for the instance to listen when it cannot be handed a socket.
     async fn lease(&self, pool: &Arc<FunctionPool>) -> Result<Lease, AcquireError> {
-        let lease = self.pools.acquire(pool)?;
-        if lease.cold && !pool.def.load().socket_activation && !wait_listening(lease.ei.addr, self.spawn_timeout).await
-        {
+        let lease = self.pools.acquire(pool).await?;
+        if lease.cold && lease.ei.must_wait_listening() && !lease.ei.reach.wait_listening(self.spawn_timeout).await {
+            let error = if lease.ei.reach.alive() {
+                SpawnError::NotListening(self.spawn_timeout)
+            } else {
+                SpawnError::ExitedEarly
+            };
             self.pools.discard(lease);
-            return Err(AcquireError::Spawn(SpawnError::NotListening(self.spawn_timeout)));
+            return Err(AcquireError::Start(error.into()));
         }
         Ok(lease)
     }

@@ -35,10 +35,7 @@ pub enum SetupError {
 }
 
 /// The runtime and state directory for instances whose ids start with `kind` (`ei`, `ri`).
-pub fn prepare(
-    kind: &'static str,
-    settings: &RuntimeSettings,
-) -> Result<(Arc<ProcessRuntime>, Arc<StateDir>), SetupError> {
+pub fn prepare(kind: &'static str, settings: &RuntimeSettings) -> Result<(ProcessRuntime, Arc<StateDir>), SetupError> {
     let state = StateDir::open(&settings.state_dir)?;
     let cleanup = state.clean_up_orphans();
     if cleanup.killed > 0 || cleanup.stale > 0 {
@@ -64,5 +61,5 @@ pub fn prepare(
     if let Some(run_as) = runtime.run_as() {
         info!(user = %run_as.user, uid = run_as.uid, "instances run unprivileged");
     }
-    Ok((Arc::new(runtime), Arc::new(state)))
+    Ok((runtime, Arc::new(state)))
 }

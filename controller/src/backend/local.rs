@@ -107,6 +107,7 @@ impl Inner {
                 let launch = Launch {
                     function: &function.def.id,
                     command: &function.def.command,
+                    env: &function.def.env,
                     socket_activation: function.def.socket_activation,
                 };
                 match self.runtime.spawn(&launch) {

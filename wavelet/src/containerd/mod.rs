@@ -1,0 +1,566 @@
+//! The `containerd` instance runtime: an Emergency Instance is the function's own container,
+//! started through the node's containerd (the runtime kubelet uses) without kubelet or the API
+//! server.
+//!
+//! ```text
+//! start:   image (cached) ─▶ snapshot prepare ─▶ container create ─▶ task create ─▶ task start
+//!          └──────────── done ahead of time for prepared instances ────────────┘   (request path)
+//! reach:   a socket created inside the instance's network namespace (netns.rs)
+//! destroy: task kill ─▶ wait ─▶ task delete ─▶ container delete ─▶ snapshot remove
+//! crash:   containers labelled with this Wavelet's owner id are removed at start
+//! ```
+//!
+//! Every containerd call runs on this runtime's own tokio runtime, which owns the gRPC channel;
+//! the Wavelet's request threads only await the results.
+
+pub mod client;
+pub mod image;
+pub mod netns;
+pub mod spec;
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::time::{Duration, Instant};
+
+use containerd_client::services::v1::container::Runtime as ContainerRuntimeSpec;
+use containerd_client::services::v1::snapshots::{PrepareSnapshotRequest, RemoveSnapshotRequest};
+use containerd_client::services::v1::{
+    Container as ContainerRecord, CreateContainerRequest, CreateTaskRequest, DeleteContainerRequest, DeleteTaskRequest,
+    KillRequest, ListContainersRequest, StartRequest, WaitRequest,
+};
+use containerd_client::tonic::{self, Code};
+use parking_lot::Mutex;
+use prost_types::Any;
+use tracing::{info, warn};
+use wavelink_core::container::{PlanError, normalize_image, plan_process};
+use wavelink_core::{FunctionDef, FunctionId};
+
+pub use client::{ConnectError, Containerd, ContainerdSettings};
+use image::{ImageError, ImageInfo};
+use netns::{HostNetns, NetnsConnector};
+use spec::Limits;
+
+/// Label on every container this Wavelet creates: which Wavelet owns it.
+pub const OWNER_LABEL: &str = "wavelink.dev/owner";
+/// Label naming the function (`namespace/name`).
+pub const FUNCTION_LABEL: &str = "wavelink.dev/function";
+/// How long a failed image resolution or pull is remembered before it is tried again.
+const IMAGE_RETRY: Duration = Duration::from_secs(30);
+/// Prepared instances unused for this long are destroyed (their function went quiet).
+const PREPARED_IDLE: Duration = Duration::from_secs(300);
+
+/// The phases of a container start, for the per-phase histogram.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct StartPhases {
+    pub image: Duration,
+    pub snapshot: Duration,
+    pub container: Duration,
+    pub task_create: Duration,
+    pub task_start: Duration,
+    /// The instance came from the prepared pool: only the task start was on the request path.
+    pub prepared: bool,
+}
+
+/// A container instance (its task created; started once handed out by [`ContainerdRuntime::start`]).
+pub struct Container {
+    pub id: String,
+    pub pid: u32,
+    pub start_ticks: u64,
+    /// The instance's port on its own loopback.
+    pub addr: SocketAddr,
+    pub started: Instant,
+    pub connector: Arc<NetnsConnector>,
+    pub phases: StartPhases,
+}
+
+impl Container {
+    /// Whether the container's init process still runs (its start time tells it from a later
+    /// process reusing the pid).
+    pub fn alive(&self) -> bool {
+        crate::procfs::stat(self.pid).is_some_and(|s| s.start_ticks == self.start_ticks && s.state != 'Z')
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ContainerError {
+    #[error("the function has no container image (image: in the config, or a pod template with one)")]
+    NoImage,
+    #[error("image {0} is being pulled on this node; try again shortly")]
+    Pulling(String),
+    #[error(transparent)]
+    Image(#[from] ImageError),
+    #[error("{0}")]
+    Plan(#[from] PlanError),
+    #[error("containerd {step}: {message}")]
+    Rpc { step: &'static str, message: String },
+    #[error("reaching the instance's network namespace: {0}")]
+    Netns(std::io::Error),
+}
+
+impl ContainerError {
+    /// This node cannot serve the function now, but may soon (an image on its way): the proxy
+    /// should try elsewhere rather than report a failure.
+    pub fn is_unavailable(&self) -> bool {
+        matches!(self, ContainerError::Pulling(_))
+    }
+}
+
+fn rpc(step: &'static str) -> impl Fn(tonic::Status) -> ContainerError {
+    move |status| ContainerError::Rpc { step, message: status.message().to_owned() }
+}
+
+enum ImageState {
+    Ready(Arc<ImageInfo>),
+    Pulling,
+    Failed { error: ImageError, at: Instant },
+}
+
+/// A created, not yet started instance of a function, and what it was created from.
+struct Prepared {
+    container: Container,
+    def: Arc<FunctionDef>,
+    made: Instant,
+}
+
+struct Inner {
+    client: Containerd,
+    host_netns: Arc<HostNetns>,
+    owner: String,
+    default_memory: Option<u64>,
+    images: Mutex<HashMap<String, ImageState>>,
+    prepared: Mutex<HashMap<FunctionId, Vec<Prepared>>>,
+    /// Preparations under way per function, so a burst does not start a preparation per request.
+    preparing: Mutex<HashMap<FunctionId, u32>>,
+    next: AtomicU64,
+}
+
+pub struct ContainerdRuntime {
+    inner: Arc<Inner>,
+    runtime: Option<tokio::runtime::Runtime>,
+    version: String,
+}
+
+impl ContainerdRuntime {
+    /// Connects to containerd. `owner` identifies this Wavelet across restarts (containers it
+    /// creates carry it as a label, so a restarted Wavelet finds what a crashed one left).
+    pub fn connect(
+        settings: ContainerdSettings,
+        owner: String,
+        default_memory: Option<u64>,
+    ) -> Result<ContainerdRuntime, ConnectError> {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("containerd")
+            .enable_all()
+            .build()
+            .map_err(|e| ConnectError::Version { socket: settings.socket.clone(), message: e.to_string() })?;
+        let socket = settings.socket.clone();
+        let (client, version) = runtime.block_on(Containerd::connect(settings))?;
+        let host_netns =
+            HostNetns::current().map_err(|e| ConnectError::Version { socket, message: format!("own netns: {e}") })?;
+        let inner = Arc::new(Inner {
+            client,
+            host_netns,
+            owner,
+            default_memory,
+            images: Mutex::new(HashMap::new()),
+            prepared: Mutex::new(HashMap::new()),
+            preparing: Mutex::new(HashMap::new()),
+            next: AtomicU64::new(0),
+        });
+        Ok(ContainerdRuntime { inner, runtime: Some(runtime), version })
+    }
+
+    pub fn version(&self) -> &str {
+        &self.version
+    }
+
+    pub fn settings(&self) -> &ContainerdSettings {
+        &self.inner.client.settings
+    }
+
+    fn handle(&self) -> &tokio::runtime::Handle {
+        self.runtime.as_ref().map(|r| r.handle()).expect("the runtime lives as long as self")
+    }
+
+    /// Runs `future` on the containerd runtime and waits for it from any thread, inside an async
+    /// context or not.
+    fn block_on<T: Send + 'static>(&self, future: impl Future<Output = T> + Send + 'static) -> Option<T> {
+        let handle = self.handle().clone();
+        let task = handle.spawn(future);
+        if tokio::runtime::Handle::try_current().is_ok() {
+            // Blocking inside another runtime is not allowed; wait on a plain thread.
+            std::thread::scope(|scope| scope.spawn(|| handle.block_on(task).ok()).join().ok().flatten())
+        } else {
+            handle.block_on(task).ok()
+        }
+    }
+
+    /// Removes every container (with its task and snapshot) a previous run of this Wavelet left.
+    pub fn clean_up_orphans(&self) -> Result<usize, ContainerError> {
+        let inner = self.inner.clone();
+        self.block_on(async move { inner.clean_up_orphans().await })
+            .unwrap_or(Err(ContainerError::Rpc { step: "clean-up", message: "the task panicked".into() }))
+    }
+
+    /// A started instance of `def`: a prepared one if there is one, else made now.
+    pub async fn start(&self, def: Arc<FunctionDef>) -> Result<Container, ContainerError> {
+        let inner = self.inner.clone();
+        let handle = self.handle().clone();
+        let started = self.handle().spawn(async move {
+            let result = inner.start(&def).await;
+            if result.is_ok() {
+                Inner::refill(&inner, &handle, def);
+            }
+            result
+        });
+        started.await.unwrap_or_else(|e| Err(ContainerError::Rpc { step: "start", message: e.to_string() }))
+    }
+
+    /// Destroys the instance: task, container and snapshot. Blocks; call it off the request path.
+    pub fn destroy(&self, container: Container) {
+        let inner = self.inner.clone();
+        self.block_on(async move { inner.remove(&container.id).await });
+    }
+
+    /// Drops prepared instances of functions that are gone, changed, or quiet; called by the
+    /// reaper with the current definitions.
+    pub fn maintain(&self, functions: &HashMap<FunctionId, Arc<FunctionDef>>) {
+        let stale: Vec<Container> = {
+            let mut prepared = self.inner.prepared.lock();
+            let mut stale = Vec::new();
+            prepared.retain(|id, list| {
+                let current = functions.get(id);
+                let (keep, gone): (Vec<_>, Vec<_>) = std::mem::take(list).into_iter().partition(|p| {
+                    current.is_some_and(|def| same_instance(def, &p.def)) && p.made.elapsed() < PREPARED_IDLE
+                });
+                stale.extend(gone.into_iter().map(|p| p.container));
+                *list = keep;
+                !list.is_empty()
+            });
+            stale
+        };
+        if !stale.is_empty() {
+            let inner = self.inner.clone();
+            self.handle().spawn(async move {
+                for container in stale {
+                    inner.remove(&container.id).await;
+                }
+            });
+        }
+    }
+
+    /// Destroys every prepared instance (shutdown).
+    pub fn destroy_prepared(&self) {
+        let all: Vec<Container> =
+            self.inner.prepared.lock().drain().flat_map(|(_, list)| list.into_iter().map(|p| p.container)).collect();
+        let inner = self.inner.clone();
+        self.block_on(async move {
+            for container in all {
+                inner.remove(&container.id).await;
+            }
+        });
+    }
+
+    /// Prepared instances now, over all functions.
+    pub fn prepared(&self) -> usize {
+        self.inner.prepared.lock().values().map(Vec::len).sum()
+    }
+}
+
+impl Drop for ContainerdRuntime {
+    fn drop(&mut self) {
+        // Dropping a runtime blocks, which is not allowed inside another runtime.
+        if let Some(runtime) = self.runtime.take() {
+            runtime.shutdown_background();
+        }
+    }
+}
+
+/// Whether an instance prepared from `old` is one `new` would start (same image, command, env).
+fn same_instance(new: &FunctionDef, old: &FunctionDef) -> bool {
+    new.container == old.container && new.env == old.env && new.spec.port == old.spec.port
+}
+
+impl Inner {
+    async fn start(self: &Arc<Self>, def: &Arc<FunctionDef>) -> Result<Container, ContainerError> {
+        let prepared = {
+            let mut prepared = self.prepared.lock();
+            let list = prepared.get_mut(&def.id);
+            let found = list.and_then(|list| {
+                let position = list.iter().position(|p| same_instance(def, &p.def))?;
+                Some(list.swap_remove(position))
+            });
+            found
+        };
+        let mut container = match prepared {
+            Some(prepared) if prepared.container.alive() => {
+                let mut container = prepared.container;
+                container.phases = StartPhases { prepared: true, ..StartPhases::default() };
+                container
+            }
+            Some(dead) => {
+                warn!(instance = %dead.container.id, "a prepared instance died before use; making another");
+                self.remove(&dead.container.id).await;
+                self.create(def).await?
+            }
+            None => self.create(def).await?,
+        };
+        let begun = Instant::now();
+        let start = self.client.request(StartRequest { container_id: container.id.clone(), exec_id: String::new() });
+        if let Err(e) = self.client.tasks().start(start).await {
+            self.remove(&container.id).await;
+            return Err(rpc("task start")(e));
+        }
+        container.phases.task_start = begun.elapsed();
+        container.started = Instant::now();
+        Ok(container)
+    }
+
+    /// Tops up the function's prepared instances in the background.
+    fn refill(inner: &Arc<Inner>, handle: &tokio::runtime::Handle, def: Arc<FunctionDef>) {
+        let want = inner.client.settings.prepared_per_function;
+        let have = inner.prepared.lock().get(&def.id).map_or(0, Vec::len) as u32;
+        let missing = {
+            let mut preparing = inner.preparing.lock();
+            let under_way = preparing.entry(def.id.clone()).or_default();
+            let missing = want.saturating_sub(have + *under_way);
+            *under_way += missing;
+            missing
+        };
+        for _ in 0..missing {
+            let inner = inner.clone();
+            let def = def.clone();
+            handle.spawn(async move {
+                let made = inner.create(&def).await;
+                if let Some(n) = inner.preparing.lock().get_mut(&def.id) {
+                    *n = n.saturating_sub(1);
+                }
+                match made {
+                    Ok(container) => {
+                        let prepared = Prepared { container, def: def.clone(), made: Instant::now() };
+                        inner.prepared.lock().entry(def.id.clone()).or_default().push(prepared);
+                    }
+                    Err(e) => warn!(function = %def.id, error = %e, "preparing an instance failed"),
+                }
+            });
+        }
+    }
+
+    /// The image's config and snapshot: cached; resolved from containerd; else pulled once in
+    /// the background while requests are told it is not here yet.
+    async fn image(self: &Arc<Self>, reference: &str) -> Result<Arc<ImageInfo>, ContainerError> {
+        let name = normalize_image(reference);
+        {
+            let images = self.images.lock();
+            match images.get(&name) {
+                Some(ImageState::Ready(info)) => return Ok(info.clone()),
+                Some(ImageState::Pulling) => return Err(ContainerError::Pulling(name)),
+                Some(ImageState::Failed { error, at }) if at.elapsed() < IMAGE_RETRY => {
+                    return Err(error.clone().into());
+                }
+                _ => {}
+            }
+        }
+        match self.client.resolve_image(&name).await {
+            Ok(info) => {
+                let info = Arc::new(info);
+                self.images.lock().insert(name, ImageState::Ready(info.clone()));
+                Ok(info)
+            }
+            Err(ImageError::Absent(_)) if self.client.settings.namespace == "k8s.io" => {
+                let first =
+                    !matches!(self.images.lock().insert(name.clone(), ImageState::Pulling), Some(ImageState::Pulling));
+                if first {
+                    let inner = self.clone();
+                    let image = name.clone();
+                    tokio::spawn(async move { inner.pull(image).await });
+                }
+                Err(ContainerError::Pulling(name))
+            }
+            Err(e) => {
+                let e = match e {
+                    ImageError::Absent(image) => ImageError::Broken {
+                        image,
+                        message: format!(
+                            "not present in containerd namespace {:?} (import it there; only in k8s.io does the \
+                             Wavelet pull images, through the CRI image service)",
+                            self.client.settings.namespace
+                        ),
+                    },
+                    other => other,
+                };
+                warn!(error = %e, "image unusable");
+                self.images.lock().insert(name, ImageState::Failed { error: e.clone(), at: Instant::now() });
+                Err(e.into())
+            }
+        }
+    }
+
+    async fn pull(self: Arc<Self>, name: String) {
+        info!(image = %name, "pulling image through the CRI image service");
+        let begun = Instant::now();
+        let result = match self.client.pull_through_cri(&name, self.client.settings.pull_timeout).await {
+            Ok(_) => self.client.resolve_image(&name).await,
+            Err(e) => Err(e),
+        };
+        let state = match result {
+            Ok(info) => {
+                info!(image = %name, seconds = begun.elapsed().as_secs_f64(), "image pulled");
+                ImageState::Ready(Arc::new(info))
+            }
+            Err(error) => {
+                warn!(image = %name, error = %error, "pulling the image failed");
+                ImageState::Failed { error, at: Instant::now() }
+            }
+        };
+        self.images.lock().insert(name, state);
+    }
+
+    /// Everything up to a created task: snapshot, container record, task (runc create).
+    async fn create(self: &Arc<Self>, def: &Arc<FunctionDef>) -> Result<Container, ContainerError> {
+        let template = def.container.as_ref().ok_or(ContainerError::NoImage)?;
+        let mut phases = StartPhases::default();
+        let begun = Instant::now();
+        let image = self.image(&template.image).await?;
+        phases.image = begun.elapsed();
+
+        let id = format!("ei-{}-{}", std::process::id(), self.next.fetch_add(1, Relaxed));
+        let port = def.spec.port;
+        let platform = [
+            ("PORT", port.to_string()),
+            ("WAVELINK_FUNCTION", def.id.to_string()),
+            ("WAVELINK_INSTANCE_ID", id.clone()),
+        ];
+        let plan = plan_process(template, &image.config, &def.env, &platform)?;
+        let limits = Limits {
+            memory_bytes: template.memory_limit.or(self.default_memory),
+            cpu_millis: template.cpu_limit_millis,
+        };
+        let settings = &self.client.settings;
+        let spec = spec::runtime_spec(&id, &plan, limits, &settings.cgroup_parent);
+        let labels = HashMap::from([
+            (OWNER_LABEL.to_owned(), self.owner.clone()),
+            (FUNCTION_LABEL.to_owned(), def.id.to_string()),
+        ]);
+
+        let step = Instant::now();
+        let prepare = PrepareSnapshotRequest {
+            snapshotter: settings.snapshotter.clone(),
+            key: id.clone(),
+            parent: image.chain_id.clone(),
+            labels: labels.clone(),
+        };
+        let mounts =
+            self.client.snapshots().prepare(self.client.request(prepare)).await.map_err(rpc("snapshot prepare"))?;
+        phases.snapshot = step.elapsed();
+
+        let step = Instant::now();
+        let record = ContainerRecord {
+            id: id.clone(),
+            labels,
+            image: image.name.clone(),
+            runtime: Some(ContainerRuntimeSpec { name: settings.runtime.clone(), options: runc_options(settings) }),
+            spec: Some(Any {
+                type_url: "types.containerd.io/opencontainers/runtime-spec/1/Spec".to_owned(),
+                value: serde_json::to_vec(&spec).unwrap_or_default(),
+            }),
+            snapshotter: settings.snapshotter.clone(),
+            snapshot_key: id.clone(),
+            ..Default::default()
+        };
+        let create = self.client.request(CreateContainerRequest { container: Some(record) });
+        if let Err(e) = self.client.containers().create(create).await {
+            self.remove(&id).await;
+            return Err(rpc("container create")(e));
+        }
+        phases.container = step.elapsed();
+
+        let step = Instant::now();
+        let task =
+            CreateTaskRequest { container_id: id.clone(), rootfs: mounts.into_inner().mounts, ..Default::default() };
+        let pid = match self.client.tasks().create(self.client.request(task)).await {
+            Ok(created) => created.into_inner().pid,
+            Err(e) => {
+                self.remove(&id).await;
+                return Err(rpc("task create")(e));
+            }
+        };
+        phases.task_create = step.elapsed();
+        let start_ticks = crate::runtime::start_ticks(pid).unwrap_or(0);
+        let connector = match NetnsConnector::of_process(pid, self.host_netns.clone()) {
+            Ok(connector) => Arc::new(connector),
+            Err(e) => {
+                self.remove(&id).await;
+                return Err(ContainerError::Netns(e));
+            }
+        };
+        Ok(Container {
+            id,
+            pid,
+            start_ticks,
+            addr: SocketAddr::from((Ipv4Addr::LOCALHOST, port)),
+            started: Instant::now(),
+            connector,
+            phases,
+        })
+    }
+
+    /// Removes a container and whatever it has: task (killed first), record, snapshot. Parts
+    /// that are already gone are fine.
+    async fn remove(&self, id: &str) {
+        let client = &self.client;
+        let tolerate = |step: &str, result: Result<(), tonic::Status>| {
+            if let Err(e) = result
+                && e.code() != Code::NotFound
+            {
+                warn!(instance = %id, step, error = %e.message(), "removing a container");
+            }
+        };
+        let kill = KillRequest { container_id: id.to_owned(), exec_id: String::new(), signal: 9, all: true };
+        let killed = client.tasks().kill(client.request(kill)).await;
+        // A task that was created but never started, or already stopped, may refuse the
+        // signal; the delete below still works.
+        if killed.is_ok() {
+            let wait = WaitRequest { container_id: id.to_owned(), exec_id: String::new() };
+            let _ = tokio::time::timeout(Duration::from_secs(10), client.tasks().wait(client.request(wait))).await;
+        }
+        let deleted = client.tasks().delete(client.request(DeleteTaskRequest { container_id: id.to_owned() })).await;
+        tolerate("task delete", deleted.map(|_| ()));
+        let deleted = client.containers().delete(client.request(DeleteContainerRequest { id: id.to_owned() })).await;
+        tolerate("container delete", deleted.map(|_| ()));
+        let remove = RemoveSnapshotRequest { snapshotter: client.settings.snapshotter.clone(), key: id.to_owned() };
+        tolerate("snapshot remove", client.snapshots().remove(client.request(remove)).await.map(|_| ()));
+    }
+
+    async fn clean_up_orphans(&self) -> Result<usize, ContainerError> {
+        let filter = format!("labels.\"{OWNER_LABEL}\"=={}", self.owner);
+        let list = self
+            .client
+            .containers()
+            .list(self.client.request(ListContainersRequest { filters: vec![filter] }))
+            .await
+            .map_err(rpc("container list"))?;
+        let containers = list.into_inner().containers;
+        for container in &containers {
+            info!(instance = %container.id, "removing a container left by a previous Wavelet");
+            self.remove(&container.id).await;
+        }
+        Ok(containers.len())
+    }
+}
+
+/// The runc shim's options: which OCI runtime binary it calls.
+fn runc_options(settings: &ContainerdSettings) -> Option<Any> {
+    #[derive(Clone, PartialEq, prost::Message)]
+    struct RuncOptions {
+        #[prost(string, tag = "6")]
+        binary_name: String,
+    }
+    let binary = settings.runc_binary.as_ref()?;
+    let options = RuncOptions { binary_name: binary.clone() };
+    Some(Any { type_url: "containerd.runc.v1.Options".to_owned(), value: prost::Message::encode_to_vec(&options) })
+}

@@ -1,0 +1,197 @@
+//! The one interface the pools see: a runtime that starts and destroys instances, either
+//! `process` (a process group on this node, the embedded default) or `containerd` (the
+//! function's own container). Pools, reaper, node cap and metrics serve both alike.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use pingora_core::upstreams::peer::HttpPeer;
+use wavelink_core::{FunctionDef, FunctionId};
+
+use crate::containerd::netns::NetnsConnector;
+use crate::containerd::{Container, ContainerError, ContainerdRuntime, StartPhases};
+use crate::runtime::{Launch, Process, ProcessRuntime, SpawnError};
+
+pub enum Runtime {
+    Process(ProcessRuntime),
+    Containerd(ContainerdRuntime),
+}
+
+/// A running instance of either runtime.
+pub enum Instance {
+    Process(Process),
+    Container(Container),
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Process(#[from] SpawnError),
+    #[error(transparent)]
+    Container(#[from] ContainerError),
+}
+
+impl StartError {
+    /// The node cannot serve the function yet (an image being pulled): answer "unavailable" so
+    /// the proxy goes elsewhere, rather than a failure.
+    pub fn is_unavailable(&self) -> bool {
+        matches!(self, StartError::Container(e) if e.is_unavailable())
+    }
+}
+
+impl Runtime {
+    /// `process` or `containerd`, the value of the metrics' `runtime` label.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Runtime::Process(_) => "process",
+            Runtime::Containerd(_) => "containerd",
+        }
+    }
+
+    pub async fn start(&self, def: &Arc<FunctionDef>) -> Result<Instance, StartError> {
+        match self {
+            Runtime::Process(runtime) => {
+                let launch = Launch {
+                    function: &def.id,
+                    command: &def.command,
+                    env: &def.env,
+                    socket_activation: def.socket_activation,
+                };
+                Ok(Instance::Process(runtime.spawn(&launch)?))
+            }
+            Runtime::Containerd(runtime) => Ok(Instance::Container(runtime.start(def.clone()).await?)),
+        }
+    }
+
+    /// Destroys the instance whole. Blocks; the pools call it from their destroyer thread.
+    pub fn destroy(&self, instance: Instance) {
+        match (self, instance) {
+            (Runtime::Process(runtime), Instance::Process(process)) => runtime.destroy(process),
+            (Runtime::Containerd(runtime), Instance::Container(container)) => runtime.destroy(container),
+            _ => unreachable!("an instance is always destroyed by the runtime that started it"),
+        }
+    }
+
+    /// Why instances of `def` could not start on this node, if that can be told in advance.
+    pub fn unreachable(&self, def: &FunctionDef) -> Option<String> {
+        match self {
+            Runtime::Process(runtime) => runtime.unreachable(&def.command),
+            Runtime::Containerd(_) if def.container.is_none() => {
+                Some("the function has no image: with --runtime containerd its EIs cannot start".to_owned())
+            }
+            Runtime::Containerd(_) => None,
+        }
+    }
+
+    /// Periodic upkeep with the current functions (prepared containers of changed or removed
+    /// functions go).
+    pub fn maintain(&self, functions: &HashMap<FunctionId, Arc<FunctionDef>>) {
+        if let Runtime::Containerd(runtime) = self {
+            runtime.maintain(functions);
+        }
+    }
+
+    /// Shutdown: whatever the runtime holds beyond the live instances.
+    pub fn shutdown(&self) {
+        if let Runtime::Containerd(runtime) = self {
+            runtime.destroy_prepared();
+        }
+    }
+}
+
+impl Instance {
+    pub fn id(&self) -> &str {
+        match self {
+            Instance::Process(p) => &p.id,
+            Instance::Container(c) => &c.id,
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        match self {
+            Instance::Process(p) => p.pid,
+            Instance::Container(c) => c.pid,
+        }
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        match self {
+            Instance::Process(p) => p.addr,
+            Instance::Container(c) => c.addr,
+        }
+    }
+
+    pub fn started(&self) -> Instant {
+        match self {
+            Instance::Process(p) => p.started,
+            Instance::Container(c) => c.started,
+        }
+    }
+
+    pub fn phases(&self) -> Option<StartPhases> {
+        match self {
+            Instance::Process(_) => None,
+            Instance::Container(c) => Some(c.phases),
+        }
+    }
+
+    /// Whether the instance is gone (a process is reaped then).
+    pub fn try_exited(&mut self) -> bool {
+        match self {
+            Instance::Process(p) => p.try_exited(),
+            Instance::Container(c) => !c.alive(),
+        }
+    }
+
+    /// How to reach the instance, kept beside it so that waiting needs no lock on it.
+    pub fn reach(&self) -> Reach {
+        match self {
+            Instance::Process(p) => Reach { addr: p.addr, connector: None, pid: p.pid, start_ticks: p.start_ticks },
+            Instance::Container(c) => {
+                Reach { addr: c.addr, connector: Some(c.connector.clone()), pid: c.pid, start_ticks: c.start_ticks }
+            }
+        }
+    }
+}
+
+/// Where an instance listens and how to get there.
+#[derive(Debug, Clone)]
+pub struct Reach {
+    pub addr: SocketAddr,
+    /// A container's network namespace; `None` for a process on the node's loopback.
+    connector: Option<Arc<NetnsConnector>>,
+    pid: u32,
+    start_ticks: u64,
+}
+
+impl Reach {
+    /// The upstream peer for requests to this instance: its own connection pool (keyed to it,
+    /// so a later instance on the same address never gets its connections), and for a
+    /// container, connections made inside its network namespace.
+    pub fn peer(&self, connect_timeout: Duration) -> HttpPeer {
+        let mut peer = HttpPeer::new(self.addr, false, String::new());
+        peer.group_key = fastrand::u64(..);
+        peer.options.connection_timeout = Some(connect_timeout);
+        if let Some(connector) = &self.connector {
+            peer.options.custom_l4 = Some(connector.clone());
+        }
+        peer
+    }
+
+    /// Whether the instance's main process still runs (not a later process reusing its pid,
+    /// not a zombie waiting to be reaped).
+    pub fn alive(&self) -> bool {
+        crate::procfs::stat(self.pid).is_some_and(|s| s.start_ticks == self.start_ticks && s.state != 'Z')
+    }
+
+    /// Waits until the instance accepts connections, when it was not handed a listening socket;
+    /// `false` if it does not within `timeout`, or exits first.
+    pub async fn wait_listening(&self, timeout: Duration) -> bool {
+        match &self.connector {
+            None => crate::runtime::wait_listening(self.addr, timeout, || self.alive()).await,
+            Some(connector) => connector.wait_listening(self.addr, timeout, || self.alive()).await,
+        }
+    }
+}
