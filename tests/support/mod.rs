@@ -3,6 +3,8 @@
 //! HTTP/1.1 client, and bounded polling.
 #![allow(dead_code)]
 
+pub mod containerd;
+
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::os::unix::process::CommandExt;
@@ -304,6 +306,11 @@ impl Stack {
 
     /// Starts Wavelet `index` with its own state directory (kept across restarts).
     pub fn start_wavelet(&self, index: usize) -> Proc {
+        self.start_wavelet_with(index, &[])
+    }
+
+    /// The same, with more arguments (another runtime, say).
+    pub fn start_wavelet_with(&self, index: usize, extra: &[String]) -> Proc {
         let log =
             std::fs::OpenOptions::new().create(true).append(true).open(self.wavelet_log_path(index)).expect("log file");
         let mut command = wavelink();
@@ -311,13 +318,19 @@ impl Stack {
             .args(["wavelet", "--config"])
             .arg(&self.config)
             .args(["--index", &index.to_string(), "--state-dir"])
-            .arg(self.dir.0.join(format!("wavelet-{index}-state")))
+            .arg(self.wavelet_state_dir(index))
             .args(run_as_args())
+            .args(extra)
             .stdout(Stdio::null())
             .stderr(log);
         let proc = Proc::spawn("wavelet", &mut command);
         wait_until("wavelet ready", || ready(self.wavelets[index].1));
         proc
+    }
+
+    /// The state directory of Wavelet `index`.
+    pub fn wavelet_state_dir(&self, index: usize) -> PathBuf {
+        self.dir.0.join(format!("wavelet-{index}-state"))
     }
 
     pub fn wavelet_log_path(&self, index: usize) -> PathBuf {
@@ -335,9 +348,31 @@ impl Stack {
 }
 
 /// The value of one series in a Prometheus exposition at `admin`/metrics (0 when absent).
+/// `series` is a name with the labels that matter (`name{function="ns/f"}`); labels it does
+/// not name (such as `runtime`) may have any value.
 pub fn metric(admin: SocketAddr, series: &str) -> f64 {
     let text = get(admin, "admin", "/metrics").map(|r| r.text()).unwrap_or_default();
-    text.lines().find_map(|l| l.strip_prefix(series).and_then(|rest| rest.trim().parse().ok())).unwrap_or(0.0)
+    metric_in(&text, series)
+}
+
+pub fn metric_in(text: &str, series: &str) -> f64 {
+    let (name, wanted) = split_series(series);
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .find_map(|line| {
+            let (line_series, value) = line.rsplit_once(' ')?;
+            let (line_name, labels) = split_series(line_series);
+            (line_name == name && wanted.iter().all(|w| labels.contains(w))).then(|| value.parse().ok()).flatten()
+        })
+        .unwrap_or(0.0)
+}
+
+/// `name{a="1",b="2"}` into the name and its `a="1"` parts.
+fn split_series(series: &str) -> (&str, Vec<&str>) {
+    match series.split_once('{') {
+        Some((name, labels)) => (name, labels.trim_end_matches('}').split(',').filter(|l| !l.is_empty()).collect()),
+        None => (series, Vec::new()),
+    }
 }
 
 fn ready(admin: SocketAddr) -> bool {

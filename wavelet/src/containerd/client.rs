@@ -7,6 +7,7 @@ use std::time::Duration;
 use containerd_client::services::v1::containers_client::ContainersClient;
 use containerd_client::services::v1::content_client::ContentClient;
 use containerd_client::services::v1::images_client::ImagesClient;
+use containerd_client::services::v1::leases_client::LeasesClient;
 use containerd_client::services::v1::snapshots::snapshots_client::SnapshotsClient;
 use containerd_client::services::v1::tasks_client::TasksClient;
 use containerd_client::tonic::metadata::MetadataValue;
@@ -94,6 +95,20 @@ impl Containerd {
         let mut request = Request::new(message);
         request.metadata_mut().insert("containerd-namespace", self.namespace.clone());
         request
+    }
+
+    /// A request in our namespace whose new resources belong to `lease` (so containerd's
+    /// garbage collector leaves them alone until something references them).
+    pub fn leased<T>(&self, message: T, lease: &str) -> Request<T> {
+        let mut request = self.request(message);
+        if let Ok(lease) = lease.parse() {
+            request.metadata_mut().insert("containerd-lease", lease);
+        }
+        request
+    }
+
+    pub fn leases(&self) -> LeasesClient<Channel> {
+        LeasesClient::new(self.channel())
     }
 
     pub fn images(&self) -> ImagesClient<Channel> {

@@ -28,8 +28,9 @@ use std::time::{Duration, Instant};
 use containerd_client::services::v1::container::Runtime as ContainerRuntimeSpec;
 use containerd_client::services::v1::snapshots::{PrepareSnapshotRequest, RemoveSnapshotRequest};
 use containerd_client::services::v1::{
-    Container as ContainerRecord, CreateContainerRequest, CreateTaskRequest, DeleteContainerRequest, DeleteTaskRequest,
-    KillRequest, ListContainersRequest, StartRequest, WaitRequest,
+    Container as ContainerRecord, CreateContainerRequest, CreateRequest as LeaseCreateRequest, CreateTaskRequest,
+    DeleteContainerRequest, DeleteRequest as LeaseDeleteRequest, DeleteTaskRequest, KillRequest, ListContainersRequest,
+    ListRequest as LeaseListRequest, StartRequest, WaitRequest,
 };
 use containerd_client::tonic::{self, Code};
 use parking_lot::Mutex;
@@ -447,6 +448,32 @@ impl Inner {
             (FUNCTION_LABEL.to_owned(), def.id.to_string()),
         ]);
 
+        // A new active snapshot is garbage until a container references it: hold it in a lease
+        // until then (containerd collects unreferenced snapshots at any time).
+        let lease = LeaseCreateRequest { id: format!("{id}-create"), labels: labels.clone() };
+        let lease = self.client.leases().create(self.client.request(lease)).await.map_err(rpc("lease create"))?;
+        let lease = lease.into_inner().lease.map(|l| l.id).unwrap_or_default();
+        let created = self.create_in_lease(def, &id, &lease, labels, &image, &spec, phases).await;
+        let delete = LeaseDeleteRequest { id: lease, sync: false };
+        if let Err(e) = self.client.leases().delete(self.client.request(delete)).await {
+            warn!(instance = %id, error = %e.message(), "could not delete a creation lease");
+        }
+        created
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn create_in_lease(
+        &self,
+        def: &FunctionDef,
+        id: &str,
+        lease: &str,
+        labels: HashMap<String, String>,
+        image: &ImageInfo,
+        spec: &serde_json::Value,
+        mut phases: StartPhases,
+    ) -> Result<Container, ContainerError> {
+        let settings = &self.client.settings;
+        let id = id.to_owned();
         let step = Instant::now();
         let prepare = PrepareSnapshotRequest {
             snapshotter: settings.snapshotter.clone(),
@@ -454,8 +481,12 @@ impl Inner {
             parent: image.chain_id.clone(),
             labels: labels.clone(),
         };
-        let mounts =
-            self.client.snapshots().prepare(self.client.request(prepare)).await.map_err(rpc("snapshot prepare"))?;
+        let mounts = self
+            .client
+            .snapshots()
+            .prepare(self.client.leased(prepare, lease))
+            .await
+            .map_err(rpc("snapshot prepare"))?;
         phases.snapshot = step.elapsed();
 
         let step = Instant::now();
@@ -466,13 +497,13 @@ impl Inner {
             runtime: Some(ContainerRuntimeSpec { name: settings.runtime.clone(), options: runc_options(settings) }),
             spec: Some(Any {
                 type_url: "types.containerd.io/opencontainers/runtime-spec/1/Spec".to_owned(),
-                value: serde_json::to_vec(&spec).unwrap_or_default(),
+                value: serde_json::to_vec(spec).unwrap_or_default(),
             }),
             snapshotter: settings.snapshotter.clone(),
             snapshot_key: id.clone(),
             ..Default::default()
         };
-        let create = self.client.request(CreateContainerRequest { container: Some(record) });
+        let create = self.client.leased(CreateContainerRequest { container: Some(record) }, lease);
         if let Err(e) = self.client.containers().create(create).await {
             self.remove(&id).await;
             return Err(rpc("container create")(e));
@@ -502,7 +533,7 @@ impl Inner {
             id,
             pid,
             start_ticks,
-            addr: SocketAddr::from((Ipv4Addr::LOCALHOST, port)),
+            addr: SocketAddr::from((Ipv4Addr::LOCALHOST, def.spec.port)),
             started: Instant::now(),
             connector,
             phases,
@@ -548,6 +579,13 @@ impl Inner {
         for container in &containers {
             info!(instance = %container.id, "removing a container left by a previous Wavelet");
             self.remove(&container.id).await;
+        }
+        // Creation leases of a crash between snapshot and container (their snapshots go with them).
+        let filter = format!("labels.\"{OWNER_LABEL}\"=={}", self.owner);
+        let leases = self.client.leases().list(self.client.request(LeaseListRequest { filters: vec![filter] })).await;
+        for lease in leases.map(|l| l.into_inner().leases).unwrap_or_default() {
+            let delete = LeaseDeleteRequest { id: lease.id, sync: false };
+            let _ = self.client.leases().delete(self.client.request(delete)).await;
         }
         Ok(containers.len())
     }

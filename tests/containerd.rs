@@ -1,0 +1,201 @@
+//! End-to-end: Emergency Instances as containers of the function's image, through a private
+//! containerd (own root, state and socket in a temporary directory) with an image built by
+//! `wavelink image` from the compiled `wavelink-fn`. Every claim is checked in containerd (`ctr`)
+//! and /proc, not taken from the Wavelet. Skipped, saying why, where containerd cannot run.
+
+mod support;
+
+use std::collections::HashSet;
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::Signal;
+use support::containerd::{IMAGE, PrivateContainerd, containerd};
+use support::*;
+
+/// A function of the test image in a namespace of its own, with an env value only its spec sets.
+fn image_function(containerd: &PrivateContainerd, image: &str, annotations: &str) -> (String, String, String) {
+    let namespace = format!("ctr-{:06x}", nonce() & 0xff_ffff);
+    let yaml = format!(
+        "  - name: boxed\n    namespace: {namespace}\n    image: {image}\n    env: {{ FN_MESSAGE: spec-{ns} }}\n    annotations: {{ {annotations} }}\n",
+        ns = containerd.namespace
+    );
+    let host = format!("boxed.{namespace}.example.com");
+    (yaml, host, namespace)
+}
+
+fn assert_nothing_left(containerd: &PrivateContainerd, function_namespace: &str) {
+    wait_until("no task, container or instance snapshot left in containerd", || {
+        containerd.tasks().is_empty() && containerd.containers().is_empty() && containerd.active_snapshots().is_empty()
+    });
+    let marker = format!("WAVELINK_FUNCTION={function_namespace}/boxed");
+    assert!(processes_with_env(&marker).is_empty(), "an instance process outlived its container");
+}
+
+#[test]
+fn a_burst_without_regular_instances_is_served_by_containers_of_the_image_and_nothing_is_left_after() {
+    let Some(containerd) = containerd("containerd burst") else { return };
+    let (yaml, host, namespace) = image_function(
+        &containerd,
+        IMAGE,
+        "wavelink.dev/container-concurrency: \"1\", wavelink.dev/emergency-keepalive: 1s, wavelink.dev/queue-timeout: 60s",
+    );
+    let stack = Stack::new(&yaml, &[64]);
+    let mut wavelet = stack.start_wavelet_with(0, &containerd.wavelet_args());
+    let _proxy = stack.start_proxy();
+
+    let results = burst_with(stack.proxy_listen, &host, "/?sleep=200", 50, "");
+    let mut instances = HashSet::new();
+    let expected_message = format!("spec-{}", containerd.namespace);
+    for (response, _) in &results {
+        assert_eq!(response.status, 200, "{}", response.text());
+        assert_eq!(response.header("x-wavelink-track"), Some("emergency"));
+        assert_eq!(response.header("x-wavelink-message"), Some(expected_message.as_str()), "the spec's env");
+        assert_eq!(response.header("x-wavelink-in-flight"), Some("1"), "an instance served two at once");
+        instances.insert(response.header("x-wavelink-instance").expect("instance id").to_owned());
+    }
+    assert!(instances.len() > 1, "a burst of 50 at concurrency 1 needs many containers");
+    // Each instance that answered was a container of this containerd (ids are container ids).
+    let spawned = stack.wavelet_metric(0, "wavelink_emergency_instances_spawned_total{runtime=\"containerd\"}");
+    assert!(spawned >= instances.len() as f64, "{spawned} started, {} answered", instances.len());
+
+    // Idle instances go after the keepalive; what stays is at most the prepared ones.
+    wait_until("idle containers destroyed", || stack.wavelet_metric(0, "wavelink_wavelet_instances") == 0.0);
+    wait_until("only prepared containers remain", || containerd.tasks().len() <= 2);
+
+    wavelet.signal(Signal::SIGTERM);
+    assert!(wavelet.wait_timeout(PATIENCE).is_some_and(|s| s.success()), "{}", stack.wavelet_log(0));
+    assert_nothing_left(&containerd, &namespace);
+}
+
+#[test]
+fn a_wavelet_killed_mid_burst_leaves_containers_that_its_restart_removes() {
+    let Some(containerd) = containerd("containerd crash") else { return };
+    let (yaml, host, namespace) = image_function(
+        &containerd,
+        IMAGE,
+        "wavelink.dev/container-concurrency: \"1\", wavelink.dev/emergency-keepalive: 30s, wavelink.dev/queue-timeout: 5s",
+    );
+    let stack = Stack::new(&yaml, &[64]);
+    let wavelet = stack.start_wavelet_with(0, &containerd.wavelet_args());
+    let _proxy = stack.start_proxy();
+
+    let proxy = stack.proxy_listen;
+    let client_host = host.clone();
+    // Clients whose Wavelet dies under them get an error; only what containerd keeps matters here.
+    let clients = std::thread::spawn(move || {
+        let threads: Vec<_> = (0..20)
+            .map(|_| {
+                let host = client_host.clone();
+                std::thread::spawn(move || get(proxy, &host, "/?sleep=3000").map(|r| r.status).ok())
+            })
+            .collect();
+        threads.into_iter().map(|t| t.join().ok().flatten()).collect::<Vec<_>>()
+    });
+    wait_until("containers running", || containerd.tasks().len() >= 5);
+    wavelet.signal(Signal::SIGKILL);
+    drop(wavelet);
+    let _ = clients.join();
+    assert!(!containerd.containers().is_empty(), "a killed Wavelet cannot clean up after itself");
+
+    let _restarted = stack.start_wavelet_with(0, &containerd.wavelet_args());
+    assert!(stack.wavelet_log(0).contains("removed_orphans"), "{}", stack.wavelet_log(0));
+    assert_nothing_left(&containerd, &namespace);
+    // And the restarted Wavelet serves.
+    let response = get(stack.proxy_listen, &host, "/").expect("request after the restart");
+    assert_eq!(response.status, 200, "{}", response.text());
+}
+
+#[test]
+fn an_instance_sees_nothing_of_the_wavelet_reaches_no_other_instance_and_can_only_kill_itself() {
+    let Some(containerd) = containerd("containerd isolation") else { return };
+    let (yaml, host, _namespace) = image_function(
+        &containerd,
+        IMAGE,
+        "wavelink.dev/container-concurrency: \"1\", wavelink.dev/emergency-keepalive: 60s",
+    );
+    let stack = Stack::new(&yaml, &[8]);
+    let secret = stack.dir.0.join("token");
+    std::fs::write(&secret, "wavelet-secret").expect("token file");
+    let _wavelet = stack.start_wavelet_with(0, &containerd.wavelet_args());
+    let _proxy = stack.start_proxy();
+
+    // Two instances at once, so there is a neighbour to try to reach.
+    let results = burst_with(stack.proxy_listen, &host, "/?sleep=500", 2, "");
+    let ids: Vec<String> =
+        results.iter().map(|(r, _)| r.header("x-wavelink-instance").expect("instance id").to_owned()).collect();
+    assert_ne!(ids[0], ids[1], "two instances");
+    let (a, b) = (&ids[0], &ids[1]);
+    // The exit code of a shell script run inside an instance (a signal is a failure of the test).
+    let sh = |id: &str, script: &str| {
+        let out = containerd.exec(id, &["/bin/busybox", "sh", "-c", script]);
+        let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        let code = out.status.code().unwrap_or_else(|| panic!("`{script}` was killed: {text}"));
+        assert!(code < 128, "`{script}` died of a signal ({code}): {text}");
+        (code, text)
+    };
+    let wget =
+        |id: &str, url: &str| sh(id, &format!("/bin/busybox timeout 10 /bin/busybox wget -q -O /dev/null {url}"));
+
+    // No file of the Wavelet's: its state directory, its config, a token beside them.
+    assert_eq!(sh(a, "/bin/busybox test -e /bin/busybox").0, 0, "the probe itself works");
+    for path in [stack.wavelet_state_dir(0), stack.config.clone(), secret.clone()] {
+        let (code, _) = sh(a, &format!("/bin/busybox test -e '{}'", path.display()));
+        assert_eq!(code, 1, "{} is visible inside an instance", path.display());
+    }
+    let (_, mounts) = sh(a, "/bin/busybox cat /proc/self/mounts");
+    assert!(mounts.contains(" / overlay"), "the root is the image's snapshot: {mounts}");
+    assert!(!mounts.contains("wavelink-test-stack"), "a Wavelet directory is mounted: {mounts}");
+
+    // Its own network: only loopback; the Wavelet's and proxy's ports and the neighbour are
+    // unreachable. Its own port answers (the probe shows connecting works at all).
+    let (_, links) = sh(a, "/bin/busybox ip -o link");
+    assert_eq!(links.lines().count(), 1, "only lo: {links}");
+    let (own, said) = wget(a, "http://127.0.0.1:8080/");
+    assert_eq!(own, 0, "the instance reaches its own port: {said}");
+    for target in [stack.wavelets[0].0, stack.wavelets[0].1, stack.proxy_listen, stack.proxy_admin] {
+        let (code, said) = wget(a, &format!("http://{target}/"));
+        assert_eq!(code, 1, "{target} is reachable from inside an instance: {said}");
+    }
+
+    // Signals reach only its own processes: every one of them (-1), then its init (the function,
+    // which stops on SIGTERM); the Wavelet notices the exit and destroys the container.
+    let wavelet_pid = _wavelet.pid();
+    let _ = containerd
+        .exec(a, &["/bin/busybox", "sh", "-c", "trap '' TERM; /bin/busybox kill -TERM -1; /bin/busybox kill -TERM 1"]);
+    assert!(procfs_alive(wavelet_pid), "the Wavelet survived an instance's kill -1");
+    wait_until("the instance that killed itself is gone", || {
+        !containerd.tasks().contains(a) || task_stopped(&containerd, a)
+    });
+    assert!(containerd.tasks().contains(b) && !task_stopped(&containerd, b), "the neighbour still runs");
+    let response = get(stack.proxy_listen, &host, "/").expect("request");
+    assert_eq!(response.status, 200, "the Wavelet still serves: {}", response.text());
+}
+
+fn procfs_alive(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .is_ok_and(|s| s.rfind(')').is_some_and(|i| !s[i + 2..].starts_with('Z')))
+}
+
+fn task_stopped(containerd: &PrivateContainerd, id: &str) -> bool {
+    let out = containerd.ctr(&["tasks", "ls"]);
+    String::from_utf8_lossy(&out.stdout).lines().any(|l| l.starts_with(id) && l.contains("STOPPED"))
+}
+
+#[test]
+fn a_function_whose_image_does_not_exist_gets_a_quick_answer_naming_the_image() {
+    let Some(containerd) = containerd("containerd missing image") else { return };
+    let (yaml, host, _) =
+        image_function(&containerd, "localhost/no-such-image:7", "wavelink.dev/container-concurrency: \"1\"");
+    let stack = Stack::new(&yaml, &[8]);
+    let _wavelet = stack.start_wavelet_with(0, &containerd.wavelet_args());
+    let _proxy = stack.start_proxy();
+    for _ in 0..3 {
+        let started = Instant::now();
+        let response = get(stack.proxy_listen, &host, "/").expect("request");
+        assert!(started.elapsed() < Duration::from_secs(1), "took {:?}", started.elapsed());
+        assert!(response.status >= 500, "{} {}", response.status, response.text());
+        assert!(response.text().contains("localhost/no-such-image:7"), "{}", response.text());
+    }
+    assert!(containerd.containers().is_empty());
+    assert!(stack.wavelet_log(0).contains("localhost/no-such-image:7"), "the log names the image");
+}
