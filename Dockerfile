@@ -8,8 +8,9 @@
 # same way `make build` does (`cargo build --release --locked`).
 ARG RUST_VERSION=1.95
 FROM rust:${RUST_VERSION}-bookworm AS build
-# Pingora's zlib-ng build needs cmake (scripts/deps.sh installs it on a fresh machine).
-RUN apt-get update && apt-get install -y --no-install-recommends cmake && rm -rf /var/lib/apt/lists/*
+# Pingora's zlib-ng build needs cmake, containerd's gRPC API protoc (scripts/deps.sh installs
+# both on a fresh machine).
+RUN apt-get update && apt-get install -y --no-install-recommends cmake protobuf-compiler && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 COPY Cargo.toml Cargo.lock ./
 COPY core/Cargo.toml core/

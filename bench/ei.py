@@ -148,10 +148,10 @@ functions:
 
 def spawn_rate(stack):
     """Instances started per second with wrk: every request to `cold` starts one."""
-    before = metric(stack.wavelet_admin, 'wavelink_emergency_instances_spawned_total{function="default/cold"}')
+    before = metric(stack.wavelet_admin, 'wavelink_emergency_instances_spawned_total{function="default/cold",runtime="process"}')
     out = subprocess.run(["wrk", "-t2", "-c16", f"-d{DURATION}s", "-H", "x-wavelink-function: default/cold",
                           f"http://127.0.0.1:{stack.wavelet}/"], capture_output=True, text=True, check=True).stdout
-    after = metric(stack.wavelet_admin, 'wavelink_emergency_instances_spawned_total{function="default/cold"}')
+    after = metric(stack.wavelet_admin, 'wavelink_emergency_instances_spawned_total{function="default/cold",runtime="process"}')
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
     errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
     return rps, after - before, int(errors.group(1)) if errors else 0
@@ -178,7 +178,7 @@ def main():
             runs["cold"].append(first_byte(stack.proxy, host("cold")))
             runs["warm"].append(first_byte(stack.proxy, host("warm")))
             runs["regular"].append(first_byte(stack.proxy, host("regular")))
-        first_bytes = metric(stack.wavelet_admin, 'wavelink_emergency_spawn_to_first_byte_seconds_count{function="default/cold"}')
+        first_bytes = metric(stack.wavelet_admin, 'wavelink_emergency_spawn_to_first_byte_seconds_count{function="default/cold",runtime="process"}')
         rate_cgroup = spawn_rate(stack)
     finally:
         stack.stop()

@@ -9,11 +9,11 @@ use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
-use support::containerd::{IMAGE, PrivateContainerd, containerd};
+use support::containerd::{IMAGE, TestContainerd, containerd};
 use support::*;
 
 /// A function of the test image in a namespace of its own, with an env value only its spec sets.
-fn image_function(containerd: &PrivateContainerd, image: &str, annotations: &str) -> (String, String, String) {
+fn image_function(containerd: &TestContainerd, image: &str, annotations: &str) -> (String, String, String) {
     let namespace = format!("ctr-{:06x}", nonce() & 0xff_ffff);
     let yaml = format!(
         "  - name: boxed\n    namespace: {namespace}\n    image: {image}\n    env: {{ FN_MESSAGE: spec-{ns} }}\n    annotations: {{ {annotations} }}\n",
@@ -23,7 +23,7 @@ fn image_function(containerd: &PrivateContainerd, image: &str, annotations: &str
     (yaml, host, namespace)
 }
 
-fn assert_nothing_left(containerd: &PrivateContainerd, function_namespace: &str) {
+fn assert_nothing_left(containerd: &TestContainerd, function_namespace: &str) {
     wait_until("no task, container or instance snapshot left in containerd", || {
         containerd.tasks().is_empty() && containerd.containers().is_empty() && containerd.active_snapshots().is_empty()
     });
@@ -176,7 +176,7 @@ fn procfs_alive(pid: u32) -> bool {
         .is_ok_and(|s| s.rfind(')').is_some_and(|i| !s[i + 2..].starts_with('Z')))
 }
 
-fn task_stopped(containerd: &PrivateContainerd, id: &str) -> bool {
+fn task_stopped(containerd: &TestContainerd, id: &str) -> bool {
     let out = containerd.ctr(&["tasks", "ls"]);
     String::from_utf8_lossy(&out.stdout).lines().any(|l| l.starts_with(id) && l.contains("STOPPED"))
 }
@@ -198,4 +198,41 @@ fn a_function_whose_image_does_not_exist_gets_a_quick_answer_naming_the_image() 
     }
     assert!(containerd.containers().is_empty());
     assert!(stack.wavelet_log(0).contains("localhost/no-such-image:7"), "the log names the image");
+}
+
+#[test]
+fn an_image_absent_from_the_node_is_pulled_in_the_background_while_requests_are_answered_at_once() {
+    let Some(containerd) = containerd("containerd pull") else { return };
+    // In k8s.io the Wavelet pulls absent images through the CRI image service, as kubelet would.
+    // This containerd has no CRI plugin (and this machine no registry), so the pull fails: what
+    // is checked is that nobody waits for it and that the failure is reported by name.
+    let (yaml, host, _) = image_function(&containerd, "localhost/pulled-later:3", "wavelink.dev/queue-timeout: 10s");
+    let stack = Stack::new(&yaml, &[8]);
+    let mut args = containerd.wavelet_args();
+    let namespace = args.iter().position(|a| a == "--containerd-namespace").expect("namespace flag") + 1;
+    args[namespace] = "k8s.io".into();
+    let _wavelet = stack.start_wavelet_with(0, &args);
+    let _proxy = stack.start_proxy();
+
+    let started = Instant::now();
+    let first = get(stack.proxy_listen, &host, "/").expect("request");
+    assert!(started.elapsed() < Duration::from_secs(1), "waited {:?} for a pull", started.elapsed());
+    assert_eq!(first.status, 503, "{}", first.text());
+    assert!(first.header("retry-after").is_some());
+    assert!(first.text().contains("image"), "{}", first.text());
+
+    wait_until("the pull is reported", || stack.wavelet_log(0).contains("pulling the image failed"));
+    assert!(
+        stack.wavelet_log(0).contains("docker.io/library/pulled-later:3")
+            || stack.wavelet_log(0).contains("localhost/pulled-later:3")
+    );
+    let started = Instant::now();
+    let after = get(stack.proxy_listen, &host, "/").expect("request");
+    assert!(started.elapsed() < Duration::from_secs(1));
+    assert!(
+        after.status >= 500 && after.text().contains("localhost/pulled-later:3"),
+        "{} {}",
+        after.status,
+        after.text()
+    );
 }

@@ -3,6 +3,7 @@
 
 use std::path::Path;
 
+use wavelink_core::container::OWNER_LABEL;
 use wavelink_core::spec::{ANNOTATIONS, FUNCTION_LABEL, annotation_key, markdown_table};
 
 fn read(path: &str) -> String {
@@ -36,7 +37,7 @@ fn every_documented_key_is_known_to_the_code() {
                 .take_while(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '/' | '-' | '*'))
                 .collect();
             let key = key.trim_end_matches(['.', '-']);
-            if key == "wavelink.dev/" || key.ends_with('*') || key == FUNCTION_LABEL {
+            if key == "wavelink.dev/" || key.ends_with('*') || key == FUNCTION_LABEL || key == OWNER_LABEL {
                 continue;
             }
             assert!(annotation_key(key).is_some(), "{path} mentions {key}, which the code does not know");

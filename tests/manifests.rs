@@ -207,10 +207,10 @@ fn the_dockerfile_builds_the_binary_the_way_make_build_does() {
             "no stub source for {member}"
         );
     }
-    // cmake, as scripts/deps.sh installs it for Pingora's zlib-ng.
-    assert!(
-        read("scripts/deps.sh").contains("cmake") && dockerfile.contains("install -y --no-install-recommends cmake")
-    );
+    // cmake and protoc, as scripts/deps.sh installs them for Pingora's zlib-ng and containerd's API.
+    let deps = read("scripts/deps.sh");
+    assert!(deps.contains("cmake") && deps.contains("protobuf-compiler"));
+    assert!(dockerfile.contains("install -y --no-install-recommends cmake protobuf-compiler"));
     // A toolchain at least as new as the workspace's rust-version.
     let image_version = dockerfile.lines().find_map(|l| l.strip_prefix("ARG RUST_VERSION=")).expect("ARG RUST_VERSION");
     assert!(version_at_least(image_version, &cargo_toml.rust_version), "{image_version} < {}", cargo_toml.rust_version);
@@ -221,10 +221,24 @@ fn the_dockerfile_builds_the_binary_the_way_make_build_does() {
     assert!(runtime.contains("COPY --from=build /src/target/release/wavelink /usr/local/bin/wavelink"));
     let user = runtime.lines().find_map(|l| l.strip_prefix("USER ")).expect("USER");
     assert!(!user.starts_with("0") && !user.starts_with("root"), "runs as {user}");
-    // The manifests run the image as that user.
+    // The manifests run the image as that user; only the Wavelet runs as root (containerd's
+    // socket is root's), with every capability dropped but the two it needs.
     for (file, value) in documents() {
-        if let Some(user_id) = value["spec"]["template"]["spec"]["securityContext"]["runAsUser"].as_i64() {
+        let pod = &value["spec"]["template"]["spec"];
+        if let Some(user_id) = pod["securityContext"]["runAsUser"].as_i64() {
             assert_eq!(user.split(':').next(), Some(user_id.to_string().as_str()), "{file}");
+        }
+        for container in pod["containers"].as_array().into_iter().flatten() {
+            let security = &container["securityContext"];
+            if security["runAsUser"].as_i64() == Some(0) {
+                assert_eq!(container["name"], "wavelet", "{file}: only the Wavelet runs as root");
+                assert_eq!(security["allowPrivilegeEscalation"], false, "{file}");
+                assert_eq!(security["capabilities"]["drop"], serde_json::json!(["ALL"]), "{file}");
+                assert_eq!(security["capabilities"]["add"], serde_json::json!(["SYS_ADMIN", "SYS_PTRACE"]), "{file}");
+                assert!(security.get("privileged").is_none_or(|p| p == false), "{file}: not privileged");
+            } else if !pod["securityContext"]["runAsUser"].is_i64() {
+                panic!("{file}: container {} sets no user", container["name"]);
+            }
         }
     }
     // target/ and .git stay out of the build context.

@@ -5,6 +5,10 @@
 //! `args` alone replaces Cmd; the spec's `env` overrides the image's), so an EI started from a
 //! function's Deployment runs exactly what its pods run.
 
+/// Label on every container a Wavelet creates: which Wavelet owns it (so a restarted one finds
+/// what its predecessor left). Containers also carry [`crate::spec::FUNCTION_LABEL`].
+pub const OWNER_LABEL: &str = "wavelink.dev/owner";
+
 /// What a function's instances run when they are containers.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct ContainerTemplate {

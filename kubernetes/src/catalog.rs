@@ -314,6 +314,52 @@ mod tests {
     }
 
     #[test]
+    fn an_emergency_instance_takes_image_command_env_user_and_limits_from_the_pod_template() {
+        use k8s_openapi::api::core::v1::{EnvVar, EnvVarSource, ResourceRequirements, SecurityContext};
+        use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+        let mut d = deployment("boxed", Some("boxed"), &[]);
+        let pod = d.spec.as_mut().and_then(|s| s.template.spec.as_mut()).unwrap();
+        pod.security_context =
+            Some(PodSecurityContext { run_as_user: Some(1000), run_as_group: Some(1000), ..Default::default() });
+        let container = &mut pod.containers[0];
+        container.image = Some("registry.example/app:v3".into());
+        container.working_dir = Some("/srv".into());
+        container.env = Some(vec![
+            EnvVar { name: "GREETING".into(), value: Some("hi".into()), value_from: None },
+            EnvVar { name: "EMPTY".into(), value: None, value_from: None },
+            EnvVar { name: "SECRET".into(), value: None, value_from: Some(EnvVarSource::default()) },
+        ]);
+        container.security_context = Some(SecurityContext { run_as_user: Some(2000), ..Default::default() });
+        container.resources = Some(ResourceRequirements {
+            limits: Some(BTreeMap::from([
+                ("memory".to_owned(), Quantity("256Mi".into())),
+                ("cpu".to_owned(), Quantity("500m".into())),
+            ])),
+            ..Default::default()
+        });
+        let f = function_of(&d).unwrap().unwrap();
+        let template = f.def.container.expect("an image makes a container template");
+        assert_eq!(template.image, "registry.example/app:v3");
+        assert_eq!(
+            (template.command.as_slice(), template.args.as_slice()),
+            (&["wavelink".to_owned()][..], &["fn".to_owned()][..])
+        );
+        assert_eq!(template.working_dir.as_deref(), Some("/srv"));
+        assert_eq!(
+            (template.run_as_user, template.run_as_group),
+            (Some(2000), Some(1000)),
+            "the container's user wins"
+        );
+        assert_eq!((template.memory_limit, template.cpu_limit_millis), (Some(256 << 20), Some(500)));
+        assert_eq!(
+            f.def.env,
+            [("GREETING".to_owned(), "hi".to_owned()), ("EMPTY".to_owned(), String::new())],
+            "literal values only; valueFrom is not resolved"
+        );
+        assert!(function_of(&deployment("no-image", Some("x"), &[])).unwrap().unwrap().def.container.is_none());
+    }
+
+    #[test]
     fn a_bad_annotation_rejects_that_function_only_and_names_key_value_and_range() {
         let good = deployment("a", Some("a"), &[]);
         let bad = deployment("b", Some("b"), &[(keys::CONTAINER_CONCURRENCY, "0")]);

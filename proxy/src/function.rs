@@ -392,12 +392,15 @@ impl SlotGuard {
         }
     }
 
-    /// The Wavelet of an emergency slot said it is full: keep the emergency slot but move it to
-    /// another Wavelet, not one of `tried`. False when none is left.
-    pub fn move_to_another_wavelet(&mut self, tried: &[SocketAddr]) -> bool {
+    /// The Wavelet of an emergency slot turned the request away or could not be reached: keep
+    /// the emergency slot but move it to another Wavelet, not one of `tried` (with `mark_full`,
+    /// the old one is skipped by every function for a moment). False when none is left.
+    pub fn move_to_another_wavelet(&mut self, tried: &[SocketAddr], mark_full: bool) -> bool {
         let Slot::Emergency(current) = &self.slot else { return false };
         let wavelets = self.function.links.wavelets.load();
-        wavelets.mark_full(current);
+        if mark_full {
+            wavelets.mark_full(current);
+        }
         match wavelets.take(tried) {
             Some(next) => {
                 current.release();
@@ -499,12 +502,12 @@ mod tests {
         let mut slot = f.try_acquire().unwrap();
         let Slot::Emergency(first) = slot.slot() else { panic!("emergency slot expected") };
         let first = first.addr;
-        assert!(slot.move_to_another_wavelet(&[first]));
+        assert!(slot.move_to_another_wavelet(&[first], true));
         let Slot::Emergency(second) = slot.slot() else { panic!("emergency slot expected") };
         assert_ne!(second.addr, first);
         assert_eq!(f.load.emergency.now(), 1);
         let second = second.addr;
-        assert!(!slot.move_to_another_wavelet(&[first, second]), "no third Wavelet");
+        assert!(!slot.move_to_another_wavelet(&[first, second], true), "no third Wavelet");
         drop(slot);
         assert!(f.links.wavelets.load().targets().iter().all(|w| w.in_flight() == 0));
         assert_eq!(f.load.emergency.now(), 0);

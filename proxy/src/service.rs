@@ -24,7 +24,7 @@ use pingora_core::{Error, ErrorType, Result};
 use pingora_http::{RequestHeader, ResponseHeader};
 use pingora_proxy::{FailToProxy, ProxyHttp, Session};
 use wavelink_core::function::host_without_port;
-use wavelink_core::wire::{FUNCTION_HEADER, TRACK_HEADER, WAVELET_FULL, WAVELET_HEADER};
+use wavelink_core::wire::{FUNCTION_HEADER, TRACK_HEADER, WAVELET_FULL, WAVELET_HEADER, WAVELET_UNAVAILABLE};
 use wavelink_server::health::{PROBE_HEADER, ProbeToken};
 use wavelink_server::respond::respond;
 
@@ -49,8 +49,9 @@ pub struct RequestCtx {
     /// The track of the slot the request was last sent on.
     track: Track,
     connect_failures: u8,
-    /// The Wavelet answered "full": move the emergency slot to another one.
-    wavelet_full: bool,
+    /// The Wavelet turned the request away without running it ("full" or "unavailable"):
+    /// move the emergency slot to another one.
+    wavelet_refused: Option<Refusal>,
     /// Wavelets already tried for this request (empty, and not allocated, unless one failed).
     tried_wavelets: Vec<SocketAddr>,
 }
@@ -74,7 +75,7 @@ impl ProxyHttp for Ingress {
             slot: None,
             track: Track::None,
             connect_failures: 0,
-            wavelet_full: false,
+            wavelet_refused: None,
             tried_wavelets: Vec::new(),
         }
     }
@@ -139,12 +140,16 @@ impl ProxyHttp for Ingress {
     }
 
     async fn upstream_peer(&self, _session: &mut Session, ctx: &mut RequestCtx) -> Result<Box<HttpPeer>> {
-        if std::mem::take(&mut ctx.wavelet_full)
+        if let Some(refusal) = ctx.wavelet_refused.take()
             && let Some(slot) = &mut ctx.slot
-            && !move_to_another_wavelet(slot, &mut ctx.tried_wavelets)
+            && !move_to_another_wavelet(slot, &mut ctx.tried_wavelets, refusal == Refusal::Full)
         {
             ctx.slot = None;
-            return Error::e_explain(ErrorType::HTTPStatus(503), "every Wavelet is at its instance cap");
+            let why = match refusal {
+                Refusal::Full => "every Wavelet is at its instance cap",
+                Refusal::Unavailable => "no Wavelet can start this function now (its image is not on their nodes yet)",
+            };
+            return Error::e_explain(ErrorType::HTTPStatus(503), why);
         }
         if ctx.slot.is_none() {
             // A retry after a refused connection: only a slot free right now will do.
@@ -179,13 +184,16 @@ impl ProxyHttp for Ingress {
         response: &mut ResponseHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
-        let full = ctx.track == Track::Emergency
-            && response.status == http::StatusCode::SERVICE_UNAVAILABLE
-            && response.headers.get(WAVELET_HEADER).is_some_and(|v| v.as_bytes() == WAVELET_FULL.as_bytes());
-        if full {
+        let refusal = match response.headers.get(WAVELET_HEADER).map(|v| v.as_bytes()) {
+            _ if ctx.track != Track::Emergency || response.status != http::StatusCode::SERVICE_UNAVAILABLE => None,
+            Some(v) if v == WAVELET_FULL.as_bytes() => Some(Refusal::Full),
+            Some(v) if v == WAVELET_UNAVAILABLE.as_bytes() => Some(Refusal::Unavailable),
+            _ => None,
+        };
+        if let Some(refusal) = refusal {
             // Nothing has gone to the client yet: try the request on another Wavelet.
-            ctx.wavelet_full = true;
-            let mut e = Error::explain(ErrorType::Custom("wavelet full"), "the Wavelet is at its instance cap");
+            ctx.wavelet_refused = Some(refusal);
+            let mut e = Error::explain(ErrorType::Custom("wavelet refused"), "the Wavelet cannot take the request");
             e.set_retry(true);
             return Err(e);
         }
@@ -214,7 +222,8 @@ impl ProxyHttp for Ingress {
         // Nothing reached the instance or Wavelet, so another one may take the request.
         ctx.connect_failures += 1;
         if ctx.connect_failures <= CONNECT_RETRIES {
-            let keep = ctx.slot.as_mut().is_some_and(|slot| move_to_another_wavelet(slot, &mut ctx.tried_wavelets));
+            let keep =
+                ctx.slot.as_mut().is_some_and(|slot| move_to_another_wavelet(slot, &mut ctx.tried_wavelets, true));
             if !keep {
                 ctx.slot = None;
             }
@@ -232,7 +241,7 @@ impl ProxyHttp for Ingress {
         client_reused: bool,
     ) -> Box<Error> {
         let mut e = e.more_context(format!("Peer: {peer}"));
-        if ctx.wavelet_full {
+        if ctx.wavelet_refused.is_some() {
             // The Wavelet refused the request without running it: safe to send again if the
             // body can be replayed, whatever the method.
             e.set_retry(!session.as_ref().retry_buffer_truncated());
@@ -281,12 +290,21 @@ impl ProxyHttp for Ingress {
     }
 }
 
-/// Moves an emergency slot off a Wavelet that failed it; false for a regular slot or when no
-/// other Wavelet is left.
-fn move_to_another_wavelet(slot: &mut SlotGuard, tried: &mut Vec<SocketAddr>) -> bool {
+/// How a Wavelet turned a request away (its `x-wavelink-wavelet` answer).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Refusal {
+    /// At its node cap: no function can start there for a moment.
+    Full,
+    /// This function cannot start there yet (its image is being pulled); others can.
+    Unavailable,
+}
+
+/// Moves an emergency slot off a Wavelet that failed it (marking that Wavelet full for every
+/// function when `mark_full`); false for a regular slot or when no other Wavelet is left.
+fn move_to_another_wavelet(slot: &mut SlotGuard, tried: &mut Vec<SocketAddr>, mark_full: bool) -> bool {
     let Slot::Emergency(current) = slot.slot() else { return false };
     tried.push(current.addr);
-    slot.move_to_another_wavelet(tried)
+    slot.move_to_another_wavelet(tried, mark_full)
 }
 
 /// Waits for a slot; `None` if the client hung up meanwhile. The hang-up can only be watched

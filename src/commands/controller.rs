@@ -13,9 +13,13 @@ use wavelink_controller::{Controller, ControllerServer};
 use wavelink_core::config::{BackendKind, ControllerConfig};
 
 use wavelink_kubernetes::LeaderElector;
+use wavelink_wavelet::containerd::ContainerdRuntime;
+use wavelink_wavelet::instance::Runtime;
+use wavelink_wavelet::runtime::PortRange;
+use wavelink_wavelet::server::owner_id;
 
 use super::cluster::{Cluster, namespaced_name};
-use super::{RuntimeArgs, load_config, parse_duration};
+use super::{ContainerdArgs, RuntimeArgs, load_config, parse_duration};
 
 /// Instance ports of the local backend, by default.
 pub const DEFAULT_PORTS: (u16, u16) = (30000, 31999);
@@ -42,6 +46,8 @@ pub struct ControllerArgs {
     identity: Option<String>,
     #[command(flatten)]
     runtime: RuntimeArgs,
+    #[command(flatten)]
+    containerd: ContainerdArgs,
 }
 
 pub fn run(args: ControllerArgs) -> anyhow::Result<()> {
@@ -62,18 +68,34 @@ pub fn run(args: ControllerArgs) -> anyhow::Result<()> {
     let ControllerConfig { backend, admin, ri_start_delay, scrape_interval, decide_interval } = settings;
     match backend {
         BackendKind::Local => {
-            let runtime = args.runtime.settings("controller", admin.port(), DEFAULT_PORTS);
-            let (runtime, state) =
-                wavelink_wavelet::setup::prepare("ri", &runtime).context("setting up the local backend")?;
+            let settings = args.runtime.settings("controller", admin.port(), DEFAULT_PORTS);
+            let (process, state) =
+                wavelink_wavelet::setup::prepare("ri", &settings).context("setting up the local backend")?;
+            let runtime = match args.containerd.settings() {
+                None => Runtime::Process(process),
+                Some(mut containerd) => {
+                    // An RI becomes routable only after the modelled pod start: nothing to gain
+                    // from prepared containers.
+                    containerd.prepared_per_function = 0;
+                    let (first, last) = settings.port_range;
+                    let ports = PortRange::new(first, last).map_err(anyhow::Error::msg)?;
+                    let owner = owner_id(None, &settings.state_dir);
+                    let runtime = ContainerdRuntime::open("ri", Some(ports), containerd, owner, settings.memory_max)
+                        .context("setting up the local backend's containerd runtime")?;
+                    Runtime::Containerd(runtime)
+                }
+            };
+            let kind = runtime.kind();
             let local = LocalBackend::new(
-                std::sync::Arc::new(runtime),
+                Arc::new(runtime),
                 state,
                 proxies.clone(),
                 ri_start_delay,
                 functions,
                 metrics.clone(),
             );
-            tracing::info!(ri_start_delay = ?ri_start_delay, proxies = ?proxies, "local backend: RIs are processes, routable after the start delay");
+            tracing::info!(ri_start_delay = ?ri_start_delay, proxies = ?proxies, runtime = kind,
+                           "local backend: RIs are routable after the start delay");
             let controller =
                 Arc::new(Controller::new(Arc::new(local.clone()), proxies, metrics, scrape_interval, decide_interval));
             let server = ControllerServer::new(controller, admin, Arc::new(move || local.destroy_all()));

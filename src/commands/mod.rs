@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use wavelink_core::LocalConfig;
+use wavelink_wavelet::containerd::ContainerdSettings;
 use wavelink_wavelet::setup::RuntimeSettings;
 
 pub fn load_config(path: &Path) -> anyhow::Result<LocalConfig> {
@@ -72,5 +73,64 @@ impl RuntimeArgs {
             memory_max: (self.memory_max > 0).then_some(self.memory_max),
             port_range: self.port_range.unwrap_or(default_ports),
         }
+    }
+}
+
+/// How instances run (Emergency Instances on a Wavelet, Regular Instances of the local backend).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum RuntimeKind {
+    /// A process group of the function's command on this node (the embedded default).
+    Process,
+    /// The function's own container image, through containerd (what a cluster node runs).
+    Containerd,
+}
+
+#[derive(Debug, Clone, clap::Args)]
+#[command(next_help_heading = "Instance runtime")]
+pub struct ContainerdArgs {
+    /// How instances run: `process` (the function's command, here) or `containerd` (its image,
+    /// as a container with a pod's isolation; functions need an image). `wavelink up` passes
+    /// it (through the environment) to the Wavelet and the controller alike.
+    #[arg(long, env = "WAVELINK_RUNTIME", default_value = "process", value_name = "RUNTIME")]
+    pub runtime: RuntimeKind,
+    /// containerd's socket.
+    #[arg(
+        long,
+        env = "WAVELINK_CONTAINERD_SOCKET",
+        default_value = "/run/containerd/containerd.sock",
+        value_name = "PATH"
+    )]
+    pub containerd_socket: PathBuf,
+    /// containerd namespace for instances and images: k8s.io on a Kubernetes node, so images
+    /// kubelet pulled are found (and absent ones are pulled through the CRI image service).
+    #[arg(long, env = "WAVELINK_CONTAINERD_NAMESPACE", default_value = "k8s.io", value_name = "NAME")]
+    pub containerd_namespace: String,
+    /// containerd snapshotter for instances' root file systems.
+    #[arg(long, default_value = "overlayfs", value_name = "NAME")]
+    pub snapshotter: String,
+    /// OCI runtime binary the runc shim calls (runc, crun) [default: the shim's, runc].
+    #[arg(long, value_name = "BINARY")]
+    pub oci_runtime: Option<String>,
+    /// Parent cgroup of instances (cgroupfs path).
+    #[arg(long, default_value = "/wavelink", value_name = "PATH")]
+    pub cgroup_parent: String,
+    /// Created-but-not-started containers kept per function after its first EI, so the next
+    /// cold start is only a task start; 0 disables.
+    #[arg(long, default_value_t = 2, value_name = "N")]
+    pub prepared: u32,
+}
+
+impl ContainerdArgs {
+    /// containerd settings when the runtime is containerd.
+    pub fn settings(&self) -> Option<ContainerdSettings> {
+        (self.runtime == RuntimeKind::Containerd).then(|| ContainerdSettings {
+            socket: self.containerd_socket.clone(),
+            namespace: self.containerd_namespace.clone(),
+            snapshotter: self.snapshotter.clone(),
+            runc_binary: self.oci_runtime.clone(),
+            cgroup_parent: self.cgroup_parent.clone(),
+            prepared_per_function: self.prepared,
+            ..ContainerdSettings::default()
+        })
     }
 }

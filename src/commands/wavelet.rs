@@ -6,11 +6,10 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 
-use wavelink_wavelet::containerd::ContainerdSettings;
 use wavelink_wavelet::pool::Pools;
 
 use super::cluster::Cluster;
-use super::{RuntimeArgs, load_config, parse_duration};
+use super::{ContainerdArgs, RuntimeArgs, load_config, parse_duration};
 
 /// Instance ports of a Wavelet, by default.
 pub const DEFAULT_PORTS: (u16, u16) = (20000, 29999);
@@ -45,64 +44,11 @@ pub struct WaveletArgs {
     grace_period: Duration,
     #[command(flatten)]
     containerd: ContainerdArgs,
-}
-
-/// How Emergency Instances run.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum RuntimeKind {
-    /// A process group of the function's command on this node (the embedded default).
-    Process,
-    /// The function's own container image, through containerd (what a cluster node runs).
-    Containerd,
-}
-
-#[derive(Debug, Clone, clap::Args)]
-#[command(next_help_heading = "Instance runtime")]
-pub struct ContainerdArgs {
-    /// How instances run: `process` (the function's command, here) or `containerd` (its image,
-    /// as a container with a pod's isolation; functions need an image).
-    #[arg(long, env = "WAVELINK_RUNTIME", default_value = "process", value_name = "RUNTIME")]
-    pub runtime: RuntimeKind,
-    /// containerd's socket.
-    #[arg(
-        long,
-        env = "WAVELINK_CONTAINERD_SOCKET",
-        default_value = "/run/containerd/containerd.sock",
-        value_name = "PATH"
-    )]
-    pub containerd_socket: PathBuf,
-    /// containerd namespace for instances and images: k8s.io on a Kubernetes node, so images
-    /// kubelet pulled are found (and absent ones are pulled through the CRI image service).
-    #[arg(long, env = "WAVELINK_CONTAINERD_NAMESPACE", default_value = "k8s.io", value_name = "NAME")]
-    pub containerd_namespace: String,
-    /// containerd snapshotter for instances' root file systems.
-    #[arg(long, default_value = "overlayfs", value_name = "NAME")]
-    pub snapshotter: String,
-    /// OCI runtime binary the runc shim calls (runc, crun) [default: the shim's, runc].
-    #[arg(long, value_name = "BINARY")]
-    pub oci_runtime: Option<String>,
-    /// Parent cgroup of instances (cgroupfs path).
-    #[arg(long, default_value = "/wavelink", value_name = "PATH")]
-    pub cgroup_parent: String,
-    /// Created-but-not-started containers kept per function after its first EI, so the next
-    /// cold start is only a task start; 0 disables.
-    #[arg(long, default_value_t = 2, value_name = "N")]
-    pub prepared: u32,
-}
-
-impl ContainerdArgs {
-    /// containerd settings when the runtime is containerd.
-    pub fn settings(&self) -> Option<ContainerdSettings> {
-        (self.runtime == RuntimeKind::Containerd).then(|| ContainerdSettings {
-            socket: self.containerd_socket.clone(),
-            namespace: self.containerd_namespace.clone(),
-            snapshotter: self.snapshotter.clone(),
-            runc_binary: self.oci_runtime.clone(),
-            cgroup_parent: self.cgroup_parent.clone(),
-            prepared_per_function: self.prepared,
-            ..ContainerdSettings::default()
-        })
-    }
+    /// This node's name (on Kubernetes, from the downward API): it identifies the containers this
+    /// Wavelet owns, so a replaced Wavelet pod removes what its predecessor left [default: the
+    /// host name].
+    #[arg(long, env = "NODE_NAME", value_name = "NAME")]
+    node_name: Option<String>,
 }
 
 pub fn run(args: WaveletArgs) -> anyhow::Result<()> {
@@ -123,6 +69,7 @@ pub fn run(args: WaveletArgs) -> anyhow::Result<()> {
         runtime: args.runtime.settings("wavelet", listen.port(), DEFAULT_PORTS),
         spawn_timeout: args.spawn_timeout,
         containerd: args.containerd.settings(),
+        node_name: args.node_name,
     };
     let wavelet = wavelink_wavelet::Wavelet::new(settings).context("setting up the wavelet")?;
     // Kept alive while the Wavelet runs: it feeds the function table.

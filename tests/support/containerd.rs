@@ -1,70 +1,43 @@
-//! A private containerd for tests: its own root, state and socket in a temporary directory (the
-//! machine's containerd, if any, is never touched), the `wavelink-fn` image built by
-//! `wavelink image` and imported, and `ctr` to look inside. Dropping it removes every task,
+//! The containerd tests' fixture: a private containerd (`wavelink_wavelet::containerd::private`:
+//! own root, state and socket in a temporary directory; the machine's containerd, if any, is
+//! never touched), a namespace of the test's own with the `wavelink-fn` image built by
+//! `wavelink image` imported, and `ctr` to look inside. Dropping it removes every task,
 //! container and snapshot, then stops containerd.
 #![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Output, Stdio};
 use std::sync::OnceLock;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-use super::{PATIENCE, Proc, TempDir, wait_until};
+use wavelink_wavelet::containerd::private::{self, PrivateContainerd};
+
+use super::{PATIENCE, TempDir};
 
 /// The image every containerd test runs: `wavelink-fn` plus busybox (a shell for tests that
 /// look around from inside an instance).
 pub const IMAGE: &str = "localhost/wavelink-fn-test:1";
 
-pub struct PrivateContainerd {
-    pub dir: TempDir,
-    pub socket: PathBuf,
+pub struct TestContainerd {
     pub namespace: String,
-    proc: Option<Proc>,
-}
-
-/// Why containerd cannot run here, or `None` when it can.
-fn unavailable() -> Option<String> {
-    if !nix::unistd::geteuid().is_root() {
-        return Some("containerd tests need root".into());
-    }
-    for program in ["containerd", "ctr", "runc", "busybox"] {
-        let found = Command::new("sh").args(["-c", &format!("command -v {program}")]).output();
-        if !found.is_ok_and(|o| o.status.success()) {
-            return Some(format!("{program} is not installed (scripts/deps.sh test installs it)"));
-        }
-    }
-    None
+    pub socket: PathBuf,
+    // Dropped first (fields drop in order): containerd, then its directory.
+    containerd: PrivateContainerd,
+    _dir: TempDir,
 }
 
 /// Starts a private containerd with the test image imported, or says why the test is skipped.
-pub fn containerd(test: &str) -> Option<PrivateContainerd> {
-    if let Some(why) = unavailable() {
+pub fn containerd(test: &str) -> Option<TestContainerd> {
+    let missing_busybox = private::which("busybox").is_none().then(|| "busybox is not installed".to_owned());
+    if let Some(why) = private::unavailable().or(missing_busybox) {
         eprintln!("SKIPPED {test}: {why}");
         return None;
     }
     let dir = TempDir::new("containerd");
-    let root = &dir.0;
-    let socket = root.join("containerd.sock");
-    let config = format!(
-        "version = 2\nroot = \"{r}/root\"\nstate = \"{r}/state\"\n\
-         disabled_plugins = [\"io.containerd.grpc.v1.cri\"]\n\
-         [grpc]\n  address = \"{s}\"\n\
-         [plugins.\"io.containerd.internal.v1.opt\"]\n  path = \"{r}/opt\"\n",
-        r = root.display(),
-        s = socket.display()
-    );
-    std::fs::write(root.join("config.toml"), config).expect("containerd config");
-    let log = std::fs::File::create(root.join("containerd.log")).expect("log");
-    let mut command = Command::new("containerd");
-    command.arg("--config").arg(root.join("config.toml")).stdout(Stdio::null()).stderr(log);
-    std::os::unix::process::CommandExt::process_group(&mut command, 0);
-    let proc = Proc::spawn("containerd", &mut command);
+    let containerd = PrivateContainerd::start(&dir.0).unwrap_or_else(|e| panic!("private containerd: {e}"));
     let namespace = format!("wl-test-{:06x}", super::nonce() & 0xff_ffff);
-    let containerd = PrivateContainerd { dir, socket, namespace, proc: Some(proc) };
-    wait_until("containerd answers", || containerd.ctr(&["version"]).status.success());
-    let imported = containerd.ctr(&["images", "import", image_tar().to_str().expect("path")]);
-    assert!(imported.status.success(), "importing the test image: {}", String::from_utf8_lossy(&imported.stderr));
-    Some(containerd)
+    containerd.import(&namespace, image_tar()).unwrap_or_else(|e| panic!("importing the test image: {e}"));
+    Some(TestContainerd { namespace, socket: containerd.socket.clone(), containerd, _dir: dir })
 }
 
 /// The test image, built once per test binary.
@@ -72,12 +45,11 @@ pub fn image_tar() -> &'static Path {
     static TAR: OnceLock<PathBuf> = OnceLock::new();
     TAR.get_or_init(|| {
         let path = std::env::temp_dir().join(format!("wavelink-test-image-{}.tar", std::process::id()));
-        let busybox = Command::new("sh").args(["-c", "command -v busybox"]).output().expect("busybox");
-        let busybox = String::from_utf8_lossy(&busybox.stdout).trim().to_owned();
+        let busybox = private::which("busybox").expect("busybox");
         let status = super::wavelink()
             .args(["image", "--name", IMAGE, "--program", env!("CARGO_BIN_EXE_wavelink-fn"), "--out"])
             .arg(&path)
-            .args(["--file", &format!("{busybox}:/bin/busybox"), "--env", "FN_IMAGE_ONLY=yes"])
+            .args(["--file", &format!("{}:/bin/busybox", busybox.display()), "--env", "FN_IMAGE_ONLY=yes"])
             .stdout(Stdio::null())
             .status()
             .expect("wavelink image");
@@ -86,47 +58,24 @@ pub fn image_tar() -> &'static Path {
     })
 }
 
-impl PrivateContainerd {
-    /// Runs `ctr` against this containerd, in the test namespace.
+impl TestContainerd {
+    /// Runs `ctr` in the test namespace.
     pub fn ctr(&self, args: &[&str]) -> Output {
-        Command::new("ctr")
-            .arg("--address")
-            .arg(&self.socket)
-            .args(["--namespace", &self.namespace])
-            .args(args)
-            .stdin(Stdio::null())
-            .output()
-            .expect("running ctr")
-    }
-
-    /// The first column of a `ctr ... ls` listing, header skipped.
-    fn ids(&self, what: &str) -> Vec<String> {
-        let out = self.ctr(&[what, "ls"]);
-        String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .skip(1)
-            .filter_map(|l| l.split_whitespace().next().map(str::to_owned))
-            .collect()
+        self.containerd.ctr(&self.namespace, args).expect("running ctr")
     }
 
     pub fn containers(&self) -> Vec<String> {
-        self.ids("containers")
+        self.containerd.list(&self.namespace, "containers", None)
     }
 
     pub fn tasks(&self) -> Vec<String> {
-        self.ids("tasks")
+        self.containerd.list(&self.namespace, "tasks", None)
     }
 
     /// Active snapshots (instances' root file systems); the image's committed layers are not
     /// counted.
     pub fn active_snapshots(&self) -> Vec<String> {
-        let out = self.ctr(&["snapshots", "ls"]);
-        String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .skip(1)
-            .filter(|l| l.contains("Active"))
-            .filter_map(|l| l.split_whitespace().next().map(str::to_owned))
-            .collect()
+        self.containerd.list(&self.namespace, "snapshots", Some("Active"))
     }
 
     /// Runs `args` inside the running container `id` (as root there), with a time limit.
@@ -153,48 +102,18 @@ impl PrivateContainerd {
             format!("/wavelink-test-{}", self.namespace),
         ]
     }
-
-    /// Removes every task, container and instance snapshot in the namespace.
-    pub fn remove_everything(&self) {
-        for task in self.tasks() {
-            let _ = self.ctr(&["tasks", "kill", "--all", "--signal", "SIGKILL", &task]);
-        }
-        let deadline = Instant::now() + Duration::from_secs(10);
-        for task in self.tasks() {
-            while Instant::now() < deadline && !self.ctr(&["tasks", "delete", &task]).status.success() {
-                std::thread::sleep(Duration::from_millis(50));
-            }
-        }
-        for container in self.containers() {
-            let _ = self.ctr(&["containers", "delete", &container]);
-        }
-        for snapshot in self.active_snapshots() {
-            let _ = self.ctr(&["snapshots", "remove", &snapshot]);
-        }
-    }
 }
 
-impl Drop for PrivateContainerd {
+impl Drop for TestContainerd {
     fn drop(&mut self) {
-        self.remove_everything();
-        if let Some(mut proc) = self.proc.take() {
-            proc.signal(nix::sys::signal::Signal::SIGTERM);
-            proc.wait_timeout(Duration::from_secs(10));
-        }
-        // The instances' parent cgroup, in every hierarchy (runc removes only the leaves).
+        // The containers first, then the instances' parent cgroup in every hierarchy (runc
+        // removes only the leaves).
+        self.containerd.remove_everything();
         let parent = format!("wavelink-test-{}", self.namespace);
-        for base in ["/sys/fs/cgroup"].iter().map(Path::new) {
-            let _ = std::fs::remove_dir(base.join(&parent));
-            for hierarchy in std::fs::read_dir(base).into_iter().flatten().flatten() {
-                let _ = std::fs::remove_dir(hierarchy.path().join(&parent));
-            }
-        }
-        // Whatever is still mounted under the root would keep the directory from going.
-        if let Ok(mounts) = std::fs::read_to_string("/proc/self/mounts") {
-            let root = self.dir.0.display().to_string();
-            for target in mounts.lines().filter_map(|l| l.split_whitespace().nth(1)).filter(|t| t.starts_with(&root)) {
-                let _ = nix::mount::umount2(target, nix::mount::MntFlags::MNT_DETACH);
-            }
+        let base = Path::new("/sys/fs/cgroup");
+        let _ = std::fs::remove_dir(base.join(&parent));
+        for hierarchy in std::fs::read_dir(base).into_iter().flatten().flatten() {
+            let _ = std::fs::remove_dir(hierarchy.path().join(&parent));
         }
     }
 }

@@ -137,6 +137,11 @@ impl Instance {
         }
     }
 
+    /// Resident memory of its main process, in bytes (0 once it is gone).
+    pub fn rss_bytes(&self) -> u64 {
+        crate::runtime::resident_bytes(self.pid())
+    }
+
     /// Whether the instance is gone (a process is reaped then).
     pub fn try_exited(&mut self) -> bool {
         match self {
@@ -150,7 +155,7 @@ impl Instance {
         match self {
             Instance::Process(p) => Reach { addr: p.addr, connector: None, pid: p.pid, start_ticks: p.start_ticks },
             Instance::Container(c) => {
-                Reach { addr: c.addr, connector: Some(c.connector.clone()), pid: c.pid, start_ticks: c.start_ticks }
+                Reach { addr: c.addr, connector: c.connector.clone(), pid: c.pid, start_ticks: c.start_ticks }
             }
         }
     }

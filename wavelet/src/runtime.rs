@@ -128,6 +128,11 @@ impl PortRange {
         Ok(PortRange { first, len: u32::from(last - first) + 1, next: AtomicU64::new(fastrand::u64(..)) })
     }
 
+    /// The next port of the range that is free now, for an instance that binds it itself.
+    pub fn free_port(&self) -> std::io::Result<u16> {
+        Ok(self.bind()?.local_addr()?.port())
+    }
+
     /// A loopback listener on the next free port of the range.
     fn bind(&self) -> std::io::Result<TcpListener> {
         for _ in 0..self.len {

@@ -13,7 +13,7 @@ use wavelink_server::health::{Health, ProbeToken};
 use wavelink_server::shutdown::{Drain, SignalShutdown};
 
 use crate::admin::AdminApi;
-use crate::containerd::{ConnectError, ContainerError, ContainerdRuntime, ContainerdSettings};
+use crate::containerd::{ConnectError, ContainerdRuntime, ContainerdSettings};
 use crate::instance::Runtime;
 use crate::metrics::WaveletMetrics;
 use crate::pool::Pools;
@@ -36,6 +36,10 @@ pub struct WaveletSettings {
     pub spawn_timeout: Duration,
     /// Run instances as containers through containerd; `None`: the `process` runtime.
     pub containerd: Option<ContainerdSettings>,
+    /// This node's name (a DaemonSet pod's `spec.nodeName`): with the state directory, what
+    /// identifies the containers this Wavelet owns across restarts and pod replacements
+    /// [default: the host name].
+    pub node_name: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -46,8 +50,6 @@ pub enum WaveletError {
     Metrics(#[from] prometheus::Error),
     #[error(transparent)]
     Containerd(#[from] ConnectError),
-    #[error("removing containers left by a previous run: {0}")]
-    Orphans(#[from] ContainerError),
 }
 
 pub struct Wavelet {
@@ -63,13 +65,9 @@ impl Wavelet {
         let runtime = match &settings.containerd {
             None => Runtime::Process(process),
             Some(containerd) => {
-                let owner = owner_id(&settings.runtime.state_dir);
-                let runtime =
-                    ContainerdRuntime::connect(containerd.clone(), owner.clone(), settings.runtime.memory_max)?;
-                let removed = runtime.clean_up_orphans()?;
-                info!(socket = %containerd.socket.display(), namespace = %containerd.namespace, version = runtime.version(),
-                      %owner, removed_orphans = removed, "instances run as containers");
-                Runtime::Containerd(runtime)
+                let owner = owner_id(settings.node_name.as_deref(), &settings.runtime.state_dir);
+                let memory = settings.runtime.memory_max;
+                Runtime::Containerd(ContainerdRuntime::open("ei", None, containerd.clone(), owner, memory)?)
             }
         };
         let metrics = Arc::new(WaveletMetrics::new(runtime.kind())?);
@@ -124,10 +122,14 @@ impl Drain for Pools {
     }
 }
 
-/// This Wavelet's identity in containerd labels: the same across restarts on one node (host
-/// name and state directory), distinct for two Wavelets on one node or sharing one containerd.
-pub fn owner_id(state_dir: &std::path::Path) -> String {
-    let host = nix::unistd::gethostname().map(|h| h.to_string_lossy().into_owned()).unwrap_or_default();
+/// This Wavelet's identity in containerd labels: the same across restarts on one node (node
+/// or host name, and state directory), distinct for two Wavelets on one node or sharing one
+/// containerd.
+pub fn owner_id(node_name: Option<&str>, state_dir: &std::path::Path) -> String {
+    let host = match node_name {
+        Some(node) => node.to_owned(),
+        None => nix::unistd::gethostname().map(|h| h.to_string_lossy().into_owned()).unwrap_or_default(),
+    };
     let dir = state_dir.canonicalize().unwrap_or_else(|_| state_dir.to_owned());
     // FNV-1a: stable across builds, unlike the standard library's hasher.
     let mut hash: u64 = 0xcbf2_9ce4_8422_2325;

@@ -5,8 +5,10 @@
 //! a cluster manager's pod start costs (API server, scheduler, kubelet, readiness probe); the
 //! delay is printed with every result. Routable RIs are pushed to every proxy's admin API. An RI
 //! scaled away is first taken out of the proxies, left to finish its requests, then destroyed.
-//! Processes come from the Wavelet's `process` runtime (process group, socket as fd 3, death with
-//! the controller) and a state log, so a restarted controller kills what a crashed one left.
+//! Instances come from the Wavelet's runtimes: `process` (process group, socket as fd 3, death
+//! with the controller, a state log so a restarted controller kills what a crashed one left) or
+//! `containerd` (a container of the function's image on the node's network, with a port of its
+//! own; leftovers found by label), started off the lock, each counted as starting until it runs.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -19,7 +21,7 @@ use parking_lot::Mutex;
 use tracing::{info, warn};
 use wavelink_core::{FunctionDef, FunctionId};
 use wavelink_server::client;
-use wavelink_wavelet::runtime::{Launch, Process, ProcessRuntime};
+use wavelink_wavelet::instance::{Instance, Runtime};
 use wavelink_wavelet::state::StateDir;
 
 use super::{Backend, BackendError, ManagedFunction};
@@ -36,13 +38,15 @@ struct LocalRi {
     addr: SocketAddr,
     ready: AtomicBool,
     retiring: AtomicBool,
-    process: Mutex<Option<Process>>,
+    process: Mutex<Option<Instance>>,
 }
 
 struct LocalFunction {
-    def: FunctionDef,
+    def: Arc<FunctionDef>,
     target: u32,
     instances: Vec<Arc<LocalRi>>,
+    /// Instances being started (counted as live, not yet in `instances`).
+    starting: u32,
     /// The proxies have been told the current set of ready RIs.
     pushed: bool,
 }
@@ -52,7 +56,7 @@ struct LocalFunction {
 pub struct LocalBackend(Arc<Inner>);
 
 struct Inner {
-    runtime: Arc<ProcessRuntime>,
+    runtime: Arc<Runtime>,
     state: Arc<StateDir>,
     /// Admin addresses of the proxies to tell about RIs.
     proxies: Vec<SocketAddr>,
@@ -63,7 +67,7 @@ struct Inner {
 
 impl LocalBackend {
     pub fn new(
-        runtime: Arc<ProcessRuntime>,
+        runtime: Arc<Runtime>,
         state: Arc<StateDir>,
         proxies: Vec<SocketAddr>,
         start_delay: Duration,
@@ -72,7 +76,11 @@ impl LocalBackend {
     ) -> Self {
         let functions = defs
             .into_iter()
-            .map(|def| (def.id.clone(), LocalFunction { def, target: 0, instances: Vec::new(), pushed: false }))
+            .map(|def| {
+                let function =
+                    LocalFunction { def: Arc::new(def), target: 0, instances: Vec::new(), starting: 0, pushed: false };
+                (function.def.id.clone(), function)
+            })
             .collect();
         LocalBackend(Arc::new(Inner {
             runtime,
@@ -102,44 +110,12 @@ impl Inner {
         let live: Vec<Arc<LocalRi>> =
             function.instances.iter().filter(|ri| !ri.retiring.load(SeqCst)).cloned().collect();
         let target = function.target as usize;
-        if live.len() < target {
-            for _ in live.len()..target {
-                let launch = Launch {
-                    function: &function.def.id,
-                    command: &function.def.command,
-                    env: &function.def.env,
-                    socket_activation: function.def.socket_activation,
-                };
-                match self.runtime.spawn(&launch) {
-                    Ok(process) => {
-                        if let Err(e) = self.state.record(&process) {
-                            warn!(error = %e, "could not record the RI; a crash would orphan it");
-                        }
-                        self.metrics.regular_started.with_label_values(&[&id.to_string()]).inc();
-                        let ri = Arc::new(LocalRi {
-                            id: process.id.clone(),
-                            memory_sampled: Mutex::new(Instant::now()),
-                            addr: process.addr,
-                            ready: AtomicBool::new(false),
-                            retiring: AtomicBool::new(false),
-                            process: Mutex::new(Some(process)),
-                        });
-                        function.instances.push(ri.clone());
-                        let (backend, id) = (self.clone(), id.clone());
-                        tokio::spawn(async move {
-                            // The modelled cluster manager's pod start.
-                            tokio::time::sleep(backend.start_delay).await;
-                            if !ri.retiring.load(SeqCst) {
-                                ri.ready.store(true, SeqCst);
-                                backend.push(&id).await;
-                            }
-                        });
-                    }
-                    Err(e) => {
-                        warn!(function = %id, error = %e, "starting a Regular Instance failed");
-                        break;
-                    }
-                }
+        let counted = live.len() + function.starting as usize;
+        if counted < target {
+            for _ in counted..target {
+                function.starting += 1;
+                let (backend, def, asked) = (self.clone(), function.def.clone(), Instant::now());
+                tokio::spawn(async move { backend.start(def, asked).await });
             }
         } else if live.len() > target {
             // Retire the youngest first: not-yet-ready ones cost nothing to drop.
@@ -152,6 +128,50 @@ impl Inner {
             }
             function.pushed = false;
         }
+    }
+
+    /// Starts one RI (off the lock: a container takes a while) and makes it routable once the
+    /// modelled pod start, counted from when it was asked for, has passed.
+    async fn start(self: Arc<Self>, def: Arc<FunctionDef>, asked: Instant) {
+        let id = def.id.clone();
+        let started = self.runtime.start(&def).await;
+        let ri = {
+            let mut functions = self.functions.lock();
+            let Some(function) = functions.get_mut(&id) else { return };
+            function.starting = function.starting.saturating_sub(1);
+            match started {
+                Ok(instance) => {
+                    if let Instance::Process(process) = &instance
+                        && let Err(e) = self.state.record(process)
+                    {
+                        warn!(error = %e, "could not record the RI; a crash would orphan it");
+                    }
+                    self.metrics.regular_started.with_label_values(&[&id.to_string()]).inc();
+                    let ri = Arc::new(LocalRi {
+                        id: instance.id().to_owned(),
+                        memory_sampled: Mutex::new(Instant::now()),
+                        addr: instance.addr(),
+                        ready: AtomicBool::new(false),
+                        retiring: AtomicBool::new(false),
+                        process: Mutex::new(Some(instance)),
+                    });
+                    function.instances.push(ri.clone());
+                    ri
+                }
+                Err(e) => {
+                    warn!(function = %id, error = %e, "starting a Regular Instance failed");
+                    return;
+                }
+            }
+        };
+        // The modelled cluster manager's pod start.
+        tokio::time::sleep(self.start_delay.saturating_sub(asked.elapsed())).await;
+        if !ri.retiring.load(SeqCst) {
+            ri.ready.store(true, SeqCst);
+            self.push(&id).await;
+        }
+        // A scale-down while it started finds it now.
+        self.reconcile(&id);
     }
 
     /// Takes a retiring RI out of the proxies, waits for its requests, destroys it.
@@ -177,10 +197,13 @@ impl Inner {
         if let Some(process) = process {
             self.account_memory(id, ri, process.rss_bytes());
             let (runtime, state, rid) = (self.runtime.clone(), self.state.clone(), ri.id.clone());
-            // SIGKILL and reaping block briefly: off the runtime's threads.
+            // SIGKILL and reaping, or containerd's calls, block: off the runtime's threads.
             std::thread::spawn(move || {
+                let recorded = matches!(process, Instance::Process(_));
                 runtime.destroy(process);
-                state.forget(&rid);
+                if recorded {
+                    state.forget(&rid);
+                }
             });
         }
     }
@@ -240,7 +263,7 @@ impl Inner {
         let all: Vec<Arc<LocalRi>> = self.functions.lock().values_mut().flat_map(|f| f.instances.drain(..)).collect();
         for ri in all {
             if let Some(process) = ri.process.lock().take() {
-                let id = process.id.clone();
+                let id = process.id().to_owned();
                 self.runtime.destroy(process);
                 self.state.forget(&id);
             }
@@ -286,7 +309,7 @@ impl Backend for LocalBackend {
             .flat_map(|(id, f)| f.instances.iter().map(move |ri| (id.clone(), ri.clone())))
             .collect();
         for (id, ri) in live {
-            let rss = ri.process.lock().as_ref().map(Process::rss_bytes);
+            let rss = ri.process.lock().as_ref().map(Instance::rss_bytes);
             if let Some(rss) = rss {
                 this.account_memory(&id, &ri, rss);
             }

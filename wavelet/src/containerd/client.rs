@@ -65,6 +65,8 @@ pub enum ConnectError {
     Connect { socket: PathBuf, source: tonic::transport::Error },
     #[error("containerd at {socket} does not answer: {message}")]
     Version { socket: PathBuf, message: String },
+    #[error("removing containers left by a previous run: {0}")]
+    Orphans(String),
 }
 
 impl Containerd {

@@ -16,6 +16,7 @@
 pub mod client;
 pub mod image;
 pub mod netns;
+pub mod private;
 pub mod spec;
 
 use std::collections::HashMap;
@@ -36,18 +37,17 @@ use containerd_client::tonic::{self, Code};
 use parking_lot::Mutex;
 use prost_types::Any;
 use tracing::{info, warn};
-use wavelink_core::container::{PlanError, normalize_image, plan_process};
+use wavelink_core::container::{OWNER_LABEL, PlanError, normalize_image, plan_process};
+use wavelink_core::spec::FUNCTION_LABEL;
 use wavelink_core::{FunctionDef, FunctionId};
 
 pub use client::{ConnectError, Containerd, ContainerdSettings};
 use image::{ImageError, ImageInfo};
 use netns::{HostNetns, NetnsConnector};
-use spec::Limits;
+use spec::{Limits, Network};
 
-/// Label on every container this Wavelet creates: which Wavelet owns it.
-pub const OWNER_LABEL: &str = "wavelink.dev/owner";
-/// Label naming the function (`namespace/name`).
-pub const FUNCTION_LABEL: &str = "wavelink.dev/function";
+use crate::runtime::PortRange;
+
 /// How long a failed image resolution or pull is remembered before it is tried again.
 const IMAGE_RETRY: Duration = Duration::from_secs(30);
 /// Prepared instances unused for this long are destroyed (their function went quiet).
@@ -70,10 +70,11 @@ pub struct Container {
     pub id: String,
     pub pid: u32,
     pub start_ticks: u64,
-    /// The instance's port on its own loopback.
+    /// The instance's port on its own loopback (or on the node's, with the host network).
     pub addr: SocketAddr,
     pub started: Instant,
-    pub connector: Arc<NetnsConnector>,
+    /// Connects inside the instance's network namespace; `None` with the host network.
+    pub connector: Option<Arc<NetnsConnector>>,
     pub phases: StartPhases,
 }
 
@@ -129,6 +130,10 @@ struct Prepared {
 struct Inner {
     client: Containerd,
     host_netns: Arc<HostNetns>,
+    /// Instance ids are `<kind>-<pid>-<n>`: `ei` on a Wavelet, `ri` in the local backend.
+    kind: &'static str,
+    /// The node's network and a port each (the local backend's RIs), or a namespace of their own.
+    host_network: Option<PortRange>,
     owner: String,
     default_memory: Option<u64>,
     images: Mutex<HashMap<String, ImageState>>,
@@ -152,6 +157,34 @@ impl ContainerdRuntime {
         owner: String,
         default_memory: Option<u64>,
     ) -> Result<ContainerdRuntime, ConnectError> {
+        Self::connect_for("ei", None, settings, owner, default_memory)
+    }
+
+    /// Connects, then removes what a previous run with the same owner left, and says so.
+    pub fn open(
+        kind: &'static str,
+        host_network: Option<PortRange>,
+        settings: ContainerdSettings,
+        owner: String,
+        default_memory: Option<u64>,
+    ) -> Result<ContainerdRuntime, ConnectError> {
+        let (socket, namespace) = (settings.socket.clone(), settings.namespace.clone());
+        let runtime = Self::connect_for(kind, host_network, settings, owner.clone(), default_memory)?;
+        let removed = runtime.clean_up_orphans().map_err(|e| ConnectError::Orphans(e.to_string()))?;
+        info!(socket = %socket.display(), %namespace, version = runtime.version(), %owner, removed_orphans = removed,
+              "instances run as containers");
+        Ok(runtime)
+    }
+
+    /// A runtime whose instance ids start with `kind`; with `host_network`, instances share the
+    /// node's network namespace and each listens on a port of that range.
+    pub fn connect_for(
+        kind: &'static str,
+        host_network: Option<PortRange>,
+        settings: ContainerdSettings,
+        owner: String,
+        default_memory: Option<u64>,
+    ) -> Result<ContainerdRuntime, ConnectError> {
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .thread_name("containerd")
@@ -165,6 +198,8 @@ impl ContainerdRuntime {
         let inner = Arc::new(Inner {
             client,
             host_netns,
+            kind,
+            host_network,
             owner,
             default_memory,
             images: Mutex::new(HashMap::new()),
@@ -429,8 +464,11 @@ impl Inner {
         let image = self.image(&template.image).await?;
         phases.image = begun.elapsed();
 
-        let id = format!("ei-{}-{}", std::process::id(), self.next.fetch_add(1, Relaxed));
-        let port = def.spec.port;
+        let id = format!("{}-{}-{}", self.kind, std::process::id(), self.next.fetch_add(1, Relaxed));
+        let (port, network) = match &self.host_network {
+            Some(ports) => (ports.free_port().map_err(ContainerError::Netns)?, Network::Host),
+            None => (def.spec.port, Network::Own),
+        };
         let platform = [
             ("PORT", port.to_string()),
             ("WAVELINK_FUNCTION", def.id.to_string()),
@@ -442,7 +480,7 @@ impl Inner {
             cpu_millis: template.cpu_limit_millis,
         };
         let settings = &self.client.settings;
-        let spec = spec::runtime_spec(&id, &plan, limits, &settings.cgroup_parent);
+        let spec = spec::runtime_spec(&id, &plan, limits, &settings.cgroup_parent, network);
         let labels = HashMap::from([
             (OWNER_LABEL.to_owned(), self.owner.clone()),
             (FUNCTION_LABEL.to_owned(), def.id.to_string()),
@@ -453,7 +491,7 @@ impl Inner {
         let lease = LeaseCreateRequest { id: format!("{id}-create"), labels: labels.clone() };
         let lease = self.client.leases().create(self.client.request(lease)).await.map_err(rpc("lease create"))?;
         let lease = lease.into_inner().lease.map(|l| l.id).unwrap_or_default();
-        let created = self.create_in_lease(def, &id, &lease, labels, &image, &spec, phases).await;
+        let created = self.create_in_lease(&id, port, &lease, labels, &image, &spec, phases).await;
         let delete = LeaseDeleteRequest { id: lease, sync: false };
         if let Err(e) = self.client.leases().delete(self.client.request(delete)).await {
             warn!(instance = %id, error = %e.message(), "could not delete a creation lease");
@@ -464,8 +502,8 @@ impl Inner {
     #[allow(clippy::too_many_arguments)]
     async fn create_in_lease(
         &self,
-        def: &FunctionDef,
         id: &str,
+        port: u16,
         lease: &str,
         labels: HashMap<String, String>,
         image: &ImageInfo,
@@ -522,18 +560,21 @@ impl Inner {
         };
         phases.task_create = step.elapsed();
         let start_ticks = crate::runtime::start_ticks(pid).unwrap_or(0);
-        let connector = match NetnsConnector::of_process(pid, self.host_netns.clone()) {
-            Ok(connector) => Arc::new(connector),
-            Err(e) => {
-                self.remove(&id).await;
-                return Err(ContainerError::Netns(e));
-            }
+        let connector = match self.host_network {
+            Some(_) => None,
+            None => match NetnsConnector::of_process(pid, self.host_netns.clone()) {
+                Ok(connector) => Some(Arc::new(connector)),
+                Err(e) => {
+                    self.remove(&id).await;
+                    return Err(ContainerError::Netns(e));
+                }
+            },
         };
         Ok(Container {
             id,
             pid,
             start_ticks,
-            addr: SocketAddr::from((Ipv4Addr::LOCALHOST, def.spec.port)),
+            addr: SocketAddr::from((Ipv4Addr::LOCALHOST, port)),
             started: Instant::now(),
             connector,
             phases,

@@ -55,8 +55,18 @@ pub struct Limits {
 /// CFS period for CPU limits, as kubelet uses.
 const CPU_PERIOD_US: u64 = 100_000;
 
+/// Which network namespace an instance gets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Network {
+    /// A new one with only `lo`: an Emergency Instance, reached from inside by the Wavelet.
+    Own,
+    /// The node's: Regular Instances of the local backend, which a proxy must reach at an
+    /// address (a pod would have its own IP; loopback ports stand in for it locally).
+    Host,
+}
+
 /// The runtime spec (OCI runtime-spec 1.0) for instance `id` running `plan`.
-pub fn runtime_spec(id: &str, plan: &ProcessPlan, limits: Limits, cgroup_parent: &str) -> Value {
+pub fn runtime_spec(id: &str, plan: &ProcessPlan, limits: Limits, cgroup_parent: &str, network: Network) -> Value {
     let mut resources = json!({ "devices": [{ "allow": false, "access": "rwm" }] });
     if let Some(bytes) = limits.memory_bytes {
         // The swap limit equal to the memory limit: no swap, as kubelet does.
@@ -69,6 +79,11 @@ pub fn runtime_spec(id: &str, plan: &ProcessPlan, limits: Limits, cgroup_parent:
     }
     let mut additional_gids = vec![plan.gid];
     additional_gids.dedup();
+    let mut namespaces =
+        vec![json!({ "type": "pid" }), json!({ "type": "ipc" }), json!({ "type": "uts" }), json!({ "type": "mount" })];
+    if network == Network::Own {
+        namespaces.push(json!({ "type": "network" }));
+    }
     json!({
         "ociVersion": "1.0.2",
         "process": {
@@ -105,9 +120,7 @@ pub fn runtime_spec(id: &str, plan: &ProcessPlan, limits: Limits, cgroup_parent:
         "linux": {
             "resources": resources,
             "cgroupsPath": format!("{}/{id}", cgroup_parent.trim_end_matches('/')),
-            "namespaces": [
-                { "type": "pid" }, { "type": "ipc" }, { "type": "uts" }, { "type": "mount" }, { "type": "network" },
-            ],
+            "namespaces": namespaces,
             "maskedPaths": MASKED_PATHS,
             "readonlyPaths": READONLY_PATHS,
         },
@@ -137,7 +150,7 @@ mod tests {
 
     #[test]
     fn an_instance_gets_every_namespace_of_a_pod_and_no_privilege_escalation() {
-        let spec = runtime_spec("ei-1-2", &plan(), Limits::default(), "/wavelink");
+        let spec = runtime_spec("ei-1-2", &plan(), Limits::default(), "/wavelink", Network::Own);
         let namespaces: Vec<&str> =
             spec["linux"]["namespaces"].as_array().unwrap().iter().map(|n| n["type"].as_str().unwrap()).collect();
         assert_eq!(namespaces, ["pid", "ipc", "uts", "mount", "network"]);
@@ -154,14 +167,22 @@ mod tests {
     }
 
     #[test]
+    fn a_host_network_instance_shares_only_the_network_namespace() {
+        let spec = runtime_spec("ri-1-2", &plan(), Limits::default(), "/wavelink", Network::Host);
+        let namespaces: Vec<&str> =
+            spec["linux"]["namespaces"].as_array().unwrap().iter().map(|n| n["type"].as_str().unwrap()).collect();
+        assert_eq!(namespaces, ["pid", "ipc", "uts", "mount"]);
+    }
+
+    #[test]
     fn limits_become_cgroup_settings() {
         let limits = Limits { memory_bytes: Some(256 << 20), cpu_millis: Some(500) };
-        let spec = runtime_spec("x", &plan(), limits, "/wavelink/");
+        let spec = runtime_spec("x", &plan(), limits, "/wavelink/", Network::Own);
         assert_eq!(spec["linux"]["resources"]["memory"]["limit"], 256u64 << 20);
         assert_eq!(spec["linux"]["resources"]["cpu"]["quota"], 50_000);
         assert_eq!(spec["linux"]["resources"]["cpu"]["period"], 100_000);
         assert_eq!(spec["linux"]["cgroupsPath"], "/wavelink/x");
-        let tiny = runtime_spec("x", &plan(), Limits { memory_bytes: None, cpu_millis: Some(1) }, "/w");
+        let tiny = runtime_spec("x", &plan(), Limits { memory_bytes: None, cpu_millis: Some(1) }, "/w", Network::Own);
         assert_eq!(tiny["linux"]["resources"]["cpu"]["quota"], 1000);
     }
 }
