@@ -46,3 +46,39 @@ fn a_short_experiment_runs_every_mode_to_completion_without_errors() {
         assert!(out.join(mode).join("records.csv").exists());
     }
 }
+
+#[test]
+fn with_the_containerd_runtime_every_instance_of_the_experiment_is_a_container() {
+    if let Some(why) = wavelink_wavelet::containerd::private::unavailable() {
+        eprintln!("SKIPPED experiment --runtime containerd: {why}");
+        return;
+    }
+    let dir = TempDir::new("experiment-containerd");
+    let out = dir.0.join("out");
+    let output = wavelink()
+        .args(["experiment", "--runtime", "containerd", "--modes", "dual,fast-only", "--trace-minutes", "1"])
+        .args(["--speedup", "6", "--functions", "2", "--sporadic", "1", "--burst-every", "1", "--burst-size", "60"])
+        .args(["--ri-start-delay", "500ms", "--out"])
+        .arg(&out)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .output()
+        .expect("running wavelink experiment");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&output.stderr));
+    assert!(stdout.contains("instances are containers of localhost/wavelink-fn"), "{stdout}");
+
+    let results: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.join("results.json")).expect("results.json")).expect("JSON");
+    let results = results.as_array().expect("a list");
+    for r in results {
+        assert_eq!(r["report"]["failed"], 0, "invocations failed in {}: see {}", r["mode"], out.display());
+        assert!(r["emergency_starts"].as_f64() > Some(0.0), "{r}");
+    }
+    assert!(results[0]["regular_starts"].as_f64() > Some(0.0), "dual started RIs: {}", results[0]);
+    // No instance failed to start (the stacks' warnings reach the experiment's stderr).
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!stderr.contains("Instance failed"), "{stderr}");
+    let table = std::fs::read_to_string(out.join("results.md")).expect("results.md");
+    assert!(table.contains("runtime: containerd"), "{table}");
+}

@@ -29,7 +29,9 @@ use wavelink_server::client;
 use wavelink_wavelet::procfs;
 use wavelink_wavelet::spawn::wait;
 
-use super::parse_duration;
+use super::image::{ImageSpec, write_image};
+use super::{RuntimeKind, parse_duration};
+use wavelink_wavelet::containerd::private::PrivateContainerd;
 
 const NAMESPACE: &str = "default";
 const DOMAIN: &str = "example.com";
@@ -96,7 +98,21 @@ pub struct ExperimentArgs {
     /// Synthetic trace: median memory per invocation.
     #[arg(long, default_value_t = 8.0, value_name = "MIB")]
     memory_mb: f64,
+    /// How instances run: `process`, or `containerd` (every EI, and every RI of the local
+    /// backend, a container of the `wavelink-fn` image, so sandbox cold starts cost what they
+    /// cost; needs root).
+    #[arg(long, default_value = "process", value_name = "RUNTIME")]
+    runtime: RuntimeKind,
+    /// containerd's socket for `--runtime containerd` [default: a private containerd started
+    /// under --out for the run, and stopped after].
+    #[arg(long, value_name = "PATH")]
+    containerd_socket: Option<PathBuf>,
 }
+
+/// The containerd namespace the experiment's image and instances live in.
+const CONTAINERD_NAMESPACE: &str = "wavelink-experiment";
+/// The image functions run with `--runtime containerd`.
+const IMAGE: &str = concat!("localhost/wavelink-fn:", env!("CARGO_PKG_VERSION"));
 
 fn parse_mode(text: &str) -> Result<ScalingMode, String> {
     match text {
@@ -209,12 +225,35 @@ pub fn run(args: ExperimentArgs) -> anyhow::Result<()> {
         args.modes.iter().map(|m| mode_name(*m)).collect::<Vec<_>>().join(", "),
         args.ri_start_delay
     );
+    // With containers: containerd (given, or a private one for this run) and the image in it.
+    let (_containerd, runtime_env) = match args.runtime {
+        RuntimeKind::Process => (None, Vec::new()),
+        RuntimeKind::Containerd => {
+            let (private, socket) = match &args.containerd_socket {
+                Some(socket) => (None, socket.clone()),
+                None => {
+                    let private = PrivateContainerd::start(&args.out.join("containerd"))
+                        .context("starting a private containerd (or pass --containerd-socket)")?;
+                    let socket = private.socket.clone();
+                    (Some(private), socket)
+                }
+            };
+            import_image(&args.out, &socket)?;
+            let env = vec![
+                ("WAVELINK_RUNTIME".to_owned(), "containerd".to_owned()),
+                ("WAVELINK_CONTAINERD_SOCKET".to_owned(), socket.display().to_string()),
+                ("WAVELINK_CONTAINERD_NAMESPACE".to_owned(), CONTAINERD_NAMESPACE.to_owned()),
+            ];
+            println!("experiment: instances are containers of {IMAGE} (containerd at {})", socket.display());
+            (private, env)
+        }
+    };
     let mut results = Vec::new();
     let mut all_records = Vec::new();
     for &mode in &args.modes {
         println!("experiment: running {} ...", mode_name(mode));
-        let (result, records) =
-            run_mode(&args, mode, &trace, &names, &invocations).with_context(|| format!("mode {}", mode_name(mode)))?;
+        let (result, records) = run_mode(&args, mode, &trace, &names, &invocations, &runtime_env)
+            .with_context(|| format!("mode {}", mode_name(mode)))?;
         println!(
             "experiment: {} done: geomean p99 slowdown {:.2}x, {} of {} failed",
             result.mode, result.report.geomean_p99_slowdown, result.report.failed, result.report.invocations
@@ -222,7 +261,7 @@ pub fn run(args: ExperimentArgs) -> anyhow::Result<()> {
         results.push(result);
         all_records.push(records);
     }
-    let table = results_table(&results, args.ri_start_delay);
+    let table = results_table(&results, args.ri_start_delay, args.runtime);
     print!("\n{table}");
     std::fs::write(args.out.join("results.md"), &table).context("writing results.md")?;
     let json = serde_json::to_vec_pretty(&results).context("encoding results")?;
@@ -234,15 +273,39 @@ pub fn run(args: ExperimentArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Writes the `wavelink-fn` image and imports it into containerd at `socket` with `ctr`.
+fn import_image(out: &std::path::Path, socket: &std::path::Path) -> anyhow::Result<()> {
+    let program = std::env::current_exe().context("finding this executable")?.with_file_name("wavelink-fn");
+    let tar = out.join("wavelink-fn-image.tar");
+    let spec = ImageSpec { name: IMAGE, program: &program, args: &[], files: &[], env: &[], user: None };
+    write_image(&tar, &spec)?;
+    let imported = std::process::Command::new("ctr")
+        .arg("--address")
+        .arg(socket)
+        .args(["--namespace", CONTAINERD_NAMESPACE, "images", "import"])
+        .arg(&tar)
+        .output()
+        .context("running ctr (containerd's client) to import the image")?;
+    if !imported.status.success() {
+        bail!("importing {IMAGE}: {}", String::from_utf8_lossy(&imported.stderr).trim());
+    }
+    Ok(())
+}
+
 /// The side-by-side table (Markdown), with ratios to `dual` when it ran.
-pub fn results_table(results: &[ModeResult], ri_start_delay: Duration) -> String {
+pub fn results_table(results: &[ModeResult], ri_start_delay: Duration, runtime: RuntimeKind) -> String {
     let dual = results.iter().find(|r| r.mode == "dual");
     let ratio = |value: f64, base: Option<f64>| match base {
         Some(b) if b > 0.0 => format!("{:.2}", value / b),
         _ => "-".to_owned(),
     };
     let mut out = String::new();
-    let _ = writeln!(out, "RI start delay (modelled pod start): {} ms\n", ri_start_delay.as_millis());
+    let runtime = match runtime {
+        RuntimeKind::Process => "process (instances are process groups of wavelink-fn)",
+        RuntimeKind::Containerd => "containerd (instances are containers of the wavelink-fn image)",
+    };
+    let _ =
+        writeln!(out, "RI start delay (modelled pod start): {} ms; runtime: {runtime}\n", ri_start_delay.as_millis());
     let _ = writeln!(
         out,
         "| mode | geomean p99 slowdown | ×dual | p50 ms | p99 ms | EI share | failed | cold starts (RI+EI) | memory GiB-s | ×dual | platform CPU s | ×dual |"
@@ -315,7 +378,7 @@ fn config_text(args: &ExperimentArgs, mode: ScalingMode, names: &[String], addrs
     for name in names {
         let _ = writeln!(
             text,
-            "  - {{ name: {name}, namespace: {NAMESPACE}, command: [\"wavelink-fn\"], annotations: {{ {} }} }}",
+            "  - {{ name: {name}, namespace: {NAMESPACE}, command: [\"wavelink-fn\"], image: {IMAGE}, annotations: {{ {} }} }}",
             annotations.join(", ")
         );
     }
@@ -328,6 +391,7 @@ fn run_mode(
     trace: &Trace,
     names: &[String],
     invocations: &[wavelink_core::trace::arrivals::Invocation],
+    runtime_env: &[(String, String)],
 ) -> anyhow::Result<(ModeResult, Vec<Record>)> {
     let dir = args.out.join(mode_name(mode));
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
@@ -341,8 +405,9 @@ fn run_mode(
     // warnings from the stack reach the terminal unless WAVELINK_LOG says otherwise.
     let log_level = std::env::var("WAVELINK_LOG").unwrap_or_else(|_| "warn".into());
     let argv = ["up".to_owned(), "--config".to_owned(), config.display().to_string()];
-    let up_pid =
-        super::up::start(&exe, &argv, &[("WAVELINK_LOG".into(), log_level)]).context("starting wavelink up")?;
+    let mut env = vec![("WAVELINK_LOG".to_owned(), log_level)];
+    env.extend(runtime_env.iter().cloned());
+    let up_pid = super::up::start(&exe, &argv, &env).context("starting wavelink up")?;
     let stack = Stack { pid: up_pid };
     let admin_calls = tokio::runtime::Builder::new_current_thread()
         .enable_all()

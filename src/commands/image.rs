@@ -41,12 +41,56 @@ pub struct ImageArgs {
     user: Option<String>,
 }
 
+/// What goes into an image.
+pub struct ImageSpec<'a> {
+    pub name: &'a str,
+    pub program: &'a Path,
+    /// The image's Cmd.
+    pub args: &'a [String],
+    /// Extra files: (source on this machine, absolute path in the image).
+    pub files: &'a [(PathBuf, String)],
+    /// `NAME=VALUE` entries of the image's config, after `PATH`.
+    pub env: &'a [String],
+    pub user: Option<&'a str>,
+}
+
 pub fn run(args: ImageArgs) -> anyhow::Result<()> {
     let program = match args.program {
         Some(program) => program,
         None => std::env::current_exe().context("finding this binary")?.with_file_name("wavelink-fn"),
     };
-    let program = program.canonicalize().with_context(|| format!("program {}", program.display()))?;
+    let mut files = Vec::new();
+    for spec in &args.files {
+        let (source, dest) = match spec.split_once(':') {
+            Some((source, dest)) => (PathBuf::from(source), dest.to_owned()),
+            None => (PathBuf::from(spec), spec.clone()),
+        };
+        if !dest.starts_with('/') {
+            bail!("--file {spec}: the destination must be an absolute path");
+        }
+        files.push((source, dest));
+    }
+    for value in &args.env {
+        if !value.contains('=') {
+            bail!("--env {value:?}: expected NAME=VALUE");
+        }
+    }
+    let spec = ImageSpec {
+        name: &args.name,
+        program: &program,
+        args: &args.args,
+        files: &files,
+        env: &args.env,
+        user: args.user.as_deref(),
+    };
+    let count = write_image(&args.out, &spec)?;
+    println!("{} ({}, {count} files) written to {}", args.name, program.display(), args.out.display());
+    Ok(())
+}
+
+/// Writes the image as an OCI layout tar to `out`; returns how many files it holds.
+pub fn write_image(out: &Path, spec: &ImageSpec<'_>) -> anyhow::Result<usize> {
+    let program = spec.program.canonicalize().with_context(|| format!("program {}", spec.program.display()))?;
     let file_name = program.file_name().context("the program has no file name")?.to_string_lossy().into_owned();
     let entrypoint = format!("/usr/local/bin/{file_name}");
 
@@ -56,34 +100,22 @@ pub fn run(args: ImageArgs) -> anyhow::Result<()> {
     for library in shared_libraries(&program)? {
         files.insert(library.to_string_lossy().into_owned(), library);
     }
-    for spec in &args.files {
-        let (source, dest) = match spec.split_once(':') {
-            Some((source, dest)) => (PathBuf::from(source), dest.to_owned()),
-            None => (PathBuf::from(spec), spec.clone()),
-        };
-        if !dest.starts_with('/') {
-            bail!("--file {spec}: the destination must be an absolute path");
-        }
+    for (source, dest) in spec.files {
         // An extra program brings its libraries too.
-        for library in shared_libraries(&source)? {
+        for library in shared_libraries(source)? {
             files.insert(library.to_string_lossy().into_owned(), library);
         }
-        files.insert(dest, source);
-    }
-    for value in &args.env {
-        if !value.contains('=') {
-            bail!("--env {value:?}: expected NAME=VALUE");
-        }
+        files.insert(dest.clone(), source.clone());
     }
 
     let layer = layer_tar(&files)?;
     let mut env = vec!["PATH=/usr/local/bin:/usr/bin:/bin".to_owned()];
-    env.extend(args.env);
-    let config = ImageConfig { entrypoint: vec![entrypoint], cmd: args.args, env, user: args.user };
-    let layout = layout_tar(&args.name, &config, &layer)?;
-    std::fs::write(&args.out, layout).with_context(|| format!("writing {}", args.out.display()))?;
-    println!("{} ({}, {} files) written to {}", args.name, file_name, files.len(), args.out.display());
-    Ok(())
+    env.extend(spec.env.iter().cloned());
+    let config =
+        ImageConfig { entrypoint: vec![entrypoint], cmd: spec.args.to_vec(), env, user: spec.user.map(str::to_owned) };
+    let layout = layout_tar(spec.name, &config, &layer)?;
+    std::fs::write(out, layout).with_context(|| format!("writing {}", out.display()))?;
+    Ok(files.len())
 }
 
 /// The shared libraries and loader a dynamically linked program needs, from `ldd`; none for a

@@ -77,7 +77,6 @@ pub fn run(args: UpArgs) -> anyhow::Result<()> {
     outcome
 }
 
-/// Starts `wavelink <argv>` as a child: own process group, killed if this process dies.
 /// Starts `exe argv` in its own process group, killed when this process dies, with the
 /// environment that matters to it (plus `extra`, which wins).
 pub fn start(exe: &Path, argv: &[String], extra: &[(String, String)]) -> anyhow::Result<u32> {
