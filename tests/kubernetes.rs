@@ -261,6 +261,48 @@ fn overflow_spills_to_a_wavelet_found_through_its_service_which_runs_the_deploym
 }
 
 #[test]
+fn with_containerd_an_emergency_instance_is_the_container_of_the_deployments_pod_template() {
+    let Some(cluster) = test_cluster("spill-container") else { return };
+    let Some(containerd) = support::containerd::containerd("spill to a container") else { return };
+    // The pod template names the image and an env value; no command: the image's entrypoint
+    // (wavelink-fn) runs, as in the function's pods.
+    let container = serde_json::json!({
+        "name": "fn",
+        "image": support::containerd::IMAGE,
+        "env": [{ "name": "FN_MESSAGE", "value": "from-the-pod-template" }],
+    });
+    cluster.create_function_with("boxed", 0, &[("wavelink.dev/emergency-keepalive", "1s")], container);
+    let setup = setup(&cluster);
+    let (listen, admin) = (loopback(), loopback());
+    let log = std::fs::File::create(setup.dir.0.join("wavelet.log")).expect("log");
+    let mut command = wavelink();
+    command
+        .args(["wavelet", "--config"])
+        .arg(&setup.config)
+        .args(["--listen", &listen.to_string(), "--admin", &admin.to_string(), "--state-dir"])
+        .arg(setup.dir.0.join("wavelet-state"))
+        .args(containerd.wavelet_args())
+        .env("KUBECONFIG", &cluster.kubeconfig)
+        .stdout(Stdio::null())
+        .stderr(log);
+    let _wavelet = Proc::spawn("wavelet", &mut command);
+    wait_until("wavelet ready", || get(admin, "admin", "/readyz").is_ok_and(|r| r.status == 200));
+    cluster.publish_endpoint("wavelink-wavelet", "wavelet", listen);
+    let _proxy = setup.start_proxy(&cluster);
+    wait_until("the proxy spills to the Wavelet", || {
+        get(setup.proxy_admin, "admin", "/v1/wavelets").is_ok_and(|r| r.text().contains(&listen.to_string()))
+    });
+
+    let host = format!("boxed.{}.example.com", cluster.namespace);
+    for (response, _) in burst_with(setup.proxy_listen, &host, "/?sleep=50", 5, "") {
+        assert_eq!(response.status, 200, "{}\n{}", response.text(), setup.log("wavelet"));
+        assert_eq!(response.header("x-wavelink-track"), Some("emergency"));
+        assert_eq!(response.header("x-wavelink-message"), Some("from-the-pod-template"));
+    }
+    assert!(!containerd.containers().is_empty(), "the instances were containers of this containerd");
+}
+
+#[test]
 fn in_sync_mode_the_proxy_asks_every_controller_for_an_ri_and_only_the_leader_writes() {
     let Some(cluster) = test_cluster("sync") else { return };
     cluster.create_function(

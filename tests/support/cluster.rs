@@ -59,6 +59,18 @@ impl TestCluster {
 
     /// Creates a function Deployment (`wavelink.dev/function: <name>`) with these annotations.
     pub fn create_function(&self, name: &str, replicas: i32, annotations: &[(&str, &str)]) {
+        let container = serde_json::json!({ "name": "fn", "image": "wavelink", "command": ["wavelink", "fn"] });
+        self.create_function_with(name, replicas, annotations, container);
+    }
+
+    /// The same, with the pod template's one container given.
+    pub fn create_function_with(
+        &self,
+        name: &str,
+        replicas: i32,
+        annotations: &[(&str, &str)],
+        container: serde_json::Value,
+    ) {
         let deployment: Deployment = serde_json::from_value(serde_json::json!({
             "apiVersion": "apps/v1",
             "kind": "Deployment",
@@ -72,7 +84,7 @@ impl TestCluster {
                 "selector": { "matchLabels": { "app": name } },
                 "template": {
                     "metadata": { "labels": { "app": name } },
-                    "spec": { "containers": [{ "name": "fn", "image": "wavelink", "command": ["wavelink", "fn"] }] }
+                    "spec": { "containers": [container] }
                 }
             }
         }))
