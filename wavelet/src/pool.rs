@@ -105,6 +105,24 @@ pub enum AcquireError {
     Start(#[from] StartError),
 }
 
+/// A place under the node cap, reserved while an instance starts; released on drop unless kept.
+struct NodePlace<'a>(Option<&'a SlotCounter>);
+
+impl NodePlace<'_> {
+    /// The instance started: the place is its own now (released when it is destroyed).
+    fn keep(mut self) {
+        self.0 = None;
+    }
+}
+
+impl Drop for NodePlace<'_> {
+    fn drop(&mut self) {
+        if let Some(live) = self.0 {
+            live.release();
+        }
+    }
+}
+
 /// A slot on an instance, held for one request; dropping it releases the slot.
 pub struct Lease {
     pools: Arc<Pools>,
@@ -266,10 +284,16 @@ impl Pools {
             self.metrics.full.inc();
             return Err(AcquireError::Full(self.max_instances));
         }
+        // The place is given back unless an instance takes it, also when this future is dropped
+        // while a container starts (the runtime removes a container nobody took).
+        let place = NodePlace(Some(&self.live));
         let instance = match self.runtime.start(&def).await {
-            Ok(instance) => instance,
+            Ok(instance) => {
+                place.keep();
+                instance
+            }
             Err(e) => {
-                self.live.release();
+                drop(place);
                 if !e.is_unavailable() {
                     pool.metrics.spawn_failures.inc();
                     warn!(function = %def.id, error = %e, "starting an Emergency Instance failed");

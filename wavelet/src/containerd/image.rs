@@ -154,10 +154,8 @@ impl Containerd {
     /// Pulls `name` through the CRI image service (which pulls into the `k8s.io` namespace and
     /// unpacks for the CRI snapshotter), as kubelet would.
     pub async fn pull_through_cri(&self, name: &str, timeout: Duration) -> Result<String, ImageError> {
-        let request = cri::PullImageRequest {
-            image: Some(cri::ImageSpec { image: name.to_owned(), ..Default::default() }),
-            ..Default::default()
-        };
+        let request =
+            cri::PullImageRequest { image: Some(cri::ImageSpec { image: name.to_owned(), ..Default::default() }) };
         let mut grpc = tonic::client::Grpc::new(self.channel());
         let rpc = |e: tonic::Status| ImageError::Rpc { image: name.to_owned(), message: e.message().to_owned() };
         grpc.ready().await.map_err(|e| ImageError::Rpc { image: name.to_owned(), message: e.to_string() })?;

@@ -44,7 +44,7 @@ use wavelink_core::{FunctionDef, FunctionId};
 pub use client::{ConnectError, Containerd, ContainerdSettings};
 use image::{ImageError, ImageInfo};
 use netns::{HostNetns, NetnsConnector};
-use spec::{Limits, Network};
+use spec::{Limits, Network, Placement};
 
 use crate::runtime::PortRange;
 
@@ -243,17 +243,23 @@ impl ContainerdRuntime {
     }
 
     /// A started instance of `def`: a prepared one if there is one, else made now.
+    ///
+    /// The start runs to its end on the containerd runtime even if the caller stops waiting (a
+    /// request that went away); a container nobody took is removed then, never left running.
     pub async fn start(&self, def: Arc<FunctionDef>) -> Result<Container, ContainerError> {
         let inner = self.inner.clone();
         let handle = self.handle().clone();
-        let started = self.handle().spawn(async move {
+        let (answer, started) = tokio::sync::oneshot::channel();
+        self.handle().spawn(async move {
             let result = inner.start(&def).await;
             if result.is_ok() {
                 Inner::refill(&inner, &handle, def);
             }
-            result
+            if let Err(Ok(orphan)) = answer.send(result) {
+                inner.remove(&orphan.id).await;
+            }
         });
-        started.await.unwrap_or_else(|e| Err(ContainerError::Rpc { step: "start", message: e.to_string() }))
+        started.await.unwrap_or_else(|_| Err(ContainerError::Rpc { step: "start", message: "the task ended".into() }))
     }
 
     /// Destroys the instance: task, container and snapshot. Blocks; call it off the request path.
@@ -326,11 +332,10 @@ impl Inner {
         let prepared = {
             let mut prepared = self.prepared.lock();
             let list = prepared.get_mut(&def.id);
-            let found = list.and_then(|list| {
+            list.and_then(|list| {
                 let position = list.iter().position(|p| same_instance(def, &p.def))?;
                 Some(list.swap_remove(position))
-            });
-            found
+            })
         };
         let mut container = match prepared {
             Some(prepared) if prepared.container.alive() => {
@@ -480,7 +485,16 @@ impl Inner {
             cpu_millis: template.cpu_limit_millis,
         };
         let settings = &self.client.settings;
-        let spec = spec::runtime_spec(&id, &plan, limits, &settings.cgroup_parent, network);
+        // A few shims per function, shared by its instances in turn: a burst starts no shim
+        // after the first few, and creates still run in parallel (a shim serialises its own).
+        let serial = self.next.load(Relaxed);
+        let shim_group = (settings.shims_per_function > 0).then(|| {
+            let slot = serial % u64::from(settings.shims_per_function);
+            format!("wavelink-{}-{}-{}-{slot}", self.owner, def.id.namespace, def.id.name)
+        });
+        let placement =
+            Placement { cgroup_parent: &settings.cgroup_parent, network, shim_group: shim_group.as_deref() };
+        let spec = spec::runtime_spec(&id, &plan, limits, placement);
         let labels = HashMap::from([
             (OWNER_LABEL.to_owned(), self.owner.clone()),
             (FUNCTION_LABEL.to_owned(), def.id.to_string()),

@@ -158,9 +158,54 @@ impl PrivateContainerd {
     }
 }
 
+impl PrivateContainerd {
+    /// Removes everything until nothing is left twice in a row (a create that was under way
+    /// when a client died finishes inside containerd a moment later), at most a few seconds.
+    fn remove_until_empty(&self) {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let mut quiet = 0;
+        while quiet < 2 && Instant::now() < deadline {
+            let left = self
+                .namespaces()
+                .iter()
+                .any(|ns| !self.list(ns, "tasks", None).is_empty() || !self.list(ns, "containers", None).is_empty());
+            if left {
+                quiet = 0;
+                self.remove_everything();
+            } else {
+                quiet += 1;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Shims of this containerd that outlived it (shims are separate processes by design), and
+    /// the containers they ran: killed, so nothing of this containerd runs on.
+    fn kill_stray_shims(&self) {
+        let socket = self.socket.display().to_string();
+        let stats: Vec<(u32, crate::procfs::ProcStat)> =
+            crate::procfs::pids().into_iter().filter_map(|pid| crate::procfs::stat(pid).map(|s| (pid, s))).collect();
+        for pid in crate::procfs::pids() {
+            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            let is_our_shim = String::from_utf8_lossy(&cmdline).contains("containerd-shim")
+                && cmdline.split(|b| *b == 0).any(|arg| arg == socket.as_bytes());
+            if !is_our_shim {
+                continue;
+            }
+            for (child, _) in stats.iter().filter(|(_, s)| s.ppid == pid) {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(*child as i32),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+            }
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGKILL);
+        }
+    }
+}
+
 impl Drop for PrivateContainerd {
     fn drop(&mut self) {
-        self.remove_everything();
+        self.remove_until_empty();
         if let Some(mut child) = self.child.take() {
             let _ = nix::sys::signal::kill(
                 nix::unistd::Pid::from_raw(child.id() as i32),
@@ -173,6 +218,7 @@ impl Drop for PrivateContainerd {
             let _ = child.kill();
             let _ = child.wait();
         }
+        self.kill_stray_shims();
         // Whatever is still mounted under the directory would keep it from being removed.
         if let Ok(mounts) = std::fs::read_to_string("/proc/self/mounts") {
             let root = self.dir.display().to_string();
