@@ -35,6 +35,7 @@ bench: build bench-deps
 	bench/proxy.sh
 	bench/fn_startup.py
 	bench/ei.py
+	@if [ "$$(id -u)" = 0 ]; then bench/ei_containerd.py; else echo "bench/ei_containerd.py skipped: containerd needs root"; fi
 	bench/load.sh
 
 # The headline experiment: every scaling mode side by side on one trace (docs/benchmarks.md).

@@ -152,6 +152,11 @@ fn an_instance_sees_nothing_of_the_wavelet_reaches_no_other_instance_and_can_onl
     assert_eq!(links.lines().count(), 1, "only lo: {links}");
     let (own, said) = wget(a, "http://127.0.0.1:8080/");
     assert_eq!(own, 0, "the instance reaches its own port: {said}");
+    // The one port it can address is its own: the neighbour listens on the same port number in
+    // a namespace of its own, and answers there with its own id.
+    let (_, headers) = sh(a, "/bin/busybox timeout 10 /bin/busybox wget -S -O /dev/null http://127.0.0.1:8080/ 2>&1");
+    assert!(headers.contains(&format!("x-wavelink-instance: {a}")), "{headers}");
+    assert!(!headers.contains(b.as_str()), "{headers}");
     for target in [stack.wavelets[0].0, stack.wavelets[0].1, stack.proxy_listen, stack.proxy_admin] {
         let (code, said) = wget(a, &format!("http://{target}/"));
         assert_eq!(code, 1, "{target} is reachable from inside an instance: {said}");

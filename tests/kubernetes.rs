@@ -272,6 +272,8 @@ fn with_containerd_an_emergency_instance_is_the_container_of_the_deployments_pod
         "env": [{ "name": "FN_MESSAGE", "value": "from-the-pod-template" }],
     });
     cluster.create_function_with("boxed", 0, &[("wavelink.dev/emergency-keepalive", "1s")], container);
+    let missing = serde_json::json!({ "name": "fn", "image": "localhost/not-on-this-node:9" });
+    cluster.create_function_with("missing", 0, &[], missing);
     let setup = setup(&cluster);
     let (listen, admin) = (loopback(), loopback());
     let log = std::fs::File::create(setup.dir.0.join("wavelet.log")).expect("log");
@@ -300,6 +302,31 @@ fn with_containerd_an_emergency_instance_is_the_container_of_the_deployments_pod
         assert_eq!(response.header("x-wavelink-message"), Some("from-the-pod-template"));
     }
     assert!(!containerd.containers().is_empty(), "the instances were containers of this containerd");
+
+    // An image the node does not have: a quick 5xx naming it, and a Warning Event on the
+    // function's Deployment (where `kubectl describe` shows it), naming node and image.
+    let host = format!("missing.{}.example.com", cluster.namespace);
+    let started = Instant::now();
+    let response = get(setup.proxy_listen, &host, "/").expect("request");
+    assert!(started.elapsed() < Duration::from_secs(1), "took {:?}", started.elapsed());
+    assert!(response.status >= 500 && response.text().contains("localhost/not-on-this-node:9"), "{}", response.text());
+    let events: Api<Event> = Api::namespaced(cluster.client.clone(), &cluster.namespace);
+    let mut note = String::new();
+    wait_until("a Warning Event on the Deployment with the missing image", || {
+        let list = cluster.runtime.block_on(events.list(&ListParams::default())).expect("list events");
+        note = list
+            .items
+            .iter()
+            .filter(|e| e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some("missing"))
+            .filter(|e| {
+                e.type_.as_deref() == Some("Warning") && e.reason.as_deref() == Some("EmergencyImageUnavailable")
+            })
+            .filter_map(|e| e.note.clone())
+            .next()
+            .unwrap_or_default();
+        !note.is_empty()
+    });
+    assert!(note.contains("localhost/not-on-this-node:9") && note.contains("missing"), "{note}");
 }
 
 #[test]

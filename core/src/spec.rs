@@ -34,15 +34,27 @@ pub mod keys {
     pub const QUEUE_DEPTH: &str = "wavelink.dev/queue-depth";
     pub const SPORADIC_THRESHOLD: &str = "wavelink.dev/sporadic-threshold";
     pub const PORT: &str = "wavelink.dev/port";
+    pub const CONTAINER: &str = "wavelink.dev/container";
 }
 
 /// What values a key accepts. Its `Display` is the "accepted range" of error messages and docs.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Accepted {
-    Integer { min: u64, max: u64 },
-    Number { min: f64, max: f64 },
-    Duration { min: Duration, max: Duration },
+    Integer {
+        min: u64,
+        max: u64,
+    },
+    Number {
+        min: f64,
+        max: f64,
+    },
+    Duration {
+        min: Duration,
+        max: Duration,
+    },
     OneOf(&'static [&'static str]),
+    /// A DNS-1123 label (a Kubernetes object or container name), or empty for none.
+    Name,
 }
 
 impl fmt::Display for Accepted {
@@ -57,6 +69,7 @@ impl fmt::Display for Accepted {
                 HumanDuration(*max)
             ),
             Accepted::OneOf(choices) => write!(f, "one of {}", choices.join(", ")),
+            Accepted::Name => write!(f, "a container name (1-63 lower-case letters, digits or '-'), or empty"),
         }
     }
 }
@@ -180,13 +193,20 @@ pub static ANNOTATIONS: &[AnnotationKey] = &[
         accepted: Accepted::Integer { min: 1, max: 65_535 },
         meaning: "container port of the function",
     },
+    AnnotationKey {
+        name: keys::CONTAINER,
+        default: "",
+        accepted: Accepted::Name,
+        meaning: "the pod template's container an Emergency Instance runs (`containerd` runtime); empty: the first",
+    },
 ];
 
 /// The annotation reference as a Markdown table (the one in `docs/annotations.md`).
 pub fn markdown_table() -> String {
     let mut table = String::from("| key | default | accepted | meaning |\n|---|---|---|---|\n");
     for key in ANNOTATIONS {
-        table.push_str(&format!("| `{}` | `{}` | {} | {} |\n", key.name, key.default, key.accepted, key.meaning));
+        let default = if key.default.is_empty() { "(empty)".to_owned() } else { format!("`{}`", key.default) };
+        table.push_str(&format!("| `{}` | {default} | {} | {} |\n", key.name, key.accepted, key.meaning));
     }
     table
 }
@@ -270,6 +290,8 @@ pub struct FunctionSpec {
     /// `None` when the sporadic rule is disabled.
     pub sporadic_threshold: Option<Duration>,
     pub port: u16,
+    /// The pod template's container EIs run; `None`: the first.
+    pub container: Option<String>,
 }
 
 impl Default for FunctionSpec {
@@ -350,6 +372,7 @@ impl FunctionSpec {
             queue_depth: reader.integer(keys::QUEUE_DEPTH) as u32,
             sporadic_threshold: Some(reader.duration(keys::SPORADIC_THRESHOLD)).filter(|d| !d.is_zero()),
             port: reader.integer(keys::PORT) as u16,
+            container: Some(reader.name(keys::CONTAINER)).filter(|name| !name.is_empty()),
         };
 
         if let Some(max) = spec.max_scale
@@ -421,6 +444,17 @@ impl Reader {
     fn duration(&mut self, key: &'static str) -> Duration {
         let Accepted::Duration { min, max } = self.raw(key).0.accepted else { unreachable!("{key} is not a duration") };
         self.read(key, |text| parse_duration(text).ok().filter(|d| *d >= min && *d <= max))
+    }
+
+    fn name(&mut self, key: &'static str) -> String {
+        let Accepted::Name = self.raw(key).0.accepted else { unreachable!("{key} is not a name") };
+        self.read(key, |text| {
+            let label = text.len() <= 63
+                && text.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+                && !text.starts_with('-')
+                && !text.ends_with('-');
+            label.then(|| text.to_owned())
+        })
     }
 
     fn choice(&mut self, key: &'static str) -> &'static str {
@@ -525,6 +559,10 @@ mod tests {
                     choices.iter().map(|c| c.to_string()).collect(),
                     vec!["none-of-these".to_owned(), choices[0].to_uppercase()],
                 ),
+                Accepted::Name => (
+                    vec!["fn".to_owned(), "a".repeat(63), "app-2".to_owned()],
+                    vec!["Fn".to_owned(), "a".repeat(64), "-app".to_owned(), "app_2".to_owned()],
+                ),
             };
             for value in inside {
                 assert!(parse(&[(key.name, &value)]).is_ok(), "{}={value} should be accepted", key.name);
@@ -544,7 +582,10 @@ mod tests {
     #[test]
     fn garbage_is_rejected_for_every_key() {
         for key in ANNOTATIONS {
-            for value in ["", "abc", "-1", "1e9999"] {
+            // A name may be almost anything lower-case; what no key takes is a leading '-'.
+            let garbage: &[&str] =
+                if key.accepted == Accepted::Name { &["-1", "A B"] } else { &["", "abc", "-1", "1e9999"] };
+            for value in garbage {
                 assert!(parse(&[(key.name, value)]).is_err(), "{}={value:?} should be rejected", key.name);
             }
         }

@@ -86,7 +86,7 @@ pub mod recorded {
 
     use super::*;
     use crate::catalog::ClusterRejection;
-    use crate::events::RejectionEvents;
+    use crate::events::{REASON_IMAGE, RejectionEvents, WarningEvents};
     use crate::{ClusterView, LeaderElector, scale};
 
     /// A fake apiserver: a client whose requests are answered by `answer` and recorded.
@@ -157,6 +157,29 @@ pub mod recorded {
         seen.lock().clone()
     }
 
+    /// What a Wavelet does: read the cluster, and report a function whose image it cannot use
+    /// on its Deployment, twice (create, then patch of the series).
+    pub async fn wavelet() -> AccessSet {
+        let (client, seen, server) = fake_apiserver();
+        let (view, drive) = ClusterView::start(client.clone(), None);
+        let drive = tokio::spawn(drive);
+        let _ = tokio::time::timeout(Duration::from_secs(5), view.ready()).await;
+        let events = WarningEvents::new(client, "wavelink-wavelet", "node-1".into());
+        let deployment = k8s_openapi::api::core::v1::ObjectReference {
+            api_version: Some("apps/v1".into()),
+            kind: Some("Deployment".into()),
+            name: Some("f".into()),
+            namespace: Some("ns".into()),
+            uid: Some("u".into()),
+            ..Default::default()
+        };
+        let _ = events.report(&deployment, REASON_IMAGE, "StartEmergencyInstance", "first").await;
+        let _ = events.report(&deployment, REASON_IMAGE, "StartEmergencyInstance", "second").await;
+        drive.abort();
+        server.abort();
+        seen.lock().clone()
+    }
+
     /// Everything the controller does: read the cluster, scale, report a rejected function
     /// twice (create, then patch of the series), and hold, renew and release the Lease.
     pub async fn controller() -> AccessSet {
@@ -220,10 +243,11 @@ pub mod recorded {
     #[tokio::test]
     async fn each_components_rbac_grants_exactly_the_calls_its_code_makes() {
         let view = cluster_view().await;
-        for (file, role) in [("proxy.yaml", "wavelink-proxy"), ("wavelet.yaml", "wavelink-wavelet")] {
-            let grants = granted(file, &[role]);
-            assert_eq!(grants, view, "{role} grants:\n{grants}but its code calls:\n{view}");
-        }
+        let grants = granted("proxy.yaml", &["wavelink-proxy"]);
+        assert_eq!(grants, view, "wavelink-proxy grants:\n{grants}but its code calls:\n{view}");
+        let wavelet = wavelet().await;
+        let grants = granted("wavelet.yaml", &["wavelink-wavelet"]);
+        assert_eq!(grants, wavelet, "wavelink-wavelet grants:\n{grants}but its code calls:\n{wavelet}");
         let controller = controller().await;
         let grants = granted("controller.yaml", &["wavelink-controller", "wavelink-controller-lease"]);
         assert_eq!(grants, controller, "the controller's roles grant:\n{grants}but its code calls:\n{controller}");

@@ -143,7 +143,19 @@ pub fn function_of(deployment: &Deployment) -> Option<Result<ClusterFunction, Re
         Err(e) => return Some(Err(reject(e.to_string()))),
     };
     let spec_of_deployment = deployment.spec.as_ref();
-    let container = spec_of_deployment.and_then(|s| s.template.spec.as_ref()).and_then(|pod| pod.containers.first());
+    let containers = spec_of_deployment.and_then(|s| s.template.spec.as_ref()).map(|pod| pod.containers.as_slice());
+    let container = match &spec.container {
+        None => containers.and_then(<[Container]>::first),
+        Some(name) => match containers.and_then(|all| all.iter().find(|c| &c.name == name)) {
+            Some(container) => Some(container),
+            None => {
+                return Some(Err(reject(format!(
+                    "{}: {name:?} names no container of the pod template",
+                    wavelink_core::spec::keys::CONTAINER
+                ))));
+            }
+        },
+    };
     let command = container
         .map(|c| c.command.iter().flatten().chain(c.args.iter().flatten()).cloned().collect())
         .unwrap_or_default();
@@ -357,6 +369,19 @@ mod tests {
             "literal values only; valueFrom is not resolved"
         );
         assert!(function_of(&deployment("no-image", Some("x"), &[])).unwrap().unwrap().def.container.is_none());
+    }
+
+    #[test]
+    fn an_annotation_picks_the_container_emergency_instances_run() {
+        let mut d = deployment("two", Some("two"), &[(keys::CONTAINER, "app")]);
+        let pod = d.spec.as_mut().and_then(|s| s.template.spec.as_mut()).unwrap();
+        pod.containers[0].image = Some("sidecar:1".into());
+        pod.containers.push(Container { name: "app".into(), image: Some("app:2".into()), ..Default::default() });
+        let f = function_of(&d).unwrap().unwrap();
+        assert_eq!(f.def.container.map(|c| c.image).as_deref(), Some("app:2"));
+        let missing = deployment("three", Some("three"), &[(keys::CONTAINER, "nope")]);
+        let error = function_of(&missing).unwrap().unwrap_err().error;
+        assert!(error.contains(keys::CONTAINER) && error.contains("\"nope\""), "{error}");
     }
 
     #[test]

@@ -273,6 +273,20 @@ pub fn run(args: ExperimentArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// A stopped stack must have removed every container it started (checked with `ctr`).
+fn ensure_no_containers_left(runtime_env: &[(String, String)]) -> anyhow::Result<()> {
+    let socket = runtime_env.iter().find(|(k, _)| k == "WAVELINK_CONTAINERD_SOCKET").map(|(_, v)| v.as_str());
+    let listed = std::process::Command::new("ctr")
+        .args(["--address", socket.unwrap_or_default(), "--namespace", CONTAINERD_NAMESPACE, "containers", "ls", "-q"])
+        .output()
+        .context("running ctr to check for containers left behind")?;
+    let left: Vec<String> = String::from_utf8_lossy(&listed.stdout).lines().map(str::to_owned).collect();
+    if !left.is_empty() {
+        bail!("the stopped stack left {} containers in containerd: {}", left.len(), left.join(", "));
+    }
+    Ok(())
+}
+
 /// Writes the `wavelink-fn` image and imports it into containerd at `socket` with `ctr`.
 fn import_image(out: &std::path::Path, socket: &std::path::Path) -> anyhow::Result<()> {
     let program = std::env::current_exe().context("finding this executable")?.with_file_name("wavelink-fn");
@@ -434,6 +448,9 @@ fn run_mode(
         // Its children and their instances die with it (parent-death signal).
         let _ = nix::sys::signal::kill(Pid::from_raw(up_pid as i32), Signal::SIGKILL);
         let _ = wait(up_pid, true);
+    }
+    if runtime_env.iter().any(|(k, v)| k == "WAVELINK_RUNTIME" && v == "containerd") {
+        ensure_no_containers_left(runtime_env)?;
     }
     let tree = children_cpu() - children_before;
     let requested_work: f64 =

@@ -118,10 +118,6 @@ pub struct ContainerdArgs {
     /// cold start is only a task start; 0 disables.
     #[arg(long, default_value_t = 2, value_name = "N")]
     pub prepared: u32,
-    /// runc shims per function, shared by its containers in turn (as a pod's containers share
-    /// one); a start then skips the shim's own start-up. 0: a shim per container.
-    #[arg(long, default_value_t = 4, value_name = "N")]
-    pub shims: u32,
 }
 
 impl ContainerdArgs {
@@ -134,7 +130,6 @@ impl ContainerdArgs {
             runc_binary: self.oci_runtime.clone(),
             cgroup_parent: self.cgroup_parent.clone(),
             prepared_per_function: self.prepared,
-            shims_per_function: self.shims,
             ..ContainerdSettings::default()
         })
     }

@@ -6,6 +6,9 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 
+use std::sync::Arc;
+
+use wavelink_kubernetes::events::{REASON_IMAGE, WarningEvents};
 use wavelink_wavelet::pool::Pools;
 
 use super::cluster::Cluster;
@@ -69,9 +72,12 @@ pub fn run(args: WaveletArgs) -> anyhow::Result<()> {
         runtime: args.runtime.settings("wavelet", listen.port(), DEFAULT_PORTS),
         spawn_timeout: args.spawn_timeout,
         containerd: args.containerd.settings(),
-        node_name: args.node_name,
+        node_name: args.node_name.clone(),
     };
     let wavelet = wavelink_wavelet::Wavelet::new(settings).context("setting up the wavelet")?;
+    let node = args.node_name.clone().unwrap_or_else(|| {
+        nix::unistd::gethostname().map(|h| h.to_string_lossy().into_owned()).unwrap_or_else(|_| "this node".into())
+    });
     // Kept alive while the Wavelet runs: it feeds the function table.
     let _cluster = match &config.kubernetes {
         Some(settings) => {
@@ -81,6 +87,8 @@ pub fn run(args: WaveletArgs) -> anyhow::Result<()> {
                 pools.apply(view.catalog().functions.into_iter().map(|f| f.def).collect());
                 warn_unreachable(&pools);
             });
+            let reporter = report_image_failures(&cluster, wavelet.pools().clone(), node);
+            cluster.runtime.spawn(reporter);
             Some(cluster)
         }
         None => {
@@ -96,6 +104,39 @@ pub fn run(args: WaveletArgs) -> anyhow::Result<()> {
     let shutdown = wavelet.signal_shutdown();
     wavelet.run(shutdown, true);
     Ok(())
+}
+
+/// How often image problems are looked for, to report them on the functions' Deployments.
+const IMAGE_REPORT_INTERVAL: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Leaves a Warning Event on the Deployment of every function whose image this node cannot use
+/// (`kubectl describe deployment` shows it), once per problem.
+fn report_image_failures(cluster: &Cluster, pools: Arc<Pools>, node: String) -> impl Future<Output = ()> + use<> {
+    let events = WarningEvents::new(cluster.client.clone(), "wavelink-wavelet", node.clone());
+    let view = cluster.view.clone();
+    async move {
+        let mut tick = tokio::time::interval(IMAGE_REPORT_INTERVAL);
+        loop {
+            tick.tick().await;
+            let failures = pools.image_failures();
+            if failures.is_empty() {
+                continue;
+            }
+            let catalog = view.catalog();
+            for (function, why) in failures {
+                let Some(deployment) =
+                    catalog.function(&function).and_then(|f| view.deployment(&function.namespace, &f.deployment))
+                else {
+                    continue;
+                };
+                let note = format!("node {node} cannot start Emergency Instances of {function}: {why}");
+                let object = kube::Resource::object_ref(deployment.as_ref(), &());
+                if let Err(e) = events.report(&object, REASON_IMAGE, "StartEmergencyInstance", &note).await {
+                    tracing::warn!(%function, error = %e, "could not leave an Event about the image");
+                }
+            }
+        }
+    }
 }
 
 /// Functions whose command this node cannot run get no EIs; say so once per change.

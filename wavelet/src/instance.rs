@@ -93,6 +93,22 @@ impl Runtime {
         }
     }
 
+    /// The functions among `defs` whose instances cannot start because of their image, with why.
+    pub fn image_failures<'a>(&self, defs: impl IntoIterator<Item = &'a FunctionDef>) -> Vec<(FunctionId, String)> {
+        let Runtime::Containerd(runtime) = self else { return Vec::new() };
+        let failed = runtime.image_failures();
+        if failed.is_empty() {
+            return Vec::new();
+        }
+        defs.into_iter()
+            .filter_map(|def| {
+                let image = wavelink_core::container::normalize_image(&def.container.as_ref()?.image);
+                let (_, why) = failed.iter().find(|(name, _)| *name == image)?;
+                Some((def.id.clone(), why.clone()))
+            })
+            .collect()
+    }
+
     /// Shutdown: whatever the runtime holds beyond the live instances.
     pub fn shutdown(&self) {
         if let Runtime::Containerd(runtime) = self {

@@ -224,6 +224,12 @@ impl Pools {
         self.functions.load().values().flat_map(|p| p.instances()).map(|ei| u64::from(ei.in_flight())).sum()
     }
 
+    /// Functions whose image cannot be used on this node, with why.
+    pub fn image_failures(&self) -> Vec<(FunctionId, String)> {
+        let defs: Vec<_> = self.functions.load().values().map(|p| p.def.load_full()).collect();
+        self.runtime.image_failures(defs.iter().map(|d| d.as_ref()))
+    }
+
     /// Functions whose instances could not start as the configured user, with why.
     pub fn unreachable_commands(&self) -> Vec<(FunctionId, String)> {
         self.functions()

@@ -13,7 +13,7 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::SeqCst};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
@@ -27,6 +27,8 @@ use wavelink_wavelet::state::StateDir;
 use super::{Backend, BackendError, ManagedFunction};
 use crate::metrics::ControllerMetrics;
 
+/// Longest wait for a new RI that binds its own port to accept connections.
+const READY_LIMIT: Duration = Duration::from_secs(30);
 /// Longest wait for a removed RI's requests before it is destroyed anyway.
 const DRAIN_LIMIT: Duration = Duration::from_secs(30);
 const ADMIN_TIMEOUT: Duration = Duration::from_secs(2);
@@ -63,6 +65,10 @@ struct Inner {
     start_delay: Duration,
     functions: Mutex<HashMap<FunctionId, LocalFunction>>,
     metrics: Arc<ControllerMetrics>,
+    /// Set on shutdown: a start that finishes after it destroys its instance at once.
+    stopping: AtomicBool,
+    /// Starts and destructions under way, which shutdown waits for so no instance outlives it.
+    pending: AtomicUsize,
 }
 
 impl LocalBackend {
@@ -89,6 +95,8 @@ impl LocalBackend {
             start_delay,
             functions: Mutex::new(functions),
             metrics,
+            stopping: AtomicBool::new(false),
+            pending: AtomicUsize::new(0),
         }))
     }
 
@@ -113,9 +121,16 @@ impl Inner {
         let counted = live.len() + function.starting as usize;
         if counted < target {
             for _ in counted..target {
+                if self.stopping.load(SeqCst) {
+                    break;
+                }
                 function.starting += 1;
+                self.pending.fetch_add(1, SeqCst);
                 let (backend, def, asked) = (self.clone(), function.def.clone(), Instant::now());
-                tokio::spawn(async move { backend.start(def, asked).await });
+                tokio::spawn(async move {
+                    backend.clone().start(def, asked).await;
+                    backend.pending.fetch_sub(1, SeqCst);
+                });
             }
         } else if live.len() > target {
             // Retire the youngest first: not-yet-ready ones cost nothing to drop.
@@ -135,7 +150,15 @@ impl Inner {
     async fn start(self: Arc<Self>, def: Arc<FunctionDef>, asked: Instant) {
         let id = def.id.clone();
         let started = self.runtime.start(&def).await;
-        let ri = {
+        if self.stopping.load(SeqCst) {
+            // Shutting down: nobody will route to it or destroy it later.
+            if let Ok(instance) = started {
+                let runtime = self.runtime.clone();
+                let _ = tokio::task::spawn_blocking(move || runtime.destroy(instance)).await;
+            }
+            return;
+        }
+        let (ri, reach) = {
             let mut functions = self.functions.lock();
             let Some(function) = functions.get_mut(&id) else { return };
             function.starting = function.starting.saturating_sub(1);
@@ -147,6 +170,9 @@ impl Inner {
                         warn!(error = %e, "could not record the RI; a crash would orphan it");
                     }
                     self.metrics.regular_started.with_label_values(&[&id.to_string()]).inc();
+                    // Only an instance that was handed its listening socket takes connections at once.
+                    let handed_socket = matches!(instance, Instance::Process(_)) && def.socket_activation;
+                    let reach = (!handed_socket).then(|| instance.reach());
                     let ri = Arc::new(LocalRi {
                         id: instance.id().to_owned(),
                         memory_sampled: Mutex::new(Instant::now()),
@@ -156,7 +182,7 @@ impl Inner {
                         process: Mutex::new(Some(instance)),
                     });
                     function.instances.push(ri.clone());
-                    ri
+                    (ri, reach)
                 }
                 Err(e) => {
                     warn!(function = %id, error = %e, "starting a Regular Instance failed");
@@ -164,8 +190,19 @@ impl Inner {
                 }
             }
         };
-        // The modelled cluster manager's pod start.
+        // The modelled cluster manager's pod start; and, like a readiness probe, the instance
+        // must accept connections (a container binds its port itself, which takes a moment more
+        // when many start at once).
         tokio::time::sleep(self.start_delay.saturating_sub(asked.elapsed())).await;
+        if let Some(reach) = reach
+            && !reach.wait_listening(READY_LIMIT).await
+        {
+            warn!(function = %id, instance = %ri.id, "a Regular Instance never listened; replacing it");
+            ri.retiring.store(true, SeqCst);
+            self.destroy(&id, &ri);
+            self.reconcile(&id);
+            return;
+        }
         if !ri.retiring.load(SeqCst) {
             ri.ready.store(true, SeqCst);
             self.push(&id).await;
@@ -187,7 +224,7 @@ impl Inner {
         self.destroy(id, &ri);
     }
 
-    fn destroy(&self, id: &FunctionId, ri: &Arc<LocalRi>) {
+    fn destroy(self: &Arc<Self>, id: &FunctionId, ri: &Arc<LocalRi>) {
         if let Some(mut functions) = self.functions.try_lock_for(Duration::from_secs(1))
             && let Some(function) = functions.get_mut(id)
         {
@@ -198,12 +235,15 @@ impl Inner {
             self.account_memory(id, ri, process.rss_bytes());
             let (runtime, state, rid) = (self.runtime.clone(), self.state.clone(), ri.id.clone());
             // SIGKILL and reaping, or containerd's calls, block: off the runtime's threads.
+            self.pending.fetch_add(1, SeqCst);
+            let backend = self.clone();
             std::thread::spawn(move || {
                 let recorded = matches!(process, Instance::Process(_));
                 runtime.destroy(process);
                 if recorded {
                     state.forget(&rid);
                 }
+                backend.pending.fetch_sub(1, SeqCst);
             });
         }
     }
@@ -260,6 +300,7 @@ impl Inner {
     }
 
     fn destroy_all(&self) {
+        self.stopping.store(true, SeqCst);
         let all: Vec<Arc<LocalRi>> = self.functions.lock().values_mut().flat_map(|f| f.instances.drain(..)).collect();
         for ri in all {
             if let Some(process) = ri.process.lock().take() {
@@ -267,6 +308,11 @@ impl Inner {
                 self.runtime.destroy(process);
                 self.state.forget(&id);
             }
+        }
+        // Starts and destructions under way finish (a start seeing `stopping` destroys its own).
+        let deadline = Instant::now() + DRAIN_LIMIT;
+        while self.pending.load(SeqCst) > 0 && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
         }
     }
 }

@@ -30,9 +30,6 @@ pub struct ContainerdSettings {
     pub cgroup_parent: String,
     /// Created-but-not-started instances kept per function, so a cold start is only a task start.
     pub prepared_per_function: u32,
-    /// runc shims per function, shared by its instances in turn (see
-    /// `spec::Placement::shim_group`); 0: a shim per instance, containerd's default.
-    pub shims_per_function: u32,
     /// How long an image pull may take.
     pub pull_timeout: Duration,
 }
@@ -47,7 +44,6 @@ impl Default for ContainerdSettings {
             runc_binary: None,
             cgroup_parent: "/wavelink".to_owned(),
             prepared_per_function: 2,
-            shims_per_function: 4,
             pull_timeout: Duration::from_secs(300),
         }
     }

@@ -44,7 +44,7 @@ use wavelink_core::{FunctionDef, FunctionId};
 pub use client::{ConnectError, Containerd, ContainerdSettings};
 use image::{ImageError, ImageInfo};
 use netns::{HostNetns, NetnsConnector};
-use spec::{Limits, Network, Placement};
+use spec::{Limits, Network};
 
 use crate::runtime::PortRange;
 
@@ -307,6 +307,19 @@ impl ContainerdRuntime {
         });
     }
 
+    /// Images that cannot be used now (their normalised name, and why), for reporting where
+    /// users look (a Warning Event on the function on Kubernetes).
+    pub fn image_failures(&self) -> Vec<(String, String)> {
+        let images = self.inner.images.lock();
+        images
+            .iter()
+            .filter_map(|(name, state)| match state {
+                ImageState::Failed { error, .. } => Some((name.clone(), error.to_string())),
+                _ => None,
+            })
+            .collect()
+    }
+
     /// Prepared instances now, over all functions.
     pub fn prepared(&self) -> usize {
         self.inner.prepared.lock().values().map(Vec::len).sum()
@@ -485,16 +498,7 @@ impl Inner {
             cpu_millis: template.cpu_limit_millis,
         };
         let settings = &self.client.settings;
-        // A few shims per function, shared by its instances in turn: a burst starts no shim
-        // after the first few, and creates still run in parallel (a shim serialises its own).
-        let serial = self.next.load(Relaxed);
-        let shim_group = (settings.shims_per_function > 0).then(|| {
-            let slot = serial % u64::from(settings.shims_per_function);
-            format!("wavelink-{}-{}-{}-{slot}", self.owner, def.id.namespace, def.id.name)
-        });
-        let placement =
-            Placement { cgroup_parent: &settings.cgroup_parent, network, shim_group: shim_group.as_deref() };
-        let spec = spec::runtime_spec(&id, &plan, limits, placement);
+        let spec = spec::runtime_spec(&id, &plan, limits, &settings.cgroup_parent, network);
         let labels = HashMap::from([
             (OWNER_LABEL.to_owned(), self.owner.clone()),
             (FUNCTION_LABEL.to_owned(), def.id.to_string()),

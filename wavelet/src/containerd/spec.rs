@@ -65,23 +65,9 @@ pub enum Network {
     Host,
 }
 
-/// Where an instance goes: its cgroup's parent, its network, and the shim that runs it.
-#[derive(Debug, Clone, Copy)]
-pub struct Placement<'a> {
-    pub cgroup_parent: &'a str,
-    pub network: Network,
-    /// Instances of one group share one runc shim process (`io.containerd.runc.v2.group`, as
-    /// the containers of a pod share their sandbox's): a start then skips starting a shim, which
-    /// is most of its cost. A shim's death takes its group's instances with it.
-    pub shim_group: Option<&'a str>,
-}
-
-/// The OCI annotation the runc shim groups containers by.
-pub const SHIM_GROUP_ANNOTATION: &str = "io.containerd.runc.v2.group";
-
-/// The runtime spec (OCI runtime-spec 1.0) for instance `id` running `plan`.
-pub fn runtime_spec(id: &str, plan: &ProcessPlan, limits: Limits, placement: Placement<'_>) -> Value {
-    let Placement { cgroup_parent, network, shim_group } = placement;
+/// The runtime spec (OCI runtime-spec 1.0) for instance `id` running `plan`, in a cgroup under
+/// `cgroup_parent`.
+pub fn runtime_spec(id: &str, plan: &ProcessPlan, limits: Limits, cgroup_parent: &str, network: Network) -> Value {
     let mut resources = json!({ "devices": [{ "allow": false, "access": "rwm" }] });
     if let Some(bytes) = limits.memory_bytes {
         // The swap limit equal to the memory limit: no swap, as kubelet does.
@@ -99,11 +85,8 @@ pub fn runtime_spec(id: &str, plan: &ProcessPlan, limits: Limits, placement: Pla
     if network == Network::Own {
         namespaces.push(json!({ "type": "network" }));
     }
-    let annotations: serde_json::Map<String, Value> =
-        shim_group.map(|group| (SHIM_GROUP_ANNOTATION.to_owned(), json!(group))).into_iter().collect();
     json!({
         "ociVersion": "1.0.2",
-        "annotations": annotations,
         "process": {
             "terminal": false,
             "user": { "uid": plan.uid, "gid": plan.gid, "additionalGids": additional_gids },
@@ -166,22 +149,9 @@ mod tests {
         }
     }
 
-    fn placement(cgroup_parent: &str, network: Network) -> Placement<'_> {
-        Placement { cgroup_parent, network, shim_group: None }
-    }
-
-    #[test]
-    fn a_shim_group_is_an_annotation_of_the_spec() {
-        let grouped = Placement { shim_group: Some("wavelink-f"), ..placement("/w", Network::Own) };
-        let spec = runtime_spec("x", &plan(), Limits::default(), grouped);
-        assert_eq!(spec["annotations"][SHIM_GROUP_ANNOTATION], "wavelink-f");
-        let alone = runtime_spec("x", &plan(), Limits::default(), placement("/w", Network::Own));
-        assert_eq!(alone["annotations"], json!({}));
-    }
-
     #[test]
     fn an_instance_gets_every_namespace_of_a_pod_and_no_privilege_escalation() {
-        let spec = runtime_spec("ei-1-2", &plan(), Limits::default(), placement("/wavelink", Network::Own));
+        let spec = runtime_spec("ei-1-2", &plan(), Limits::default(), "/wavelink", Network::Own);
         let namespaces: Vec<&str> =
             spec["linux"]["namespaces"].as_array().unwrap().iter().map(|n| n["type"].as_str().unwrap()).collect();
         assert_eq!(namespaces, ["pid", "ipc", "uts", "mount", "network"]);
@@ -199,7 +169,7 @@ mod tests {
 
     #[test]
     fn a_host_network_instance_shares_only_the_network_namespace() {
-        let spec = runtime_spec("ri-1-2", &plan(), Limits::default(), placement("/wavelink", Network::Host));
+        let spec = runtime_spec("ri-1-2", &plan(), Limits::default(), "/wavelink", Network::Host);
         let namespaces: Vec<&str> =
             spec["linux"]["namespaces"].as_array().unwrap().iter().map(|n| n["type"].as_str().unwrap()).collect();
         assert_eq!(namespaces, ["pid", "ipc", "uts", "mount"]);
@@ -208,17 +178,12 @@ mod tests {
     #[test]
     fn limits_become_cgroup_settings() {
         let limits = Limits { memory_bytes: Some(256 << 20), cpu_millis: Some(500) };
-        let spec = runtime_spec("x", &plan(), limits, placement("/wavelink/", Network::Own));
+        let spec = runtime_spec("x", &plan(), limits, "/wavelink/", Network::Own);
         assert_eq!(spec["linux"]["resources"]["memory"]["limit"], 256u64 << 20);
         assert_eq!(spec["linux"]["resources"]["cpu"]["quota"], 50_000);
         assert_eq!(spec["linux"]["resources"]["cpu"]["period"], 100_000);
         assert_eq!(spec["linux"]["cgroupsPath"], "/wavelink/x");
-        let tiny = runtime_spec(
-            "x",
-            &plan(),
-            Limits { memory_bytes: None, cpu_millis: Some(1) },
-            placement("/w", Network::Own),
-        );
+        let tiny = runtime_spec("x", &plan(), Limits { memory_bytes: None, cpu_millis: Some(1) }, "/w", Network::Own);
         assert_eq!(tiny["linux"]["resources"]["cpu"]["quota"], 1000);
     }
 }
