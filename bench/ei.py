@@ -90,6 +90,21 @@ def metric(admin_port, series):
     return 0.0
 
 
+def stop_all(procs, timeout=10):
+    """SIGTERM to each process group, newest first; SIGKILL what has not exited in `timeout` s."""
+    for p in reversed(procs):
+        try:
+            os.killpg(p.pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+    for p in reversed(procs):
+        try:
+            p.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(p.pid, signal.SIGKILL)
+            p.wait()
+
+
 def pct(samples, q):
     samples = sorted(samples)
     return samples[min(len(samples) - 1, int(len(samples) * q))] * 1e3
@@ -133,17 +148,7 @@ functions:
                                            start_new_session=True))
 
     def stop(self):
-        for p in reversed(self.procs):
-            try:
-                os.killpg(p.pid, signal.SIGTERM)
-            except ProcessLookupError:
-                pass
-        for p in reversed(self.procs):
-            try:
-                p.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                os.killpg(p.pid, signal.SIGKILL)
-                p.wait()
+        stop_all(self.procs)
 
 
 def spawn_rate(stack):

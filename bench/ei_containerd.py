@@ -33,7 +33,7 @@ import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from ei import BIN, FN_BIN, first_byte, free_port, metric, pct, wait_ready  # noqa: E402
+from ei import BIN, FN_BIN, first_byte, free_port, metric, pct, stop_all, wait_ready  # noqa: E402
 
 N = int(os.environ.get("N", "100"))
 DURATION = int(os.environ.get("DURATION", "10"))
@@ -125,17 +125,7 @@ functions:
         wait_ready(self.proxy_admin, f"{label} proxy")
 
     def stop(self):
-        for p in reversed(self.procs):
-            try:
-                os.killpg(p.pid, signal.SIGTERM)
-            except ProcessLookupError:
-                pass
-        for p in reversed(self.procs):
-            try:
-                p.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                os.killpg(p.pid, signal.SIGKILL)
-                p.wait()
+        stop_all(self.procs, timeout=30)  # a Wavelet removes its containers before it exits
 
     def phases(self):
         """Mean ms per start phase, from the Wavelet's histogram."""

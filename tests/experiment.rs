@@ -74,6 +74,8 @@ fn with_the_containerd_runtime_every_instance_of_the_experiment_is_a_container()
     for r in results {
         assert_eq!(r["report"]["failed"], 0, "invocations failed in {}: see {}", r["mode"], out.display());
         assert!(r["emergency_starts"].as_f64() > Some(0.0), "{r}");
+        // Containers are not the experiment's children: their CPU is read from their cgroups.
+        assert!(r["cpu"]["instances"].as_f64() > Some(0.0), "{r}");
     }
     assert!(results[0]["regular_starts"].as_f64() > Some(0.0), "dual started RIs: {}", results[0]);
     // No instance failed to start (the stacks' warnings reach the experiment's stderr).

@@ -33,6 +33,8 @@ struct Setup {
     config: std::path::PathBuf,
     proxy_listen: SocketAddr,
     proxy_admin: SocketAddr,
+    /// The Wavelet started for this setup, if any (the proxy waits until it knows it).
+    wavelet: std::sync::Mutex<Option<SocketAddr>>,
 }
 
 fn setup(cluster: &TestCluster) -> Setup {
@@ -46,7 +48,7 @@ fn setup(cluster: &TestCluster) -> Setup {
         cluster.config_section("3s")
     );
     std::fs::write(&config, text).expect("config");
-    Setup { dir, config, proxy_listen, proxy_admin }
+    Setup { dir, config, proxy_listen, proxy_admin, wavelet: std::sync::Mutex::new(None) }
 }
 
 impl Setup {
@@ -57,6 +59,11 @@ impl Setup {
         command.stdout(Stdio::null()).stderr(log);
         let proc = Proc::spawn("proxy", &mut command);
         wait_until("proxy ready", || get(self.proxy_admin, "admin", "/readyz").is_ok_and(|r| r.status == 200));
+        if let Some(wavelet) = *self.wavelet.lock().expect("lock") {
+            wait_until("the proxy spills to the Wavelet", || {
+                get(self.proxy_admin, "admin", "/v1/wavelets").is_ok_and(|r| r.text().contains(&wavelet.to_string()))
+            });
+        }
         proc
     }
 
@@ -75,6 +82,28 @@ impl Setup {
         let proc = Proc::spawn(identity, &mut command);
         wait_until("controller ready", || get(admin, "admin", "/readyz").is_ok_and(|r| r.status == 200));
         (proc, admin)
+    }
+
+    /// A Wavelet reading the cluster (with `extra` arguments), published as the one endpoint of
+    /// Service wavelink-wavelet; call before `start_proxy`, which then spills to it.
+    fn start_wavelet(&self, cluster: &TestCluster, extra: &[String]) -> Proc {
+        let (listen, admin) = (loopback(), loopback());
+        let log = std::fs::File::create(self.dir.0.join("wavelet.log")).expect("log");
+        let mut command = wavelink();
+        command
+            .args(["wavelet", "--config"])
+            .arg(&self.config)
+            .args(["--listen", &listen.to_string(), "--admin", &admin.to_string(), "--state-dir"])
+            .arg(self.dir.0.join("wavelet-state"))
+            .args(extra)
+            .env("KUBECONFIG", &cluster.kubeconfig)
+            .stdout(Stdio::null())
+            .stderr(log);
+        let wavelet = Proc::spawn("wavelet", &mut command);
+        wait_until("wavelet ready", || get(admin, "admin", "/readyz").is_ok_and(|r| r.status == 200));
+        cluster.publish_endpoint("wavelink-wavelet", "wavelet", listen);
+        *self.wavelet.lock().expect("lock") = Some(listen);
+        wavelet
     }
 
     fn log(&self, name: &str) -> String {
@@ -233,25 +262,9 @@ fn overflow_spills_to_a_wavelet_found_through_its_service_which_runs_the_deploym
     // through the endpoints of Service wavelink-wavelet.
     cluster.create_function("burst", 0, &[("wavelink.dev/emergency-keepalive", "1s")]);
     let setup = setup(&cluster);
-    let (listen, admin) = (loopback(), loopback());
-    let log = std::fs::File::create(setup.dir.0.join("wavelet.log")).expect("log");
-    let mut command = wavelink();
-    command
-        .args(["wavelet", "--config"])
-        .arg(&setup.config)
-        .args(["--listen", &listen.to_string(), "--admin", &admin.to_string(), "--state-dir"])
-        .arg(setup.dir.0.join("wavelet-state"))
-        .args(run_as_args())
-        .env("KUBECONFIG", &cluster.kubeconfig)
-        .stdout(Stdio::null())
-        .stderr(log);
-    let _wavelet = Proc::spawn("wavelet", &mut command);
-    wait_until("wavelet ready", || get(admin, "admin", "/readyz").is_ok_and(|r| r.status == 200));
-    cluster.publish_endpoint("wavelink-wavelet", "wavelet", listen);
+    let run_as: Vec<String> = run_as_args().iter().map(|a| (*a).to_owned()).collect();
+    let _wavelet = setup.start_wavelet(&cluster, &run_as);
     let _proxy = setup.start_proxy(&cluster);
-    wait_until("the proxy spills to the Wavelet", || {
-        get(setup.proxy_admin, "admin", "/v1/wavelets").is_ok_and(|r| r.text().contains(&listen.to_string()))
-    });
 
     let host = format!("burst.{}.example.com", cluster.namespace);
     for (response, _) in burst_with(setup.proxy_listen, &host, "/?sleep=50", 5, "") {
@@ -275,25 +288,8 @@ fn with_containerd_an_emergency_instance_is_the_container_of_the_deployments_pod
     let missing = serde_json::json!({ "name": "fn", "image": "localhost/not-on-this-node:9" });
     cluster.create_function_with("missing", 0, &[], missing);
     let setup = setup(&cluster);
-    let (listen, admin) = (loopback(), loopback());
-    let log = std::fs::File::create(setup.dir.0.join("wavelet.log")).expect("log");
-    let mut command = wavelink();
-    command
-        .args(["wavelet", "--config"])
-        .arg(&setup.config)
-        .args(["--listen", &listen.to_string(), "--admin", &admin.to_string(), "--state-dir"])
-        .arg(setup.dir.0.join("wavelet-state"))
-        .args(containerd.wavelet_args())
-        .env("KUBECONFIG", &cluster.kubeconfig)
-        .stdout(Stdio::null())
-        .stderr(log);
-    let _wavelet = Proc::spawn("wavelet", &mut command);
-    wait_until("wavelet ready", || get(admin, "admin", "/readyz").is_ok_and(|r| r.status == 200));
-    cluster.publish_endpoint("wavelink-wavelet", "wavelet", listen);
+    let _wavelet = setup.start_wavelet(&cluster, &containerd.wavelet_args());
     let _proxy = setup.start_proxy(&cluster);
-    wait_until("the proxy spills to the Wavelet", || {
-        get(setup.proxy_admin, "admin", "/v1/wavelets").is_ok_and(|r| r.text().contains(&listen.to_string()))
-    });
 
     let host = format!("boxed.{}.example.com", cluster.namespace);
     for (response, _) in burst_with(setup.proxy_listen, &host, "/?sleep=50", 5, "") {

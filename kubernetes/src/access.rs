@@ -157,6 +157,18 @@ pub mod recorded {
         seen.lock().clone()
     }
 
+    /// Deployment `ns/f`, as events name it.
+    fn deployment_ref() -> k8s_openapi::api::core::v1::ObjectReference {
+        k8s_openapi::api::core::v1::ObjectReference {
+            api_version: Some("apps/v1".into()),
+            kind: Some("Deployment".into()),
+            name: Some("f".into()),
+            namespace: Some("ns".into()),
+            uid: Some("u".into()),
+            ..Default::default()
+        }
+    }
+
     /// What a Wavelet does: read the cluster, and report a function whose image it cannot use
     /// on its Deployment, twice (create, then patch of the series).
     pub async fn wavelet() -> AccessSet {
@@ -165,14 +177,7 @@ pub mod recorded {
         let drive = tokio::spawn(drive);
         let _ = tokio::time::timeout(Duration::from_secs(5), view.ready()).await;
         let events = WarningEvents::new(client, "wavelink-wavelet", "node-1".into());
-        let deployment = k8s_openapi::api::core::v1::ObjectReference {
-            api_version: Some("apps/v1".into()),
-            kind: Some("Deployment".into()),
-            name: Some("f".into()),
-            namespace: Some("ns".into()),
-            uid: Some("u".into()),
-            ..Default::default()
-        };
+        let deployment = deployment_ref();
         let _ = events.report(&deployment, REASON_IMAGE, "StartEmergencyInstance", "first").await;
         let _ = events.report(&deployment, REASON_IMAGE, "StartEmergencyInstance", "second").await;
         drive.abort();
@@ -191,14 +196,7 @@ pub mod recorded {
         let events = RejectionEvents::new(client.clone(), "me".into());
         let mut rejection = ClusterRejection {
             rejected: wavelink_core::RejectedFunction { function: "ns/f".into(), error: "first".into() },
-            deployment: k8s_openapi::api::core::v1::ObjectReference {
-                api_version: Some("apps/v1".into()),
-                kind: Some("Deployment".into()),
-                name: Some("f".into()),
-                namespace: Some("ns".into()),
-                uid: Some("u".into()),
-                ..Default::default()
-            },
+            deployment: deployment_ref(),
         };
         let _ = events.report(std::slice::from_ref(&rejection)).await;
         rejection.rejected.error = "second".into();

@@ -414,6 +414,8 @@ fn run_mode(
     let config = dir.join("wavelink.yaml");
     std::fs::write(&config, config_text(args, mode, names, &addrs)).context("writing the config")?;
     let children_before = children_cpu();
+    let containers = runtime_env.iter().any(|(k, v)| k == "WAVELINK_RUNTIME" && v == "containerd");
+    let containers_before = if containers { container_cpu_seconds() } else { 0.0 };
     let exe = std::env::current_exe().context("finding this executable")?;
     // Own process group, killed if this process dies (so Ctrl-C leaves nothing behind); only
     // warnings from the stack reach the terminal unless WAVELINK_LOG says otherwise.
@@ -449,9 +451,14 @@ fn run_mode(
         let _ = nix::sys::signal::kill(Pid::from_raw(up_pid as i32), Signal::SIGKILL);
         let _ = wait(up_pid, true);
     }
-    if runtime_env.iter().any(|(k, v)| k == "WAVELINK_RUNTIME" && v == "containerd") {
+    // Containers are not our children (their shims are containerd's): their CPU comes from
+    // their cgroups' parent instead.
+    let container_cpu = if containers {
         ensure_no_containers_left(runtime_env)?;
-    }
+        container_cpu_seconds() - containers_before
+    } else {
+        0.0
+    };
     let tree = children_cpu() - children_before;
     let requested_work: f64 =
         records.iter().filter(|r| r.succeeded()).map(|r| f64::from(r.requested_ms) / 1000.0).sum();
@@ -460,7 +467,7 @@ fn run_mode(
         proxy: components.proxy,
         wavelet: components.wavelet,
         controller: components.controller,
-        instances: (tree - own).max(0.0),
+        instances: (tree - own).max(0.0) + container_cpu,
         requested_work,
     };
     write_records(&dir.join("records.csv"), &records, names)?;
@@ -539,6 +546,22 @@ impl Counters {
 }
 
 /// CPU seconds of every child this process has waited for (and theirs, recursively).
+/// CPU seconds of every container ever run under the instances' default cgroup parent
+/// (`/wavelink`): the parent's counter keeps the time of children already removed. 0 before
+/// the first container created it.
+fn container_cpu_seconds() -> f64 {
+    let v1 = ["/sys/fs/cgroup/cpuacct/wavelink/cpuacct.usage", "/sys/fs/cgroup/cpu,cpuacct/wavelink/cpuacct.usage"];
+    for path in v1 {
+        if let Some(nanos) = std::fs::read_to_string(path).ok().and_then(|t| t.trim().parse::<f64>().ok()) {
+            return nanos / 1e9;
+        }
+    }
+    std::fs::read_to_string("/sys/fs/cgroup/wavelink/cpu.stat")
+        .ok()
+        .and_then(|stat| stat.lines().find_map(|l| l.strip_prefix("usage_usec ")?.trim().parse::<f64>().ok()))
+        .map_or(0.0, |micros| micros / 1e6)
+}
+
 fn children_cpu() -> f64 {
     getrusage(UsageWho::RUSAGE_CHILDREN).map_or(0.0, |u| {
         let t = |tv: nix::sys::time::TimeVal| tv.tv_sec() as f64 + tv.tv_usec() as f64 / 1e6;

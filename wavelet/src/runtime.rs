@@ -298,10 +298,20 @@ const PLATFORM_ENV: [&str; 6] =
 /// Polls until `addr` accepts connections (for instances started without socket activation),
 /// giving up after `timeout` or as soon as `alive` says the instance is gone.
 pub async fn wait_listening(addr: SocketAddr, timeout: Duration, alive: impl Fn() -> bool) -> bool {
+    poll_until_accepted(|| async move { tokio::net::TcpStream::connect(addr).await.is_ok() }, timeout, alive).await
+}
+
+/// Calls `connect` (200 µs apart, doubling to 10 ms) until it succeeds; `false` after `timeout`
+/// or as soon as `alive` says the instance is gone. Shared by both runtimes' readiness waits.
+pub async fn poll_until_accepted<F: Future<Output = bool>>(
+    connect: impl Fn() -> F,
+    timeout: Duration,
+    alive: impl Fn() -> bool,
+) -> bool {
     let deadline = tokio::time::Instant::now() + timeout;
     let mut pause = Duration::from_micros(200);
     while tokio::time::Instant::now() < deadline {
-        if tokio::net::TcpStream::connect(addr).await.is_ok() {
+        if connect().await {
             return true;
         }
         if !alive() {

@@ -23,7 +23,7 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::time::{Duration, Instant};
 
 use containerd_client::services::v1::container::Runtime as ContainerRuntimeSpec;
@@ -140,6 +140,8 @@ struct Inner {
     prepared: Mutex<HashMap<FunctionId, Vec<Prepared>>>,
     /// Preparations under way per function, so a burst does not start a preparation per request.
     preparing: Mutex<HashMap<FunctionId, u32>>,
+    /// Set at shutdown: no more preparations; one that finishes removes its container.
+    stopping: AtomicBool,
     next: AtomicU64,
 }
 
@@ -205,6 +207,7 @@ impl ContainerdRuntime {
             images: Mutex::new(HashMap::new()),
             prepared: Mutex::new(HashMap::new()),
             preparing: Mutex::new(HashMap::new()),
+            stopping: AtomicBool::new(false),
             next: AtomicU64::new(0),
         });
         Ok(ContainerdRuntime { inner, runtime: Some(runtime), version })
@@ -295,14 +298,24 @@ impl ContainerdRuntime {
         }
     }
 
-    /// Destroys every prepared instance (shutdown).
+    /// Destroys every prepared instance, and any still being prepared (shutdown).
     pub fn destroy_prepared(&self) {
-        let all: Vec<Container> =
-            self.inner.prepared.lock().drain().flat_map(|(_, list)| list.into_iter().map(|p| p.container)).collect();
+        self.inner.stopping.store(true, Relaxed);
         let inner = self.inner.clone();
         self.block_on(async move {
-            for container in all {
-                inner.remove(&container.id).await;
+            let deadline = Instant::now() + Duration::from_secs(30);
+            loop {
+                // Read before draining: a preparation files its container before it counts down.
+                let under_way: u32 = inner.preparing.lock().values().sum();
+                let all: Vec<Container> =
+                    inner.prepared.lock().drain().flat_map(|(_, list)| list.into_iter().map(|p| p.container)).collect();
+                for container in all {
+                    inner.remove(&container.id).await;
+                }
+                if under_way == 0 || Instant::now() > deadline {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
             }
         });
     }
@@ -318,11 +331,6 @@ impl ContainerdRuntime {
                 _ => None,
             })
             .collect()
-    }
-
-    /// Prepared instances now, over all functions.
-    pub fn prepared(&self) -> usize {
-        self.inner.prepared.lock().values().map(Vec::len).sum()
     }
 }
 
@@ -376,6 +384,9 @@ impl Inner {
 
     /// Tops up the function's prepared instances in the background.
     fn refill(inner: &Arc<Inner>, handle: &tokio::runtime::Handle, def: Arc<FunctionDef>) {
+        if inner.stopping.load(Relaxed) {
+            return;
+        }
         let want = inner.client.settings.prepared_per_function;
         let have = inner.prepared.lock().get(&def.id).map_or(0, Vec::len) as u32;
         let missing = {
@@ -390,15 +401,19 @@ impl Inner {
             let def = def.clone();
             handle.spawn(async move {
                 let made = inner.create(&def).await;
-                if let Some(n) = inner.preparing.lock().get_mut(&def.id) {
-                    *n = n.saturating_sub(1);
-                }
                 match made {
+                    // Shutting down meanwhile: nobody will take it.
+                    Ok(container) if inner.stopping.load(Relaxed) => inner.remove(&container.id).await,
                     Ok(container) => {
                         let prepared = Prepared { container, def: def.clone(), made: Instant::now() };
                         inner.prepared.lock().entry(def.id.clone()).or_default().push(prepared);
                     }
                     Err(e) => warn!(function = %def.id, error = %e, "preparing an instance failed"),
+                }
+                // Counted down last, so shutdown, waiting for this to reach zero, finds the
+                // container either prepared (and removes it) or already removed.
+                if let Some(n) = inner.preparing.lock().get_mut(&def.id) {
+                    *n = n.saturating_sub(1);
                 }
             });
         }

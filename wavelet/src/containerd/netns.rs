@@ -72,19 +72,8 @@ impl NetnsConnector {
     /// Polls until the instance accepts on `addr`, giving up after `timeout` or as soon as
     /// `alive` says the instance is gone. The probe connection is closed at once.
     pub async fn wait_listening(&self, addr: SocketAddr, timeout: Duration, alive: impl Fn() -> bool) -> bool {
-        let deadline = tokio::time::Instant::now() + timeout;
-        let mut pause = Duration::from_micros(200);
-        while tokio::time::Instant::now() < deadline {
-            if self.connect_tcp(addr).await.is_ok() {
-                return true;
-            }
-            if !alive() {
-                return false;
-            }
-            tokio::time::sleep(pause).await;
-            pause = (pause * 2).min(Duration::from_millis(10));
-        }
-        false
+        crate::runtime::poll_until_accepted(|| async move { self.connect_tcp(addr).await.is_ok() }, timeout, alive)
+            .await
     }
 }
 
