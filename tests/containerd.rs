@@ -241,3 +241,30 @@ fn an_image_absent_from_the_node_is_pulled_in_the_background_while_requests_are_
         after.text()
     );
 }
+
+#[test]
+fn while_containerd_is_down_the_wavelet_answers_unavailable_at_once_and_recovers_after() {
+    let Some(mut containerd) = containerd("containerd down") else { return };
+    let (yaml, host, _) = image_function(&containerd, IMAGE, "wavelink.dev/emergency-keepalive: \"0\"");
+    let stack = Stack::new(&yaml, &[8]);
+    let args = containerd.wavelet_args();
+    let _wavelet = stack.start_wavelet_with(0, &args);
+    let _proxy = stack.start_proxy();
+    assert_eq!(get(stack.proxy_listen, &host, "/").expect("request").status, 200);
+
+    containerd.stop_daemon();
+    for _ in 0..3 {
+        let started = Instant::now();
+        let response = get(stack.proxy_listen, &host, "/").expect("request");
+        assert!(started.elapsed() < Duration::from_secs(2), "took {:?}", started.elapsed());
+        assert_eq!(response.status, 503, "{}", response.text());
+        assert!(response.header("retry-after").is_some());
+    }
+    containerd.restart_daemon();
+    wait_until("EIs start again once containerd is back", || {
+        get(stack.proxy_listen, &host, "/").is_ok_and(|r| r.status == 200)
+    });
+    // Containers the Wavelet could not remove during the outage are removed now: what is left
+    // is the prepared ones (two by default).
+    wait_until("nothing left from the outage", || containerd.containers().len() <= 2);
+}

@@ -147,7 +147,10 @@ impl ProxyHttp for Ingress {
             ctx.slot = None;
             let why = match refusal {
                 Refusal::Full => "every Wavelet is at its instance cap",
-                Refusal::Unavailable => "no Wavelet can start this function now (its image is not on their nodes yet)",
+                Refusal::Unavailable => {
+                    "no Wavelet can start this function now (its image is not on their nodes yet, or their container \
+                     runtime does not answer)"
+                }
             };
             return Error::e_explain(ErrorType::HTTPStatus(503), why);
         }

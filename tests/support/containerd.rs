@@ -64,6 +64,15 @@ impl TestContainerd {
         self.containerd.ctr(&self.namespace, args).expect("running ctr")
     }
 
+    /// Stops containerd's daemon alone (its shims and containers keep running).
+    pub fn stop_daemon(&mut self) {
+        self.containerd.stop_daemon();
+    }
+
+    pub fn restart_daemon(&mut self) {
+        self.containerd.restart_daemon().unwrap_or_else(|e| panic!("restarting containerd: {e}"));
+    }
+
     pub fn containers(&self) -> Vec<String> {
         self.containerd.list(&self.namespace, "containers", None)
     }

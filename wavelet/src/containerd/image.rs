@@ -31,7 +31,22 @@ pub enum ImageError {
     #[error("image {image}: {message}")]
     Broken { image: String, message: String },
     #[error("image {image}: containerd: {message}")]
-    Rpc { image: String, message: String },
+    Rpc { image: String, message: String, unreachable: bool },
+}
+
+impl ImageError {
+    fn rpc(image: &str, status: &tonic::Status) -> ImageError {
+        ImageError::Rpc {
+            image: image.to_owned(),
+            message: status.message().to_owned(),
+            unreachable: super::unreachable(status),
+        }
+    }
+
+    /// A failure of the call, not of the image: worth trying again at once, not remembering.
+    pub fn is_transient(&self) -> bool {
+        matches!(self, ImageError::Rpc { .. })
+    }
 }
 
 #[derive(Deserialize)]
@@ -94,7 +109,7 @@ fn go_arch() -> &'static str {
 impl Containerd {
     /// The image's config and top snapshot, if it is present and unpacked for our snapshotter.
     pub async fn resolve_image(&self, name: &str) -> Result<ImageInfo, ImageError> {
-        let rpc = |e: tonic::Status| ImageError::Rpc { image: name.to_owned(), message: e.message().to_owned() };
+        let rpc = |e: tonic::Status| ImageError::rpc(name, &e);
         let broken = |message: String| ImageError::Broken { image: name.to_owned(), message };
         let image = match self.images().get(self.request(GetImageRequest { name: name.to_owned() })).await {
             Ok(response) => response.into_inner().image,
@@ -157,8 +172,12 @@ impl Containerd {
         let request =
             cri::PullImageRequest { image: Some(cri::ImageSpec { image: name.to_owned(), ..Default::default() }) };
         let mut grpc = tonic::client::Grpc::new(self.channel());
-        let rpc = |e: tonic::Status| ImageError::Rpc { image: name.to_owned(), message: e.message().to_owned() };
-        grpc.ready().await.map_err(|e| ImageError::Rpc { image: name.to_owned(), message: e.to_string() })?;
+        let rpc = |e: tonic::Status| ImageError::rpc(name, &e);
+        grpc.ready().await.map_err(|e| ImageError::Rpc {
+            image: name.to_owned(),
+            message: e.to_string(),
+            unreachable: true,
+        })?;
         let mut request = tonic::Request::new(request);
         request.set_timeout(timeout);
         let path = http::uri::PathAndQuery::from_static("/runtime.v1.ImageService/PullImage");

@@ -98,6 +98,8 @@ pub enum ContainerError {
     Plan(#[from] PlanError),
     #[error("containerd {step}: {message}")]
     Rpc { step: &'static str, message: String },
+    #[error("containerd cannot be reached ({step}): {message}")]
+    Unreachable { step: &'static str, message: String },
     #[error("reaching the instance's network namespace: {0}")]
     Netns(std::io::Error),
 }
@@ -106,12 +108,29 @@ impl ContainerError {
     /// This node cannot serve the function now, but may soon (an image on its way): the proxy
     /// should try elsewhere rather than report a failure.
     pub fn is_unavailable(&self) -> bool {
-        matches!(self, ContainerError::Pulling(_))
+        matches!(
+            self,
+            ContainerError::Pulling(_)
+                | ContainerError::Unreachable { .. }
+                | ContainerError::Image(ImageError::Rpc { unreachable: true, .. })
+        )
     }
 }
 
 fn rpc(step: &'static str) -> impl Fn(tonic::Status) -> ContainerError {
-    move |status| ContainerError::Rpc { step, message: status.message().to_owned() }
+    move |status| {
+        let message = status.message().to_owned();
+        if unreachable(&status) {
+            ContainerError::Unreachable { step, message }
+        } else {
+            ContainerError::Rpc { step, message }
+        }
+    }
+}
+
+/// containerd did not answer (down, restarting, its socket gone), rather than refused the call.
+fn unreachable(status: &tonic::Status) -> bool {
+    matches!(status.code(), Code::Unavailable | Code::DeadlineExceeded | Code::Cancelled)
 }
 
 enum ImageState {
@@ -142,6 +161,9 @@ struct Inner {
     preparing: Mutex<HashMap<FunctionId, u32>>,
     /// Set at shutdown: no more preparations; one that finishes removes its container.
     stopping: AtomicBool,
+    /// Containers whose removal failed because containerd did not answer: tried again by
+    /// `maintain`, so an outage of containerd leaves nothing behind.
+    unremoved: Mutex<Vec<String>>,
     next: AtomicU64,
 }
 
@@ -208,6 +230,7 @@ impl ContainerdRuntime {
             prepared: Mutex::new(HashMap::new()),
             preparing: Mutex::new(HashMap::new()),
             stopping: AtomicBool::new(false),
+            unremoved: Mutex::new(Vec::new()),
             next: AtomicU64::new(0),
         });
         Ok(ContainerdRuntime { inner, runtime: Some(runtime), version })
@@ -288,11 +311,13 @@ impl ContainerdRuntime {
             });
             stale
         };
-        if !stale.is_empty() {
+        let mut ids: Vec<String> = stale.into_iter().map(|c| c.id).collect();
+        ids.append(&mut self.inner.unremoved.lock());
+        if !ids.is_empty() {
             let inner = self.inner.clone();
             self.handle().spawn(async move {
-                for container in stale {
-                    inner.remove(&container.id).await;
+                for id in ids {
+                    inner.remove(&id).await;
                 }
             });
         }
@@ -450,6 +475,7 @@ impl Inner {
                 }
                 Err(ContainerError::Pulling(name))
             }
+            Err(e) if e.is_transient() => Err(e.into()),
             Err(e) => {
                 let e = match e {
                     ImageError::Absent(image) => ImageError::Broken {
@@ -618,11 +644,18 @@ impl Inner {
     /// that are already gone are fine.
     async fn remove(&self, id: &str) {
         let client = &self.client;
-        let tolerate = |step: &str, result: Result<(), tonic::Status>| {
+        let mut again = false;
+        let mut tolerate = |step: &str, result: Result<(), tonic::Status>| {
             if let Err(e) = result
                 && e.code() != Code::NotFound
             {
-                warn!(instance = %id, step, error = %e.message(), "removing a container");
+                if unreachable(&e) {
+                    // Tried again by `maintain` until containerd answers; one line per try is enough.
+                    again = true;
+                    tracing::debug!(instance = %id, step, error = %e.message(), "containerd unreachable");
+                } else {
+                    warn!(instance = %id, step, error = %e.message(), "removing a container");
+                }
             }
         };
         let kill = KillRequest { container_id: id.to_owned(), exec_id: String::new(), signal: 9, all: true };
@@ -639,6 +672,10 @@ impl Inner {
         tolerate("container delete", deleted.map(|_| ()));
         let remove = RemoveSnapshotRequest { snapshotter: client.settings.snapshotter.clone(), key: id.to_owned() };
         tolerate("snapshot remove", client.snapshots().remove(client.request(remove)).await.map(|_| ()));
+        if again {
+            warn!(instance = %id, "containerd does not answer; removing the container later");
+            self.unremoved.lock().push(id.to_owned());
+        }
     }
 
     async fn clean_up_orphans(&self) -> Result<usize, ContainerError> {

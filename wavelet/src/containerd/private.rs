@@ -68,21 +68,55 @@ impl PrivateContainerd {
             s = socket.display()
         );
         std::fs::write(dir.join("config.toml"), config).map_err(io("writing containerd's config"))?;
-        let log = std::fs::File::create(dir.join("containerd.log")).map_err(io("creating containerd's log"))?;
+        let mut containerd = PrivateContainerd { dir: dir.to_owned(), socket, child: None };
+        containerd.restart_daemon()?;
+        Ok(containerd)
+    }
+
+    /// Starts the daemon (again, after [`Self::stop_daemon`]) and waits until it answers.
+    pub fn restart_daemon(&mut self) -> Result<(), PrivateError> {
+        let io = |what: &str| {
+            let what = what.to_owned();
+            move |source| PrivateError::Io { what, source }
+        };
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.join("containerd.log"))
+            .map_err(io("opening containerd's log"))?;
         let mut command = Command::new("containerd");
-        command.arg("--config").arg(dir.join("config.toml")).stdin(Stdio::null()).stdout(Stdio::null()).stderr(log);
+        command
+            .arg("--config")
+            .arg(self.dir.join("config.toml"))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log);
         std::os::unix::process::CommandExt::process_group(&mut command, 0);
-        let child = command.spawn().map_err(io("starting containerd"))?;
-        let containerd = PrivateContainerd { dir: dir.to_owned(), socket, child: Some(child) };
+        self.child = Some(command.spawn().map_err(io("starting containerd"))?);
         let limit = Duration::from_secs(30);
         let deadline = Instant::now() + limit;
-        while !containerd.ctr("default", &["version"]).is_ok_and(|o| o.status.success()) {
+        while !self.ctr("default", &["version"]).is_ok_and(|o| o.status.success()) {
             if Instant::now() > deadline {
-                return Err(PrivateError::NotReady(limit, dir.join("containerd.log")));
+                return Err(PrivateError::NotReady(limit, self.dir.join("containerd.log")));
             }
             std::thread::sleep(Duration::from_millis(50));
         }
-        Ok(containerd)
+        Ok(())
+    }
+
+    /// Stops the daemon alone (SIGTERM), as a crash or an upgrade of containerd would: shims and
+    /// their containers keep running.
+    pub fn stop_daemon(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while Instant::now() < deadline && child.try_wait().ok().flatten().is_none() {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
     }
 
     /// Runs `ctr` against this containerd in `namespace`.
@@ -206,18 +240,7 @@ impl PrivateContainerd {
 impl Drop for PrivateContainerd {
     fn drop(&mut self) {
         self.remove_until_empty();
-        if let Some(mut child) = self.child.take() {
-            let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(child.id() as i32),
-                nix::sys::signal::Signal::SIGTERM,
-            );
-            let deadline = Instant::now() + Duration::from_secs(10);
-            while Instant::now() < deadline && child.try_wait().ok().flatten().is_none() {
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            let _ = child.kill();
-            let _ = child.wait();
-        }
+        self.stop_daemon();
         self.kill_stray_shims();
         // Whatever is still mounted under the directory would keep it from being removed.
         if let Ok(mounts) = std::fs::read_to_string("/proc/self/mounts") {
