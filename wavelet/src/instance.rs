@@ -65,7 +65,21 @@ impl Runtime {
         }
     }
 
-    /// Destroys the instance whole. Blocks; the pools call it from their destroyer thread.
+    /// Destroys the instance whole, then calls `done`: a process at once (this blocks briefly,
+    /// so call it off the request path), a container from the containerd runtime's tasks, many
+    /// at a time.
+    pub fn destroy_then(&self, instance: Instance, done: impl FnOnce() + Send + 'static) {
+        match (self, instance) {
+            (Runtime::Process(runtime), Instance::Process(process)) => {
+                runtime.destroy(process);
+                done();
+            }
+            (Runtime::Containerd(runtime), Instance::Container(container)) => runtime.destroy_then(container, done),
+            _ => unreachable!("an instance is always destroyed by the runtime that started it"),
+        }
+    }
+
+    /// Destroys the instance whole, and returns once it is gone.
     pub fn destroy(&self, instance: Instance) {
         match (self, instance) {
             (Runtime::Process(runtime), Instance::Process(process)) => runtime.destroy(process),

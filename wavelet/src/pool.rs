@@ -24,6 +24,9 @@ use crate::instance::{Instance, Reach, Runtime, StartError};
 use crate::metrics::{DestroyReason, FunctionMetrics, WaveletMetrics};
 use crate::state::StateDir;
 
+/// Longest wait at shutdown for instances being destroyed.
+const SHUTDOWN_LIMIT: Duration = Duration::from_secs(30);
+
 /// One Emergency Instance.
 pub struct Ei {
     pub id: String,
@@ -150,7 +153,10 @@ pub struct Pools {
     /// Time to connect to an instance before the attempt counts as failed.
     connect_timeout: Duration,
     /// Instances alive on this node, against `max_instances`.
-    live: SlotCounter,
+    live: Arc<SlotCounter>,
+    /// Instances doomed and not yet gone (queued for the destroyer, or being removed): shutdown
+    /// waits for them, so no instance outlives the Wavelet.
+    destroying: Arc<std::sync::atomic::AtomicUsize>,
     max_instances: u32,
     epoch: Instant,
     destroyer: Mutex<mpsc::Sender<Doomed>>,
@@ -176,7 +182,8 @@ impl Pools {
             state,
             metrics,
             connect_timeout: Duration::from_secs(1),
-            live: SlotCounter::default(),
+            live: Arc::new(SlotCounter::default()),
+            destroying: Arc::new(std::sync::atomic::AtomicUsize::new(0)),
             max_instances,
             epoch: Instant::now(),
             destroyer: Mutex::new(destroyer),
@@ -292,7 +299,7 @@ impl Pools {
         }
         // The place is given back unless an instance takes it, also when this future is dropped
         // while a container starts (the runtime removes a container nobody took).
-        let place = NodePlace(Some(&self.live));
+        let place = NodePlace(Some(self.live.as_ref()));
         let instance = match self.runtime.start(&def).await {
             Ok(instance) => {
                 place.keep();
@@ -397,24 +404,36 @@ impl Pools {
     fn doom(&self, pool: &Arc<FunctionPool>, ei: &Arc<Ei>, reason: DestroyReason) {
         pool.instances.lock().retain(|other| !Arc::ptr_eq(other, ei));
         let doomed = Doomed { pool: pool.clone(), ei: ei.clone(), reason };
+        self.destroying.fetch_add(1, SeqCst);
         if let Err(mpsc::SendError(doomed)) = self.destroyer.lock().send(doomed) {
             self.destroy(doomed);
         }
     }
 
+    /// Destroys a doomed instance (counted in `destroying` by the caller); the bookkeeping
+    /// follows once it is gone: at once for a process, when containerd is done for a container
+    /// (removals run concurrently there, so a burst's worth of them do not queue up).
     fn destroy(&self, doomed: Doomed) {
-        let Some(instance) = doomed.ei.process.lock().take() else { return };
+        let Some(instance) = doomed.ei.process.lock().take() else {
+            self.destroying.fetch_sub(1, SeqCst);
+            return;
+        };
         doomed.ei.account_memory(&doomed.pool.metrics.memory);
         let id = instance.id().to_owned();
         let recorded = matches!(instance, Instance::Process(_));
-        self.runtime.destroy(instance);
-        if recorded {
-            self.state.forget(&id);
-        }
-        self.live.release();
-        doomed.pool.metrics.live.dec();
-        doomed.pool.metrics.destroyed(doomed.reason);
-        self.metrics.live_total.dec();
+        let (state, live, metrics, destroying) =
+            (self.state.clone(), self.live.clone(), self.metrics.clone(), self.destroying.clone());
+        let Doomed { pool, reason, .. } = doomed;
+        self.runtime.destroy_then(instance, move || {
+            if recorded {
+                state.forget(&id);
+            }
+            live.release();
+            pool.metrics.live.dec();
+            pool.metrics.destroyed(reason);
+            metrics.live_total.dec();
+            destroying.fetch_sub(1, SeqCst);
+        });
     }
 
     /// Destroys every instance now, busy or not, and whatever the runtime prepared (shutdown).
@@ -424,8 +443,18 @@ impl Pools {
             for ei in pool.instances() {
                 ei.retired.store(true, SeqCst);
                 pool.instances.lock().retain(|other| !Arc::ptr_eq(other, &ei));
+                self.destroying.fetch_add(1, SeqCst);
                 self.destroy(Doomed { pool: pool.clone(), ei, reason: DestroyReason::Shutdown });
             }
+        }
+        // Instances retired earlier may still be queued or being removed.
+        let deadline = Instant::now() + SHUTDOWN_LIMIT;
+        while self.destroying.load(SeqCst) > 0 && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let left = self.destroying.load(SeqCst);
+        if left > 0 {
+            warn!(left, "instances still being destroyed at exit; a restarted Wavelet removes them");
         }
     }
 }

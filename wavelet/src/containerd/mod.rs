@@ -48,6 +48,8 @@ use spec::{Limits, Network};
 
 use crate::runtime::PortRange;
 
+/// Container removals in flight at once (each is a few calls to containerd and runc).
+pub const CONCURRENT_REMOVALS: usize = 16;
 /// How long a failed image resolution or pull is remembered before it is tried again.
 const IMAGE_RETRY: Duration = Duration::from_secs(30);
 /// Prepared instances unused for this long are destroyed (their function went quiet).
@@ -161,6 +163,8 @@ struct Inner {
     preparing: Mutex<HashMap<FunctionId, u32>>,
     /// Set at shutdown: no more preparations; one that finishes removes its container.
     stopping: AtomicBool,
+    /// Bounds removals in flight, so a burst's end does not flood containerd.
+    removals: tokio::sync::Semaphore,
     /// Containers whose removal failed because containerd did not answer: tried again by
     /// `maintain`, so an outage of containerd leaves nothing behind.
     unremoved: Mutex<Vec<String>>,
@@ -230,6 +234,7 @@ impl ContainerdRuntime {
             prepared: Mutex::new(HashMap::new()),
             preparing: Mutex::new(HashMap::new()),
             stopping: AtomicBool::new(false),
+            removals: tokio::sync::Semaphore::new(CONCURRENT_REMOVALS),
             unremoved: Mutex::new(Vec::new()),
             next: AtomicU64::new(0),
         });
@@ -286,6 +291,18 @@ impl ContainerdRuntime {
             }
         });
         started.await.unwrap_or_else(|_| Err(ContainerError::Rpc { step: "start", message: "the task ended".into() }))
+    }
+
+    /// Removes the instance (task, container, snapshot) in the background, then calls `done`.
+    /// Removals run concurrently, at most [`CONCURRENT_REMOVALS`] at a time.
+    pub fn destroy_then(&self, container: Container, done: impl FnOnce() + Send + 'static) {
+        let inner = self.inner.clone();
+        self.handle().spawn(async move {
+            if let Ok(_permit) = inner.removals.acquire().await {
+                inner.remove(&container.id).await;
+            }
+            done();
+        });
     }
 
     /// Destroys the instance: task, container and snapshot. Blocks; call it off the request path.
