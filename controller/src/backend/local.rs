@@ -302,12 +302,16 @@ impl Inner {
     fn destroy_all(&self) {
         self.stopping.store(true, SeqCst);
         let all: Vec<Arc<LocalRi>> = self.functions.lock().values_mut().flat_map(|f| f.instances.drain(..)).collect();
+        // Counted as pending up front: a second caller (the signal's thread and the main thread
+        // both stop the backend) waits for these instead of letting the process exit under them.
+        self.pending.fetch_add(all.len(), SeqCst);
         for ri in all {
             if let Some(process) = ri.process.lock().take() {
                 let id = process.id().to_owned();
                 self.runtime.destroy(process);
                 self.state.forget(&id);
             }
+            self.pending.fetch_sub(1, SeqCst);
         }
         // Starts and destructions under way finish (a start seeing `stopping` destroys its own).
         let deadline = Instant::now() + DRAIN_LIMIT;
