@@ -299,19 +299,23 @@ impl Inner {
         }
     }
 
-    fn destroy_all(&self) {
+    fn destroy_all(self: &Arc<Self>) {
         self.stopping.store(true, SeqCst);
         let all: Vec<Arc<LocalRi>> = self.functions.lock().values_mut().flat_map(|f| f.instances.drain(..)).collect();
         // Counted as pending up front: a second caller (the signal's thread and the main thread
         // both stop the backend) waits for these instead of letting the process exit under them.
         self.pending.fetch_add(all.len(), SeqCst);
         for ri in all {
-            if let Some(process) = ri.process.lock().take() {
-                let id = process.id().to_owned();
-                self.runtime.destroy(process);
-                self.state.forget(&id);
-            }
-            self.pending.fetch_sub(1, SeqCst);
+            let Some(instance) = ri.process.lock().take() else {
+                self.pending.fetch_sub(1, SeqCst);
+                continue;
+            };
+            let (state, backend, id) = (self.state.clone(), self.clone(), instance.id().to_owned());
+            // Containers are removed many at a time; a process is killed at once.
+            self.runtime.destroy_then(instance, move || {
+                state.forget(&id);
+                backend.pending.fetch_sub(1, SeqCst);
+            });
         }
         // Starts and destructions under way finish (a start seeing `stopping` destroys its own).
         let deadline = Instant::now() + DRAIN_LIMIT;
