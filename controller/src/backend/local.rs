@@ -69,6 +69,8 @@ struct Inner {
     stopping: AtomicBool,
     /// Starts and destructions under way, which shutdown waits for so no instance outlives it.
     pending: AtomicUsize,
+    /// Wakes starts waiting for their instance to become ready, at shutdown.
+    stopped: tokio::sync::Notify,
 }
 
 impl LocalBackend {
@@ -97,6 +99,7 @@ impl LocalBackend {
             metrics,
             stopping: AtomicBool::new(false),
             pending: AtomicUsize::new(0),
+            stopped: tokio::sync::Notify::new(),
         }))
     }
 
@@ -192,11 +195,30 @@ impl Inner {
         };
         // The modelled cluster manager's pod start; and, like a readiness probe, the instance
         // must accept connections (a container binds its port itself, which takes a moment more
-        // when many start at once).
-        tokio::time::sleep(self.start_delay.saturating_sub(asked.elapsed())).await;
-        if let Some(reach) = reach
-            && !reach.wait_listening(READY_LIMIT).await
-        {
+        // when many start at once). Shutdown cuts both short: the instance is destroyed with
+        // the others, and this task must not hold the stop up.
+        let became_ready = async {
+            tokio::time::sleep(self.start_delay.saturating_sub(asked.elapsed())).await;
+            match &reach {
+                Some(reach) => reach.wait_listening(READY_LIMIT).await,
+                None => true,
+            }
+        };
+        // Registered before `stopping` is read, so a stop in between still wakes it.
+        let stopped = self.stopped.notified();
+        tokio::pin!(stopped);
+        stopped.as_mut().enable();
+        if self.stopping.load(SeqCst) {
+            return;
+        }
+        let listening = tokio::select! {
+            listening = became_ready => listening,
+            () = stopped => return,
+        };
+        if self.stopping.load(SeqCst) {
+            return;
+        }
+        if !listening {
             warn!(function = %id, instance = %ri.id, "a Regular Instance never listened; replacing it");
             ri.retiring.store(true, SeqCst);
             self.destroy(&id, &ri);
@@ -301,6 +323,7 @@ impl Inner {
 
     fn destroy_all(self: &Arc<Self>) {
         self.stopping.store(true, SeqCst);
+        self.stopped.notify_waiters();
         let all: Vec<Arc<LocalRi>> = self.functions.lock().values_mut().flat_map(|f| f.instances.drain(..)).collect();
         // Counted as pending up front: a second caller (the signal's thread and the main thread
         // both stop the backend) waits for these instead of letting the process exit under them.
