@@ -36,7 +36,7 @@ use wavelink_wavelet::containerd::private::PrivateContainerd;
 const NAMESPACE: &str = "default";
 const DOMAIN: &str = "example.com";
 const ADMIN_TIMEOUT: Duration = Duration::from_secs(5);
-const STOP_TIMEOUT: Duration = Duration::from_secs(60);
+const STOP_TIMEOUT: Duration = Duration::from_secs(150);
 
 #[derive(Debug, clap::Args)]
 pub struct ExperimentArgs {

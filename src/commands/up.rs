@@ -20,8 +20,10 @@ use super::load_config;
 
 /// How long each component may take to become ready.
 const READY_TIMEOUT: Duration = Duration::from_secs(60);
-/// How long a component may take to stop after SIGTERM before it is killed.
-const STOP_GRACE: Duration = Duration::from_secs(10);
+/// How long a component may take to stop after SIGTERM before it is killed: a Wavelet or
+/// controller with hundreds of containers removes them first (each component bounds its own
+/// drain and clean-up; this only catches one that hangs).
+const STOP_GRACE: Duration = Duration::from_secs(45);
 
 #[derive(Debug, clap::Args)]
 pub struct UpArgs {
