@@ -178,17 +178,9 @@ pub struct ContainerdRuntime {
 }
 
 impl ContainerdRuntime {
-    /// Connects to containerd. `owner` identifies this Wavelet across restarts (containers it
-    /// creates carry it as a label, so a restarted Wavelet finds what a crashed one left).
-    pub fn connect(
-        settings: ContainerdSettings,
-        owner: String,
-        default_memory: Option<u64>,
-    ) -> Result<ContainerdRuntime, ConnectError> {
-        Self::connect_for("ei", None, settings, owner, default_memory)
-    }
-
     /// Connects, then removes what a previous run with the same owner left, and says so.
+    /// `owner` identifies this Wavelet (or controller) across restarts: containers it creates
+    /// carry it as a label, so a restart finds what a crashed run left.
     pub fn open(
         kind: &'static str,
         host_network: Option<PortRange>,
