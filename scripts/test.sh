@@ -11,7 +11,15 @@ CARGO=${CARGO:-cargo}
 TESTENV=${WAVELINK_K8S_TESTENV:-../shared/k8s-testenv}
 
 if [ -z "${WAVELINK_TESTENV_DIR:-}" ] && [ -x "$TESTENV/start.sh" ]; then
-  env_lines=$("$TESTENV/start.sh")
+  # Its start has been seen to fail once in a while (installing resource types); try again.
+  env_lines=""
+  for attempt in 1 2 3; do
+    if env_lines=$("$TESTENV/start.sh"); then break; fi
+    echo "test apiserver did not start (attempt $attempt of 3)" >&2
+    env_lines=""
+    sleep 2
+  done
+  [ -n "$env_lines" ] || { echo "test apiserver did not start; see the messages above" >&2; exit 1; }
   eval "$env_lines"
   trap '"$TESTENV/stop.sh" "$WAVELINK_TESTENV_DIR" >/dev/null 2>&1 || true' EXIT
   echo "test apiserver: $(awk '/server:/{print $2}' "$KUBECONFIG")"
