@@ -218,7 +218,7 @@ impl Reach {
     /// Whether the instance's main process still runs (not a later process reusing its pid,
     /// not a zombie waiting to be reaped).
     pub fn alive(&self) -> bool {
-        crate::procfs::stat(self.pid).is_some_and(|s| s.start_ticks == self.start_ticks && s.state != 'Z')
+        crate::procfs::running(self.pid, self.start_ticks)
     }
 
     /// Waits until the instance accepts connections, when it was not handed a listening socket;

@@ -38,6 +38,12 @@ fn parse_stat(text: &str) -> Option<ProcStat> {
     })
 }
 
+/// Whether `pid` is still the process that started at `start_ticks` and has not exited (a
+/// zombie waiting to be reaped counts as gone; a later process reusing the pid is not it).
+pub fn running(pid: u32, start_ticks: u64) -> bool {
+    stat(pid).is_some_and(|s| s.start_ticks == start_ticks && s.state != 'Z')
+}
+
 /// Every process id in `/proc` now.
 pub fn pids() -> Vec<u32> {
     let Ok(entries) = fs::read_dir("/proc") else { return Vec::new() };
@@ -57,6 +63,15 @@ pub fn ticks_per_second() -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_process_runs_only_with_its_own_start_time() {
+        let me = std::process::id();
+        let ticks = stat(me).expect("this process").start_ticks;
+        assert!(running(me, ticks));
+        assert!(!running(me, ticks + 1), "a later process reusing the pid is not this one");
+        assert!(!running(u32::MAX - 1, ticks));
+    }
 
     #[test]
     fn fields_are_counted_from_the_last_parenthesis() {

@@ -84,7 +84,7 @@ impl Container {
     /// Whether the container's init process still runs (its start time tells it from a later
     /// process reusing the pid).
     pub fn alive(&self) -> bool {
-        crate::procfs::stat(self.pid).is_some_and(|s| s.start_ticks == self.start_ticks && s.state != 'Z')
+        crate::procfs::running(self.pid, self.start_ticks)
     }
 }
 
@@ -179,26 +179,11 @@ pub struct ContainerdRuntime {
 
 impl ContainerdRuntime {
     /// Connects, then removes what a previous run with the same owner left, and says so.
-    /// `owner` identifies this Wavelet (or controller) across restarts: containers it creates
-    /// carry it as a label, so a restart finds what a crashed run left.
+    /// Instance ids start with `kind` (`ei`, `ri`); with `host_network`, instances share the
+    /// node's network namespace and each listens on a port of that range. `owner` identifies
+    /// this Wavelet (or controller) across restarts: containers it creates carry it as a label,
+    /// so a restart finds what a crashed run left.
     pub fn open(
-        kind: &'static str,
-        host_network: Option<PortRange>,
-        settings: ContainerdSettings,
-        owner: String,
-        default_memory: Option<u64>,
-    ) -> Result<ContainerdRuntime, ConnectError> {
-        let (socket, namespace) = (settings.socket.clone(), settings.namespace.clone());
-        let runtime = Self::connect_for(kind, host_network, settings, owner.clone(), default_memory)?;
-        let removed = runtime.clean_up_orphans().map_err(|e| ConnectError::Orphans(e.to_string()))?;
-        info!(socket = %socket.display(), %namespace, version = runtime.version(), %owner, removed_orphans = removed,
-              "instances run as containers");
-        Ok(runtime)
-    }
-
-    /// A runtime whose instance ids start with `kind`; with `host_network`, instances share the
-    /// node's network namespace and each listens on a port of that range.
-    pub fn connect_for(
         kind: &'static str,
         host_network: Option<PortRange>,
         settings: ContainerdSettings,
@@ -230,7 +215,12 @@ impl ContainerdRuntime {
             unremoved: Mutex::new(Vec::new()),
             next: AtomicU64::new(0),
         });
-        Ok(ContainerdRuntime { inner, runtime: Some(runtime), version })
+        let runtime = ContainerdRuntime { inner, runtime: Some(runtime), version };
+        let removed = runtime.clean_up_orphans().map_err(|e| ConnectError::Orphans(e.to_string()))?;
+        let settings = runtime.settings();
+        info!(socket = %settings.socket.display(), namespace = %settings.namespace, version = runtime.version(),
+              owner = %runtime.inner.owner, removed_orphans = removed, "instances run as containers");
+        Ok(runtime)
     }
 
     pub fn version(&self) -> &str {
