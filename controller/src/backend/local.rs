@@ -153,16 +153,18 @@ impl Inner {
     async fn start(self: Arc<Self>, def: Arc<FunctionDef>, asked: Instant) {
         let id = def.id.clone();
         let started = self.runtime.start(&def).await;
-        if self.stopping.load(SeqCst) {
-            // Shutting down: nobody will route to it or destroy it later.
-            if let Ok(instance) = started {
-                let runtime = self.runtime.clone();
-                let _ = tokio::task::spawn_blocking(move || runtime.destroy(instance)).await;
-            }
-            return;
-        }
         let (ri, reach) = {
             let mut functions = self.functions.lock();
+            // Read under the lock shutdown drains the instances with, so an instance is either
+            // filed before the drain or destroyed here: never left behind.
+            if self.stopping.load(SeqCst) {
+                drop(functions);
+                if let Ok(instance) = started {
+                    let runtime = self.runtime.clone();
+                    let _ = tokio::task::spawn_blocking(move || runtime.destroy(instance)).await;
+                }
+                return;
+            }
             let Some(function) = functions.get_mut(&id) else { return };
             function.starting = function.starting.saturating_sub(1);
             match started {
@@ -334,9 +336,12 @@ impl Inner {
                 continue;
             };
             let (state, backend, id) = (self.state.clone(), self.clone(), instance.id().to_owned());
+            let recorded = matches!(instance, Instance::Process(_));
             // Containers are removed many at a time; a process is killed at once.
             self.runtime.destroy_then(instance, move || {
-                state.forget(&id);
+                if recorded {
+                    state.forget(&id);
+                }
                 backend.pending.fetch_sub(1, SeqCst);
             });
         }
