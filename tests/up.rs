@@ -63,6 +63,18 @@ functions:
     up
 }
 
+impl Drop for Up {
+    /// Stops `up` as Ctrl-C would (RIs outlive a killed controller by design), then kills any
+    /// instance of the test's function still running.
+    fn drop(&mut self) {
+        if self.proc.child.try_wait().ok().flatten().is_none() {
+            self.proc.signal(Signal::SIGINT);
+            let _ = self.proc.wait_timeout(PATIENCE);
+        }
+        kill_processes_with_env(&self.marker());
+    }
+}
+
 impl Up {
     fn host(&self) -> String {
         format!("work.{}.example.com", self.namespace)

@@ -1,8 +1,12 @@
 //! The control loop: read every proxy's `/stats` each scrape interval, decide each decide
 //! interval, write the backend only on change, back off after errors. Nothing here is on a
 //! request's path: a slow or failing backend delays scaling, never a request.
+//!
+//! Decisions start from the RIs asked for (the backend's current scale, read every round, so a
+//! restarted controller carries on from it) and know which proxies' data is missing: a proxy
+//! that cannot be read makes the summed demand a lower bound, which may scale up but never down.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -14,11 +18,12 @@ use pingora_core::services::background::BackgroundService;
 use serde::Serialize;
 use tracing::{debug, info, warn};
 use wavelink_core::FunctionId;
-use wavelink_core::autoscale::{Decider, Reason};
+use wavelink_core::autoscale::{Decider, Reason, Tick};
 use wavelink_core::stats::ProxyStats;
 use wavelink_server::client;
 
 use crate::backend::{Backend, BackendError, ManagedFunction};
+use crate::coverage::Coverage;
 use crate::history::History;
 use crate::metrics::ControllerMetrics;
 
@@ -34,6 +39,8 @@ struct FunctionControl {
     decider: Decider,
     last_reason: Option<Reason>,
     panic: bool,
+    /// Proxies whose data was missing from the last decision's window, with how much.
+    missing: Vec<(SocketAddr, u64)>,
     failures: u32,
     retry_at: Option<Instant>,
 }
@@ -44,6 +51,9 @@ pub struct Controller {
     proxies: Vec<SocketAddr>,
     metrics: Arc<ControllerMetrics>,
     functions: Mutex<HashMap<FunctionId, FunctionControl>>,
+    coverage: Mutex<Coverage>,
+    /// Proxies whose last read failed (to log the change, not every failure).
+    unreadable: Mutex<HashSet<SocketAddr>>,
     pub scrape_interval: Duration,
     pub decide_interval: Duration,
 }
@@ -56,11 +66,18 @@ pub struct FunctionView {
     pub ready: u32,
     pub panic: bool,
     pub last_reason: Option<&'static str>,
+    /// Proxies whose data is missing from the stable window ("addr: N s"): the count was
+    /// not lowered because of it.
+    pub missing_data: Vec<String>,
 }
 
-fn unix_now() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+fn unix_now_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
 }
+
+/// How far behind now a proxy's newest interval may be before its absence counts: it closes
+/// every second and is read every scrape interval.
+const SCRAPE_LAG_MS: u64 = 2000;
 
 impl Controller {
     pub fn new(
@@ -75,6 +92,8 @@ impl Controller {
             proxies,
             metrics,
             functions: Mutex::new(HashMap::new()),
+            coverage: Mutex::new(Coverage::default()),
+            unreadable: Mutex::new(HashSet::new()),
             scrape_interval,
             decide_interval,
         }
@@ -91,6 +110,7 @@ impl Controller {
     /// Reads every proxy's one-second samples into the functions' histories.
     pub async fn scrape(&self) {
         let proxies = self.backend.proxies().unwrap_or_else(|| self.proxies.clone());
+        self.coverage.lock().expect(&proxies);
         for proxy in &proxies {
             let stats = client::call(*proxy, http::Method::GET, "/stats", None, SCRAPE_TIMEOUT)
                 .await
@@ -98,6 +118,10 @@ impl Controller {
                 .and_then(|body| serde_json::from_slice::<ProxyStats>(&body).map_err(|e| e.to_string()));
             match stats {
                 Ok(stats) => {
+                    if self.unreadable.lock().remove(proxy) {
+                        info!(proxy = %proxy, "reading the proxy's /stats again");
+                    }
+                    self.coverage.lock().record(*proxy, &stats);
                     let mut functions = self.functions.lock();
                     for f in stats.functions {
                         let Ok(id) = FunctionId::new(&f.namespace, &f.name) else { continue };
@@ -105,10 +129,22 @@ impl Controller {
                     }
                 }
                 Err(e) => {
-                    debug!(proxy = %proxy, error = %e, "reading /stats failed");
+                    if self.unreadable.lock().insert(*proxy) {
+                        warn!(proxy = %proxy, error = %e, "cannot read a proxy's /stats; no function scales down until its data is back");
+                    } else {
+                        debug!(proxy = %proxy, error = %e, "reading /stats failed");
+                    }
                     self.metrics.scrape_errors.with_label_values(&[&proxy.to_string()]).inc();
                 }
             }
+        }
+        let now_ms = unix_now_ms();
+        let mut coverage = self.coverage.lock();
+        coverage.forget_before(now_ms.saturating_sub(KEEP_SECONDS * 1000));
+        for (proxy, age) in coverage.ages(now_ms) {
+            // Never heard from: as stale as the longest window.
+            let age = age.map_or(KEEP_SECONDS as f64, |ms| ms as f64 / 1000.0);
+            self.metrics.proxy_data_age.with_label_values(&[&proxy.to_string()]).set(age);
         }
     }
 
@@ -123,16 +159,29 @@ impl Controller {
         };
         let leader = self.backend.is_leader();
         self.metrics.leader.set(i64::from(leader));
-        let now = unix_now();
+        let now_ms = unix_now_ms();
+        let now = now_ms / 1000;
         for function in managed {
             let label = function.id.to_string();
+            let window = function.spec.window.as_secs();
+            let missing = self
+                .coverage
+                .lock()
+                .missing(now_ms.saturating_sub(window * 1000), now_ms.saturating_sub(SCRAPE_LAG_MS));
             let (decision, retry_blocked) = {
                 let mut functions = self.functions.lock();
                 let control = functions.entry(function.id.clone()).or_default();
                 control.history.forget_before(now.saturating_sub(KEEP_SECONDS));
-                let since = now.saturating_sub(function.spec.window.as_secs() + 1);
-                let observations = control.history.since(since);
-                let decision = control.decider.decide(&function.spec, now, &observations, function.ready);
+                let observations = control.history.since(now.saturating_sub(window + 1));
+                let tick = Tick {
+                    now,
+                    observations: &observations,
+                    incomplete: !missing.is_empty(),
+                    asked: function.replicas,
+                    ready: function.ready,
+                };
+                let decision = control.decider.decide(&function.spec, tick);
+                control.missing = missing;
                 control.last_reason = Some(decision.reason);
                 control.panic = decision.panic;
                 let blocked = control.retry_at.is_some_and(|at| Instant::now() < at);
@@ -141,6 +190,7 @@ impl Controller {
             self.metrics.desired.with_label_values(&[&label]).set(i64::from(decision.desired));
             self.metrics.ready.with_label_values(&[&label]).set(i64::from(function.ready));
             self.metrics.panic.with_label_values(&[&label]).set(i64::from(decision.panic));
+            self.metrics.incomplete.with_label_values(&[&label]).set(i64::from(decision.incomplete));
             self.metrics.decisions.with_label_values(&[&label, decision.reason.as_str()]).inc();
             if decision.desired != function.replicas && leader && !retry_blocked {
                 self.write(&function, decision.desired).await;
@@ -206,6 +256,9 @@ impl Controller {
                     ready: f.ready,
                     panic: control.is_some_and(|c| c.panic),
                     last_reason: control.and_then(|c| c.last_reason).map(Reason::as_str),
+                    missing_data: control
+                        .map(|c| c.missing.iter().map(|(proxy, ms)| format!("{proxy}: {} s", ms / 1000)).collect())
+                        .unwrap_or_default(),
                 }
             })
             .collect())

@@ -14,6 +14,7 @@
 pub mod admin;
 pub mod backend;
 pub mod control;
+pub mod coverage;
 pub mod history;
 pub mod metrics;
 pub mod server;

@@ -1,12 +1,16 @@
 //! Prometheus metrics of the controller (`wavelink_controller_*`, labelled by `function`).
 
-use prometheus::{CounterVec, Encoder, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder};
+use prometheus::{CounterVec, Encoder, GaugeVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder};
 
 pub struct ControllerMetrics {
     registry: Registry,
     pub desired: IntGaugeVec,
     pub ready: IntGaugeVec,
     pub panic: IntGaugeVec,
+    /// 1 while some proxy's data is missing from the function's window (no scale-down).
+    pub incomplete: IntGaugeVec,
+    /// Seconds since a proxy's newest reported interval.
+    pub proxy_data_age: GaugeVec,
     pub decisions: IntCounterVec,
     pub writes: IntCounterVec,
     pub api_errors: IntCounterVec,
@@ -26,6 +30,14 @@ impl ControllerMetrics {
         let desired = gauge("wavelink_controller_desired_instances", "Regular Instances the autoscaler asks for")?;
         let ready = gauge("wavelink_controller_instances", "Regular Instances ready")?;
         let panic = gauge("wavelink_controller_panic", "1 while the autoscaler is in panic mode")?;
+        let incomplete = gauge(
+            "wavelink_controller_incomplete_data",
+            "1 while some proxy's data is missing from the stable window (the count may rise, not fall)",
+        )?;
+        let proxy_data_age = GaugeVec::new(
+            Opts::new("wavelink_controller_proxy_data_age_seconds", "Seconds since a proxy's newest one-second sample"),
+            &["proxy"],
+        )?;
         let decisions = IntCounterVec::new(
             Opts::new("wavelink_controller_decisions_total", "Autoscaling decisions, by what decided them"),
             &["function", "reason"],
@@ -62,6 +74,8 @@ impl ControllerMetrics {
             Box::new(desired.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(ready.clone()),
             Box::new(panic.clone()),
+            Box::new(incomplete.clone()),
+            Box::new(proxy_data_age.clone()),
             Box::new(decisions.clone()),
             Box::new(writes.clone()),
             Box::new(api_errors.clone()),
@@ -78,6 +92,8 @@ impl ControllerMetrics {
             desired,
             ready,
             panic,
+            incomplete,
+            proxy_data_age,
             decisions,
             writes,
             api_errors,

@@ -1,18 +1,29 @@
-//! The Regular Instance autoscaler's decision, Knative-KPA-like, as a plain state machine.
+//! The Regular Instance autoscaler's decision, Knative's KPA as a plain state machine.
 //!
 //! Every tick it gets the last seconds of concurrency (Regular + Emergency + queued: a burst
 //! served by Emergency Instances still asks for Regular ones, so a lasting burst turns into RIs
-//! and the EIs drain away) and the number of RIs, and returns how many RIs there should be:
+//! and the EIs drain away), whether every proxy's data is there, and the RIs asked for and
+//! ready; it returns how many RIs there should be:
 //!
-//! 1. observed demand over the stable window (`window`) and the panic window
+//! 1. no observation in the stable window: no decision, the RIs asked for stay (a silent proxy
+//!    or a restarted controller never scales a function down, let alone to zero);
+//! 2. observed demand over the stable window (`window`) and the panic window
 //!    (`panic-window-percentage` of it), aggregated by `metric-aggregation`: `max` of the
 //!    per-second peaks, or `avg` of the per-second averages;
-//! 2. desired = ceil(demand / (container-concurrency × target-utilization)), per window;
-//! 3. panic when the panic window asks for at least `panic-threshold-percentage` of the current
-//!    RIs; while panicking (until a stable window passes without a trigger) follow the panic
-//!    window and never scale down;
-//! 4. the highest recommendation of the last `scale-down-delay` holds; then at most 1000x up and
-//!    2x down per tick; then `min-scale`..`max-scale`.
+//! 3. desired = ceil(demand / (container-concurrency × target-utilization)) per window;
+//! 4. panic starts when the panic window asks for at least `panic-threshold-percentage` of the
+//!    ready RIs and ends a stable window after the condition last held; while panicking the
+//!    highest recommendation of the panic holds (it never falls while RIs start);
+//! 5. the highest recommendation of the last `scale-down-delay` holds; then at most 1000x up
+//!    and 2x down of the RIs asked for per tick;
+//! 6. a proxy's data missing beyond its staleness bound makes demand a lower bound: the count
+//!    may rise, never fall;
+//! 7. a function first seen with nothing ready gets at least `initial-scale` for one stable
+//!    window (a running function is never reset to it); then `min-scale`..`max-scale`.
+//!
+//! Where this differs from Knative: rate limits count the RIs asked for rather than the ready
+//! ones (RIs still starting are not scaled away twice), and rule 6 (Knative extrapolates
+//! from the pods it could scrape).
 //!
 //! In `dual` mode a sporadic function (mean inter-arrival time above `sporadic-threshold`) has
 //! its load ignored: it lives on Emergency Instances and never holds an idle RI. `fast-only`
@@ -59,12 +70,30 @@ impl Observation {
     }
 }
 
+/// What one tick knows about a function.
+#[derive(Debug, Clone, Copy)]
+pub struct Tick<'a> {
+    /// Unix seconds.
+    pub now: u64,
+    /// Demand per second, any order, any age (only the windows' are used).
+    pub observations: &'a [Observation],
+    /// Some proxy's data for the stable window is missing beyond its staleness bound, so the
+    /// observations are a lower bound of the demand.
+    pub incomplete: bool,
+    /// RIs asked for (a Deployment's `spec.replicas`).
+    pub asked: u32,
+    /// RIs ready to serve.
+    pub ready: u32,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Decision {
     pub desired: u32,
     pub panic: bool,
     /// The function's load was not counted (dual mode, sporadic).
     pub sporadic: bool,
+    /// The count was not lowered because some proxy's data is missing.
+    pub incomplete: bool,
     /// Demand over the stable and the panic window, as aggregated.
     pub stable_demand: f64,
     pub panic_demand: f64,
@@ -96,22 +125,28 @@ impl Reason {
 /// One function's autoscaler state between ticks.
 #[derive(Debug, Clone, Default)]
 pub struct Decider {
-    /// When the first decision was made: `initial-scale` holds for one stable window from then.
+    /// When the first decision was made.
     started: Option<u64>,
-    /// When the panic condition last held.
-    last_panic_trigger: Option<u64>,
+    /// Whether the function had nothing ready when first seen: only then `initial-scale`
+    /// applies (for one stable window), so a restarted controller never resets a running one.
+    initial_phase: bool,
+    /// When the panic condition last held, while panicking.
+    panic_since_trigger: Option<u64>,
+    /// The highest recommendation of the current panic.
+    max_panic: u32,
     /// Recommendations of recent ticks, for the scale-down delay.
     recent: VecDeque<(u64, u32)>,
 }
 
 impl Decider {
-    /// The number of RIs there should be at `now` (Unix seconds), given the observations (any
-    /// order, any age; only the windows' are used) and the RIs there are.
-    pub fn decide(&mut self, spec: &FunctionSpec, now: u64, observations: &[Observation], current: u32) -> Decision {
+    /// The number of RIs there should be.
+    pub fn decide(&mut self, spec: &FunctionSpec, tick: Tick<'_>) -> Decision {
+        let Tick { now, observations, incomplete, asked, ready } = tick;
         let mut decision = Decision {
-            desired: current,
+            desired: asked,
             panic: false,
             sporadic: false,
+            incomplete,
             stable_demand: 0.0,
             panic_demand: 0.0,
             reason: Reason::Stable,
@@ -124,16 +159,25 @@ impl Decider {
         let stable_window = spec.window.as_secs().max(1);
         let panic_window = ((spec.window.as_secs_f64() * spec.panic_window_percentage / 100.0).round() as u64).max(1);
         let in_window = |window: u64| observations.iter().filter(move |o| o.second <= now && o.second + window > now);
-        let started = *self.started.get_or_insert(now);
-        // A new function gets `initial-scale` RIs and keeps them for a stable window, whatever
-        // the (still thin) data says; then the windows take over.
-        if now < started + stable_window && current < bound(spec, spec.initial_scale) {
-            decision.desired = bound(spec, spec.initial_scale);
-            decision.reason = Reason::Initial;
-            return decision;
+        if self.started.is_none() {
+            self.started = Some(now);
+            self.initial_phase = ready == 0;
         }
+        let initial = match self.started {
+            Some(started) if self.initial_phase && now < started + stable_window => bound(spec, spec.initial_scale),
+            _ => 0,
+        };
+        let floor_initial = |desired: u32, reason: &mut Reason| {
+            if initial > desired {
+                *reason = Reason::Initial;
+            }
+            bound(spec, desired.max(initial))
+        };
+
         if in_window(stable_window).next().is_none() {
             decision.reason = Reason::NoData;
+            decision.panic = self.panic_since_trigger.is_some();
+            decision.desired = floor_initial(asked, &mut decision.reason);
             return decision;
         }
 
@@ -163,30 +207,34 @@ impl Decider {
             decision.panic_demand = demand(panic_window);
         }
         let per_instance = f64::from(spec.container_concurrency) * spec.target_utilization;
-        let stable_desired = (decision.stable_demand / per_instance).ceil() as u32;
-        let panic_desired = (decision.panic_demand / per_instance).ceil() as u32;
-
-        let capacity_basis = f64::from(current.max(1));
-        if f64::from(panic_desired) / capacity_basis >= spec.panic_threshold_percentage / 100.0 {
-            self.last_panic_trigger = Some(now);
+        let stable_raw = (decision.stable_demand / per_instance).ceil() as u32;
+        let panic_raw = (decision.panic_demand / per_instance).ceil() as u32;
+        let over_threshold = f64::from(panic_raw) / f64::from(ready.max(1)) >= spec.panic_threshold_percentage / 100.0;
+        if over_threshold {
+            self.panic_since_trigger = Some(now);
+        } else if self.panic_since_trigger.is_some_and(|at| now >= at + stable_window) {
+            // The surge has made its way into the stable window: panic ends.
+            self.panic_since_trigger = None;
+            self.max_panic = 0;
         }
-        decision.panic = self.last_panic_trigger.is_some_and(|at| now < at + stable_window);
-        let mut desired = if decision.panic {
+        decision.panic = self.panic_since_trigger.is_some();
+        let mut desired = stable_raw;
+        if decision.panic {
             decision.reason = Reason::Panic;
-            panic_desired.max(current)
-        } else {
-            stable_desired
-        };
-        // The delay holds the highest demand of its period; the rate limits then pace the way
-        // there, so a drop after the delay still takes one halving per tick.
-        desired = self.hold_for_scale_down_delay(spec.scale_down_delay, now, desired);
-        let most = (capacity_basis * MAX_SCALE_UP_RATE).ceil() as u32;
-        let fewest = (f64::from(current) / MAX_SCALE_DOWN_RATE).floor() as u32;
-        desired = desired.clamp(fewest, most);
-        if now < started + stable_window {
-            desired = desired.max(spec.initial_scale);
+            // Never down while panicking: the panic's highest recommendation holds.
+            self.max_panic = self.max_panic.max(desired.max(panic_raw));
+            desired = self.max_panic;
         }
-        decision.desired = bound(spec, desired);
+        // The delay holds the highest recommendation of its period; the rate limits then pace
+        // the way there, so a drop after the delay still takes one halving per tick.
+        desired = self.hold_for_scale_down_delay(spec.scale_down_delay, now, desired);
+        let most = (f64::from(asked.max(1)) * MAX_SCALE_UP_RATE).ceil() as u32;
+        let fewest = (f64::from(asked) / MAX_SCALE_DOWN_RATE).floor() as u32;
+        desired = desired.clamp(fewest, most);
+        if incomplete {
+            desired = desired.max(asked);
+        }
+        decision.desired = floor_initial(desired, &mut decision.reason);
         decision
     }
 
@@ -227,30 +275,51 @@ mod tests {
         (end + 1 - seconds..=end).map(|second| Observation { second, peak: level, avg: level, arrivals: 10 }).collect()
     }
 
-    /// Runs ticks every 2 s; `demand(t)` is the concurrency in second t; RIs follow decisions at
-    /// once. Returns the desired count after each tick.
-    fn simulate(spec: &FunctionSpec, start: u32, seconds: u64, demand: impl Fn(u64) -> f64) -> Vec<u32> {
+    /// One tick with complete data and `current` RIs asked for and ready.
+    fn tick(now: u64, observations: &[Observation], current: u32) -> Tick<'_> {
+        Tick { now, observations, incomplete: false, asked: current, ready: current }
+    }
+
+    /// Runs ticks every 2 s; `demand(t)` is the concurrency in second t; RIs asked for become
+    /// ready `ready_after` ticks later (and go at once when scaled away). Returns the desired
+    /// count after each tick.
+    fn simulate_with(
+        spec: &FunctionSpec,
+        start: u32,
+        seconds: u64,
+        ready_after: usize,
+        demand: impl Fn(u64) -> f64,
+    ) -> Vec<u32> {
         let mut decider = Decider::default();
-        let mut current = start;
         let history: Vec<Observation> =
             (1..=seconds).map(|s| Observation { second: s, peak: demand(s), avg: demand(s), arrivals: 10 }).collect();
+        let mut asked_history = vec![start; ready_after + 1];
         let mut out = Vec::new();
         for now in (2..=seconds).step_by(2) {
             let seen: Vec<Observation> = history.iter().copied().filter(|o| o.second <= now).collect();
-            current = decider.decide(spec, now, &seen, current).desired;
-            out.push(current);
+            let asked = *asked_history.last().unwrap();
+            // Ready: what was asked for `ready_after` ticks ago, never more than asked now.
+            let ready = asked_history[asked_history.len() - 1 - ready_after].min(asked);
+            let desired =
+                decider.decide(spec, Tick { now, observations: &seen, incomplete: false, asked, ready }).desired;
+            asked_history.push(desired);
+            out.push(desired);
         }
         out
+    }
+
+    fn simulate(spec: &FunctionSpec, start: u32, seconds: u64, demand: impl Fn(u64) -> f64) -> Vec<u32> {
+        simulate_with(spec, start, seconds, 0, demand)
     }
 
     #[test]
     fn desired_is_demand_over_target_per_instance() {
         // container-concurrency 1 at 70%: 7 concurrent need 10 RIs.
         let s = spec(&[]);
-        let d = Decider::default().decide(&s, 100, &flat(100, 60, 7.0), 10);
+        let d = Decider::default().decide(&s, tick(100, &flat(100, 60, 7.0), 10));
         assert_eq!((d.desired, d.panic, d.reason), (10, false, Reason::Stable));
         let s = spec(&[(keys::CONTAINER_CONCURRENCY, "10"), (keys::TARGET_UTILIZATION, "100")]);
-        assert_eq!(Decider::default().decide(&s, 100, &flat(100, 60, 25.0), 3).desired, 3);
+        assert_eq!(Decider::default().decide(&s, tick(100, &flat(100, 60, 25.0), 3)).desired, 3);
     }
 
     #[test]
@@ -389,15 +458,94 @@ mod tests {
     fn initial_scale_holds_for_a_stable_window_then_no_data_keeps_the_count() {
         let s = spec(&[(keys::INITIAL_SCALE, "3")]);
         let mut decider = Decider::default();
-        let first = decider.decide(&s, 100, &flat(100, 5, 0.0), 0);
+        let first = decider.decide(&s, tick(100, &flat(100, 5, 0.0), 0));
         assert_eq!((first.desired, first.reason), (3, Reason::Initial));
-        let idle = decider.decide(&s, 150, &flat(150, 50, 0.0), 3);
+        let idle = decider.decide(&s, tick(150, &flat(150, 50, 0.0), 3));
         assert_eq!(idle.desired, 3, "no load yet, but the window has not passed");
-        let after = decider.decide(&s, 162, &flat(162, 60, 0.0), 3);
+        let after = decider.decide(&s, tick(162, &flat(162, 60, 0.0), 3));
         assert_eq!(after.desired, 1, "halving towards zero once the window has passed");
         // Old observations outside the window are no data: the count stays.
-        let stale = decider.decide(&s, 500, &flat(100, 60, 50.0), 1);
+        let stale = decider.decide(&s, tick(500, &flat(100, 60, 50.0), 1));
         assert_eq!((stale.desired, stale.reason), (1, Reason::NoData));
+    }
+
+    #[test]
+    fn no_data_keeps_the_ris_asked_for_even_when_none_is_ready() {
+        // RIs still starting (none ready) and the proxy silent for the whole window: the
+        // count asked for stays; it is not lowered to the ready ones, let alone to zero.
+        let s = spec(&[(keys::INITIAL_SCALE, "1")]);
+        let mut decider = Decider::default();
+        let busy = decider
+            .decide(&s, Tick { now: 100, observations: &flat(100, 60, 8.0), incomplete: false, asked: 12, ready: 0 });
+        assert_eq!(busy.desired, 12);
+        for now in [160, 170, 400] {
+            let silent = decider
+                .decide(&s, Tick { now, observations: &flat(100, 60, 8.0), incomplete: false, asked: 12, ready: 0 });
+            assert_eq!((silent.desired, silent.reason), (12, Reason::NoData), "at {now}");
+        }
+        // When data comes back, scaling resumes from there.
+        let back = decider
+            .decide(&s, Tick { now: 500, observations: &flat(500, 60, 0.0), incomplete: false, asked: 12, ready: 12 });
+        assert_eq!(back.desired, 6);
+    }
+
+    #[test]
+    fn missing_data_of_a_proxy_lets_the_count_rise_but_never_fall() {
+        let s = spec(&[]);
+        fn partial(observations: &[Observation], asked: u32) -> Tick<'_> {
+            Tick { now: 100, observations, incomplete: true, asked, ready: asked }
+        }
+        let d = Decider::default().decide(&s, partial(&flat(100, 60, 1.0), 12));
+        assert_eq!((d.desired, d.incomplete), (12, true), "one proxy's half of the demand is not a fall");
+        let d = Decider::default().decide(&s, partial(&flat(100, 60, 14.0), 12));
+        assert_eq!(d.desired, 20, "what the others see still scales up");
+        let complete = Decider::default().decide(&s, tick(100, &flat(100, 60, 1.0), 12));
+        assert_eq!(complete.desired, 6, "with every proxy's data the same demand scales down");
+    }
+
+    #[test]
+    fn a_restarted_controller_keeps_a_running_function_at_its_scale() {
+        // initial-scale applies to a function that had nothing ready when first seen, never
+        // to one already serving: a fresh decider (a restart) does not reset 12 to 1.
+        let s = spec(&[(keys::INITIAL_SCALE, "1")]);
+        let mut restarted = Decider::default();
+        let d = restarted.decide(&s, tick(1000, &[], 12));
+        assert_eq!((d.desired, d.reason), (12, Reason::NoData));
+        let d = restarted.decide(&s, tick(1002, &flat(1002, 2, 8.0), 12));
+        assert_eq!(d.desired, 12);
+        // A function first seen with nothing ready does get its initial scale.
+        let s = spec(&[(keys::INITIAL_SCALE, "3")]);
+        assert_eq!(Decider::default().decide(&s, tick(1000, &[], 0)).desired, 3);
+    }
+
+    #[test]
+    fn rate_limits_count_the_ris_asked_for() {
+        // 20 asked for, none ready yet, no demand: one halving, not all the way to zero.
+        let s = spec(&[]);
+        let d = Decider::default()
+            .decide(&s, Tick { now: 100, observations: &flat(100, 60, 0.0), incomplete: false, asked: 20, ready: 0 });
+        assert_eq!(d.desired, 10);
+    }
+
+    #[test]
+    fn panic_holds_its_peak_while_ris_take_ticks_to_become_ready() {
+        // A burst of 20 for 10 s, then 4: RIs take 4 ticks (8 s) to become ready. Knative
+        // holds the highest panic recommendation until panic ends; the count must not fall
+        // from 29 while the stable window still has the burst.
+        let s = spec(&[]);
+        let out = simulate_with(&s, 2, 240, 4, |t| match t {
+            81..=90 => 20.0,
+            91..=140 => 4.0,
+            _ => 1.0,
+        });
+        let peak_at = out.iter().position(|&d| d == 29).expect("the burst reaches 29");
+        // Last trigger no later than 90 s (tick 44); panic and the stable window hold until 150 s.
+        let held_until = 146 / 2 - 1;
+        assert!(out[peak_at..=held_until].iter().all(|&d| d == 29), "panic fell: {out:?}");
+        assert_eq!(*out.last().unwrap(), 2, "scales back down after: {out:?}");
+        for w in out.windows(2) {
+            assert!(w[1] >= w[0] / 2, "halved more than 2x: {out:?}");
+        }
     }
 
     #[test]
@@ -406,8 +554,8 @@ mod tests {
         observations[59].peak = 30.0; // one spiky second
         let max = spec(&[(keys::PANIC_THRESHOLD_PERCENTAGE, "1000")]);
         let avg = spec(&[(keys::METRIC_AGGREGATION, "avg"), (keys::PANIC_THRESHOLD_PERCENTAGE, "1000")]);
-        assert_eq!(Decider::default().decide(&max, 100, &observations, 20).desired, 43);
-        assert_eq!(Decider::default().decide(&avg, 100, &observations, 2).desired, 2);
+        assert_eq!(Decider::default().decide(&max, tick(100, &observations, 20)).desired, 43);
+        assert_eq!(Decider::default().decide(&avg, tick(100, &observations, 2)).desired, 2);
     }
 
     #[test]
@@ -423,29 +571,29 @@ mod tests {
             o.peak = 1.0;
             o.avg = 1.0;
         }
-        let d = Decider::default().decide(&s, 100, &observations, 0);
+        let d = Decider::default().decide(&s, tick(100, &observations, 0));
         assert!(!d.sporadic, "exactly at the threshold is not above it");
         assert_eq!(d.desired, 2);
         // ...but no arrival at all, or one every two minutes, is.
         observations[55].arrivals = 0;
-        let d = Decider::default().decide(&s, 100, &observations, 1);
+        let d = Decider::default().decide(&s, tick(100, &observations, 1));
         assert!(d.sporadic);
         assert_eq!(d.desired, 0, "load of a sporadic function is not counted");
         let async_mode = spec(&[(keys::SPORADIC_THRESHOLD, "60s"), (keys::SCALING_MODE, "async")]);
-        assert!(!Decider::default().decide(&async_mode, 100, &observations, 1).sporadic, "only dual mode");
+        assert!(!Decider::default().decide(&async_mode, tick(100, &observations, 1)).sporadic, "only dual mode");
     }
 
     #[test]
     fn fast_only_has_no_regular_instances() {
         let s = spec(&[(keys::SCALING_MODE, "fast-only"), (keys::MIN_SCALE, "2")]);
-        let d = Decider::default().decide(&s, 100, &flat(100, 60, 50.0), 4);
+        let d = Decider::default().decide(&s, tick(100, &flat(100, 60, 50.0), 4));
         assert_eq!((d.desired, d.reason), (0, Reason::FastOnly));
     }
 
     #[test]
     fn scale_up_is_limited_to_a_thousandfold_per_tick() {
         let s = spec(&[(keys::CONTAINER_CONCURRENCY, "1"), (keys::TARGET_UTILIZATION, "100")]);
-        let d = Decider::default().decide(&s, 100, &flat(100, 60, 5000.0), 2);
+        let d = Decider::default().decide(&s, tick(100, &flat(100, 60, 5000.0), 2));
         assert_eq!(d.desired, 2000);
     }
 

@@ -10,6 +10,13 @@ use serde::{Deserialize, Serialize};
 pub struct ProxyStats {
     /// Length of one sample, in milliseconds.
     pub sample_interval_ms: u64,
+    /// When the proxy started: it has no data for earlier seconds because it did not exist.
+    #[serde(default)]
+    pub started_unix_ms: u64,
+    /// Ends of the intervals every function has a sample for (oldest first): a second not
+    /// listed is a gap in this proxy's data (it was stopped or starved), not zero demand.
+    #[serde(default)]
+    pub intervals: Vec<u64>,
     pub functions: Vec<FunctionStats>,
     /// Functions in the config that were rejected, with why.
     #[serde(default)]

@@ -130,7 +130,14 @@ impl AdminApi {
             .into_iter()
             .map(|r| RejectedStats { function: r.function, error: r.error })
             .collect();
-        ProxyStats { sample_interval_ms: SAMPLE_INTERVAL.as_millis() as u64, functions, rejected }
+        let sampled = self.router.sampled();
+        ProxyStats {
+            sample_interval_ms: SAMPLE_INTERVAL.as_millis() as u64,
+            started_unix_ms: sampled.started_unix_ms,
+            intervals: sampled.ends(),
+            functions,
+            rejected,
+        }
     }
 
     fn wavelet_list(&self) -> Vec<WaveletListing> {

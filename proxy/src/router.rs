@@ -31,6 +31,8 @@ pub struct Router {
     metrics: Arc<ProxyMetrics>,
     peer_settings: PeerSettings,
     links: Arc<Links>,
+    /// The seconds `/stats` has samples for.
+    sampled: crate::stats::SampledIntervals,
 }
 
 impl Router {
@@ -41,7 +43,12 @@ impl Router {
             metrics,
             peer_settings,
             links: Arc::new(Links::new(Wavelets::new(&[], peer_settings))),
+            sampled: crate::stats::SampledIntervals::default(),
         }
+    }
+
+    pub fn sampled(&self) -> &crate::stats::SampledIntervals {
+        &self.sampled
     }
 
     /// Replaces the Wavelets the proxy spills to; requests in flight on removed ones finish.

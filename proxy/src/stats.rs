@@ -4,11 +4,19 @@
 //! [`SUB_SAMPLE`] the sampler adds the current levels to an accumulator (for the time-average);
 //! every second it closes the interval with that average, the exact peak (tracked with
 //! `fetch_max` on each increment) and the arrivals, and keeps the last [`KEEP_SAMPLES`].
+//!
+//! An interval that took far longer than a second (the process was stopped, or starved) is
+//! dropped rather than reported: its peak holds requests whose clients gave up long ago, and
+//! one such "second" would keep the autoscaler's window high. The controller sees the missing
+//! second as a gap in this proxy's data, not as demand. [`SampledIntervals`] lists the seconds
+//! reported, so the controller can tell "no traffic" from "no data".
 
 use std::collections::VecDeque;
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use tracing::warn;
 
 use async_trait::async_trait;
 use pingora_core::server::ShutdownWatch;
@@ -46,7 +54,16 @@ impl StatsWindow {
         self.ticks += 1;
     }
 
-    fn close(&mut self, f: &FunctionState, end_unix_ms: u64) {
+    fn close(&mut self, f: &FunctionState, end_unix_ms: u64, stalled: bool) {
+        if stalled {
+            f.load.regular.take_peak();
+            f.load.emergency.take_peak();
+            f.load.queued.take_peak();
+            f.load.total.take_peak();
+            f.load.arrivals.swap(0, Relaxed);
+            (self.regular_sum, self.emergency_sum, self.queued_sum, self.total_sum, self.ticks) = (0, 0, 0, 0, 0);
+            return;
+        }
         let ticks = self.ticks.max(1) as f64;
         let level = |sum: u64, gauge: &LoadGauge| Concurrency { avg: sum as f64 / ticks, peak: gauge.take_peak() };
         let sample = Sample {
@@ -70,14 +87,56 @@ impl StatsWindow {
     }
 }
 
-/// Takes one sub-sample of every function, and closes the interval when `close_at` is given.
-pub fn sample_all(router: &Router, close_at: Option<u64>) {
+/// How an interval ends: reported, or dropped because it spanned a stall.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Close {
+    At { end_unix_ms: u64 },
+    Stalled,
+}
+
+/// An interval longer than this is a stall, not a second of demand.
+pub const STALL: Duration = Duration::from_secs(2);
+
+/// The intervals this proxy reported (ends, oldest first, the last [`KEEP_SAMPLES`]) and when
+/// it started: every function had a sample for each of them, zero or not.
+pub struct SampledIntervals {
+    pub started_unix_ms: u64,
+    ends: parking_lot::Mutex<VecDeque<u64>>,
+}
+
+impl Default for SampledIntervals {
+    fn default() -> Self {
+        SampledIntervals { started_unix_ms: unix_ms(), ends: parking_lot::Mutex::new(VecDeque::new()) }
+    }
+}
+
+impl SampledIntervals {
+    fn push(&self, end_unix_ms: u64) {
+        let mut ends = self.ends.lock();
+        if ends.len() == KEEP_SAMPLES {
+            ends.pop_front();
+        }
+        ends.push_back(end_unix_ms);
+    }
+
+    pub fn ends(&self) -> Vec<u64> {
+        self.ends.lock().iter().copied().collect()
+    }
+}
+
+/// Takes one sub-sample of every function, and closes the interval when `close` is given.
+pub fn sample_all(router: &Router, close: Option<Close>) {
     for f in router.functions() {
         let mut window = f.stats.lock();
         window.tick(&f);
-        if let Some(end) = close_at {
-            window.close(&f, end);
+        match close {
+            Some(Close::At { end_unix_ms }) => window.close(&f, end_unix_ms, false),
+            Some(Close::Stalled) => window.close(&f, 0, true),
+            None => {}
         }
+    }
+    if let Some(Close::At { end_unix_ms }) = close {
+        router.sampled().push(end_unix_ms);
     }
 }
 
@@ -94,8 +153,17 @@ pub struct StatsSampler {
 impl BackgroundService for StatsSampler {
     async fn start(&self, shutdown: ShutdownWatch) {
         let ticks_per_sample = (SAMPLE_INTERVAL.as_millis() / SUB_SAMPLE.as_millis()) as u32;
+        let mut opened = Instant::now();
         every(SUB_SAMPLE, shutdown, |tick| {
-            let close = (tick % ticks_per_sample == 0).then(unix_ms);
+            let close = (tick % ticks_per_sample == 0).then(|| {
+                let took = std::mem::replace(&mut opened, Instant::now()).elapsed();
+                if took > STALL {
+                    warn!(?took, "a one-second sample took much longer (the proxy was stopped or starved); dropped");
+                    Close::Stalled
+                } else {
+                    Close::At { end_unix_ms: unix_ms() }
+                }
+            });
             sample_all(&self.router, close);
         })
         .await;
@@ -137,7 +205,7 @@ mod tests {
         drop(b);
         sample_all(&router, None);
         sample_all(&router, None);
-        sample_all(&router, Some(1_000));
+        sample_all(&router, Some(Close::At { end_unix_ms: 1_000 }));
         let samples = f.stats.lock().samples();
         assert_eq!(samples.len(), 1);
         assert_eq!(samples[0].regular, Concurrency { avg: 1.25, peak: 2 });
@@ -145,7 +213,7 @@ mod tests {
         assert_eq!(samples[0].end_unix_ms, 1_000);
         // The next interval starts at the current level, not at the old peak.
         drop(a);
-        sample_all(&router, Some(2_000));
+        sample_all(&router, Some(Close::At { end_unix_ms: 2_000 }));
         let samples = f.stats.lock().samples();
         assert_eq!(samples[1].regular, Concurrency { avg: 0.0, peak: 1 });
         assert_eq!(samples[1].arrivals, 0);
@@ -160,7 +228,7 @@ mod tests {
         let slot = f.try_acquire().unwrap();
         drop(slot);
         f.load.left();
-        sample_all(&router, Some(1_000));
+        sample_all(&router, Some(Close::At { end_unix_ms: 1_000 }));
         let sample = f.stats.lock().samples()[0];
         assert_eq!(sample.total.peak, 1);
         assert_eq!(sample.arrivals, 1);
@@ -170,7 +238,7 @@ mod tests {
     fn a_peak_between_sub_samples_is_not_missed() {
         let (router, f) = router_with_one_function();
         drop((f.try_acquire().unwrap(), f.try_acquire().unwrap()));
-        sample_all(&router, Some(1_000));
+        sample_all(&router, Some(Close::At { end_unix_ms: 1_000 }));
         assert_eq!(f.stats.lock().samples()[0].regular.peak, 2);
     }
 
@@ -178,10 +246,33 @@ mod tests {
     fn only_the_last_minute_is_kept() {
         let (router, f) = router_with_one_function();
         for second in 0..(KEEP_SAMPLES as u64 + 5) {
-            sample_all(&router, Some(second * 1000));
+            sample_all(&router, Some(Close::At { end_unix_ms: second * 1000 }));
         }
         let samples = f.stats.lock().samples();
         assert_eq!(samples.len(), KEEP_SAMPLES);
         assert_eq!(samples[0].end_unix_ms, 5_000);
+        assert_eq!(router.sampled().ends().first(), Some(&5_000));
+    }
+
+    #[test]
+    fn an_interval_spanning_a_stall_is_dropped_with_its_peak() {
+        let (router, f) = router_with_one_function();
+        sample_all(&router, Some(Close::At { end_unix_ms: 1_000 }));
+        // Sixteen requests whose clients left while the proxy was stopped: they end soon
+        // after it resumes, within the interval that spans the stall...
+        for _ in 0..16 {
+            f.load.arrived();
+        }
+        sample_all(&router, None);
+        for _ in 0..16 {
+            f.load.left();
+        }
+        sample_all(&router, Some(Close::Stalled));
+        // ...which is not reported, and its peak is not carried into the next second.
+        sample_all(&router, Some(Close::At { end_unix_ms: 95_000 }));
+        let samples = f.stats.lock().samples();
+        assert_eq!(samples.iter().map(|s| s.end_unix_ms).collect::<Vec<_>>(), [1_000, 95_000]);
+        assert_eq!(samples[1].total.peak, 0, "{:?}", samples[1]);
+        assert_eq!(router.sampled().ends(), [1_000, 95_000]);
     }
 }

@@ -69,9 +69,16 @@ pub fn run(args: ControllerArgs) -> anyhow::Result<()> {
     match backend {
         BackendKind::Local => {
             let settings = args.runtime.settings("controller", admin.port(), DEFAULT_PORTS);
-            let (process, state) =
-                wavelink_wavelet::setup::prepare("ri", &settings).context("setting up the local backend")?;
-            let runtime = match args.containerd.settings() {
+            let containerd = args.containerd.settings();
+            // RI processes a crashed predecessor left running are adopted (those of functions
+            // still configured, when RIs are still processes); the rest are removed.
+            let configured: Vec<String> = functions.iter().map(|f| f.id.to_string()).collect();
+            let adopting = containerd.is_none();
+            let (process, state, adopted) = wavelink_wavelet::setup::prepare_adopting("ri", &settings, |survivor| {
+                adopting && configured.contains(&survivor.function)
+            })
+            .context("setting up the local backend")?;
+            let runtime = match containerd {
                 None => Runtime::Process(process),
                 Some(mut containerd) => {
                     // An RI becomes routable only after the modelled pod start: nothing to gain
@@ -92,6 +99,7 @@ pub fn run(args: ControllerArgs) -> anyhow::Result<()> {
                 proxies.clone(),
                 ri_start_delay,
                 functions,
+                adopted,
                 metrics.clone(),
             );
             tracing::info!(ri_start_delay = ?ri_start_delay, proxies = ?proxies, runtime = kind,

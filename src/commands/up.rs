@@ -4,6 +4,11 @@
 //! processes of this one (each in its own process group, killed if this process dies), waits
 //! until they are ready, prints where to send requests, and on Ctrl-C or SIGTERM stops them in
 //! turn (SIGTERM, then SIGKILL after the grace period) so that no process is left behind.
+//!
+//! A component that exits on its own is restarted, after a back-off that doubles with each
+//! quick failure (1 s up to 30 s, reset once it has run a minute), as kubelet restarts a
+//! crashing container; the others keep serving meanwhile (Regular Instances outlive a crashed
+//! controller, and the restarted one adopts them).
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -32,9 +37,21 @@ pub struct UpArgs {
     config: PathBuf,
 }
 
+/// First restart delay; it doubles with each quick failure.
+const RESTART_BACKOFF: Duration = Duration::from_secs(1);
+const MAX_RESTART_BACKOFF: Duration = Duration::from_secs(30);
+/// A component that ran this long before exiting starts its back-off afresh.
+const RAN_WELL: Duration = Duration::from_secs(60);
+
 struct Child {
     name: &'static str,
-    pid: u32,
+    argv: Vec<String>,
+    /// `None` while it waits to be restarted.
+    pid: Option<u32>,
+    started: Instant,
+    /// Exits in a row that came soon after a start.
+    failures: u32,
+    restart_at: Option<Instant>,
 }
 
 pub fn run(args: UpArgs) -> anyhow::Result<()> {
@@ -64,7 +81,7 @@ pub fn run(args: UpArgs) -> anyhow::Result<()> {
     let started = runtime.block_on(async {
         for (name, argv, admin) in plan {
             let pid = start(&exe, &argv, &[]).with_context(|| format!("starting the {name}"))?;
-            children.push(Child { name, pid });
+            children.push(Child { name, argv, pid: Some(pid), started: Instant::now(), failures: 0, restart_at: None });
             wait_ready(name, pid, admin).await?;
         }
         Ok::<_, anyhow::Error>(())
@@ -74,7 +91,7 @@ pub fn run(args: UpArgs) -> anyhow::Result<()> {
         return Err(e);
     }
     print_endpoints(&config, &functions, controller.ri_start_delay);
-    let outcome = runtime.block_on(watch(&children));
+    let outcome = runtime.block_on(watch(&exe, &mut children));
     stop(&children);
     outcome
 }
@@ -90,7 +107,7 @@ pub fn start(exe: &Path, argv: &[String], extra: &[(String, String)]) -> anyhow:
         .filter(|(k, _)| !extra.iter().any(|(e, _)| e == k))
         .collect();
     env.extend_from_slice(extra);
-    let plan = Plan { program: exe, args: argv, env: &env, listen_fd: None, credentials: None };
+    let plan = Plan { program: exe, args: argv, env: &env, listen_fd: None, credentials: None, die_with_parent: true };
     Ok(spawn(&plan)?)
 }
 
@@ -128,8 +145,8 @@ fn print_endpoints(config: &LocalConfig, functions: &[wavelink_core::FunctionDef
     println!("up: Ctrl-C stops everything");
 }
 
-/// Waits for Ctrl-C or SIGTERM, or for a component to exit on its own (an error).
-async fn watch(children: &[Child]) -> anyhow::Result<()> {
+/// Waits for Ctrl-C or SIGTERM, restarting any component that exits on its own.
+async fn watch(exe: &Path, children: &mut [Child]) -> anyhow::Result<()> {
     let mut interrupt = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
     let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
     loop {
@@ -137,11 +154,54 @@ async fn watch(children: &[Child]) -> anyhow::Result<()> {
             _ = interrupt.recv() => return Ok(()),
             _ = term.recv() => return Ok(()),
             _ = tokio::time::sleep(Duration::from_millis(200)) => {
-                if let Some(child) = children.iter().find(|c| wait(c.pid, false).is_some()) {
-                    bail!("the {} exited; stopping the others", child.name);
+                for child in children.iter_mut() {
+                    supervise(exe, child);
                 }
             }
         }
+    }
+}
+
+/// Notices that a component exited and restarts it once its back-off has passed.
+fn supervise(exe: &Path, child: &mut Child) {
+    if let Some(pid) = child.pid
+        && let Some(status) = wait(pid, false)
+    {
+        child.pid = None;
+        child.failures = if child.started.elapsed() >= RAN_WELL { 1 } else { child.failures + 1 };
+        let delay =
+            RESTART_BACKOFF.saturating_mul(1 << child.failures.saturating_sub(1).min(5)).min(MAX_RESTART_BACKOFF);
+        eprintln!(
+            "up: the {} exited ({}); restarting it in {delay:?} (failure {} in a row)",
+            child.name,
+            describe(pid, status),
+            child.failures
+        );
+        child.restart_at = Some(Instant::now() + delay);
+    }
+    if child.pid.is_none() && child.restart_at.is_some_and(|at| Instant::now() >= at) {
+        child.started = Instant::now();
+        match start(exe, &child.argv, &[]) {
+            Ok(pid) => {
+                eprintln!("up: the {} restarted (pid {pid})", child.name);
+                (child.pid, child.restart_at) = (Some(pid), None);
+            }
+            Err(e) => {
+                child.failures += 1;
+                eprintln!("up: restarting the {} failed: {e:#}; trying again later", child.name);
+                child.restart_at = Some(Instant::now() + MAX_RESTART_BACKOFF);
+            }
+        }
+    }
+}
+
+/// A wait status in words.
+fn describe(pid: u32, status: i32) -> String {
+    use nix::sys::wait::WaitStatus;
+    match WaitStatus::from_raw(Pid::from_raw(pid as i32), status) {
+        Ok(WaitStatus::Exited(_, code)) => format!("exit status {code}"),
+        Ok(WaitStatus::Signaled(_, signal, _)) => format!("killed by {signal}"),
+        _ => format!("wait status {status:#x}"),
     }
 }
 
@@ -151,15 +211,16 @@ fn stop(children: &[Child]) {
     let proxy_first =
         children.iter().filter(|c| c.name == "proxy").chain(children.iter().rev().filter(|c| c.name != "proxy"));
     for child in proxy_first {
-        let group = Pid::from_raw(child.pid as i32);
+        let Some(pid) = child.pid else { continue };
+        let group = Pid::from_raw(pid as i32);
         let _ = killpg(group, Signal::SIGTERM);
         let deadline = Instant::now() + STOP_GRACE;
-        while Instant::now() < deadline && wait(child.pid, false).is_none() {
+        while Instant::now() < deadline && wait(pid, false).is_none() {
             std::thread::sleep(Duration::from_millis(20));
         }
         // Whatever is left of its group goes now.
         let _ = killpg(group, Signal::SIGKILL);
-        wait(child.pid, true);
+        wait(pid, true);
         eprintln!("up: {} stopped", child.name);
     }
 }

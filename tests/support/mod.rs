@@ -375,7 +375,7 @@ fn split_series(series: &str) -> (&str, Vec<&str>) {
     }
 }
 
-fn ready(admin: SocketAddr) -> bool {
+pub fn ready(admin: SocketAddr) -> bool {
     get(admin, "admin", "/readyz").map(|r| r.status == 200).unwrap_or(false)
 }
 
@@ -415,6 +415,21 @@ pub fn processes_with_env(marker: &str) -> Vec<u32> {
                     .unwrap_or(false)
         })
         .collect()
+}
+
+/// Kills every process whose environment holds `marker` until none is left (bounded): the
+/// clean-up of tests whose instances outlive the component that started them.
+pub fn kill_processes_with_env(marker: &str) {
+    for _ in 0..50 {
+        let left = processes_with_env(marker);
+        if left.is_empty() {
+            return;
+        }
+        for pid in left {
+            let _ = nix::sys::signal::kill(Pid::from_raw(pid as i32), Signal::SIGKILL);
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
 
 /// Sends `n` requests at once, each on its own connection, with extra header lines.

@@ -315,7 +315,7 @@ impl Pools {
             }
         };
         if let Instance::Process(process) = &instance
-            && let Err(e) = self.state.record(process)
+            && let Err(e) = self.state.record(process, &def.id.to_string())
         {
             warn!(instance = %process.id, error = %e, "could not record the instance; a crash would orphan it");
         }

@@ -6,8 +6,10 @@
 //! instance gets `HOST`/`PORT` and the Wavelet polls until the port accepts.
 //!
 //! Every instance: its own process group (killed as a whole), a clean environment, no inherited
-//! descriptors but fd 3, SIGKILL if the Wavelet dies (`PR_SET_PDEATHSIG`), an unprivileged user
-//! when the Wavelet runs as root, and a memory cgroup where the kernel lets us.
+//! descriptors but fd 3, an unprivileged user when the Wavelet runs as root, and a memory cgroup
+//! where the kernel lets us. An Emergency Instance dies with its Wavelet (`PR_SET_PDEATHSIG`);
+//! a Regular Instance of the local backend outlives its controller, as a pod outlives the
+//! autoscaler, and a restarted controller adopts it ([`Process::adopt`]).
 
 use std::net::{SocketAddr, TcpListener};
 use std::os::fd::AsRawFd;
@@ -75,15 +77,31 @@ pub struct Process {
     /// reuses its pid.
     pub start_ticks: u64,
     pub cgroup: Option<Cgroup>,
+    /// Started by this process (so reaped with `waitpid`), not adopted from a predecessor.
+    child: bool,
     reaped: bool,
 }
 
+/// Longest wait for an adopted process (not ours to reap) to be gone after SIGKILL.
+const ADOPTED_EXIT_LIMIT: Duration = Duration::from_secs(5);
+
 impl Process {
-    /// Whether the process has exited (it is reaped then).
+    /// Takes over a process a previous run started (its pid and start time checked by the
+    /// caller): watched through `/proc`, killed as a group like the others.
+    pub fn adopt(id: String, pid: u32, start_ticks: u64, addr: SocketAddr, cgroup: Option<Cgroup>) -> Process {
+        Process { id, pid, addr, started: Instant::now(), start_ticks, cgroup, child: false, reaped: false }
+    }
+
+    /// Whether the process has exited (it is reaped then, if it is our child).
     pub fn try_exited(&mut self) -> bool {
-        if !self.reaped && spawn::wait(self.pid, false).is_some() {
-            self.reaped = true;
+        if self.reaped {
+            return true;
         }
+        self.reaped = if self.child {
+            spawn::wait(self.pid, false).is_some()
+        } else {
+            !crate::procfs::running(self.pid, self.start_ticks)
+        };
         self.reaped
     }
 
@@ -155,6 +173,8 @@ pub struct ProcessRuntime {
     self_exe: PathBuf,
     /// Instance ids are `<kind>-<pid>-<n>`: `ei` on a Wavelet, `ri` in the local backend.
     kind: &'static str,
+    /// Instances get SIGKILL when this process dies (not for RIs, which outlive it).
+    die_with_parent: bool,
     next: AtomicU64,
 }
 
@@ -176,7 +196,13 @@ impl ProcessRuntime {
         ports: PortRange,
     ) -> std::io::Result<Self> {
         let self_exe = std::env::current_exe()?;
-        Ok(ProcessRuntime { run_as, cgroups, ports, self_exe, kind, next: AtomicU64::new(0) })
+        Ok(ProcessRuntime { run_as, cgroups, ports, self_exe, kind, die_with_parent: true, next: AtomicU64::new(0) })
+    }
+
+    /// Instances outlive this process (the local backend's RIs); a successor adopts them.
+    pub fn outliving_parent(mut self) -> Self {
+        self.die_with_parent = false;
+        self
     }
 
     pub fn run_as(&self) -> Option<&RunAs> {
@@ -252,6 +278,7 @@ impl ProcessRuntime {
             env: &env,
             listen_fd: launch.socket_activation.then(|| listener.as_raw_fd()),
             credentials: self.run_as.as_ref().map(|r| (r.uid, r.gid)),
+            die_with_parent: self.die_with_parent,
         };
         if !launch.socket_activation {
             // The instance binds the port itself.
@@ -275,15 +302,21 @@ impl ProcessRuntime {
             }
         });
         let start_ticks = start_ticks(pid).unwrap_or(0);
-        Ok(Process { id, pid, addr, started: Instant::now(), start_ticks, cgroup, reaped: false })
+        Ok(Process { id, pid, addr, started: Instant::now(), start_ticks, cgroup, child: true, reaped: false })
     }
 
     /// Kills the instance's whole process group and reaps it. Blocks until the main process is
     /// gone (immediately after SIGKILL), so call it off the request path.
     pub fn destroy(&self, mut process: Process) {
         let _ = killpg(Pid::from_raw(process.pid as i32), Signal::SIGKILL);
-        if !process.reaped {
+        if !process.reaped && process.child {
             spawn::wait(process.pid, true);
+        } else if !process.reaped {
+            // Not ours to reap: its new parent does; wait until it is gone.
+            let deadline = Instant::now() + ADOPTED_EXIT_LIMIT;
+            while crate::procfs::running(process.pid, process.start_ticks) && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(5));
+            }
         }
         if let (Some(cgroup), Some(cgroups)) = (process.cgroup.take(), &self.cgroups) {
             cgroups.release(cgroup);

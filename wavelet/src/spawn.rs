@@ -30,6 +30,9 @@ pub struct Plan<'a> {
     pub listen_fd: Option<RawFd>,
     /// `(uid, gid)` to switch to; supplementary groups are dropped.
     pub credentials: Option<(u32, u32)>,
+    /// SIGKILL when the parent dies (Emergency Instances, a stack's components); a Regular
+    /// Instance of the local backend outlives a controller that crashes, as a pod would.
+    pub die_with_parent: bool,
 }
 
 /// Child stack size: the child only makes system calls.
@@ -43,13 +46,15 @@ struct Child {
     dev_null: RawFd,
     listen_fd: RawFd,
     credentials: Option<(libc::uid_t, libc::gid_t)>,
+    die_with_parent: bool,
     parent: libc::pid_t,
     mask: libc::sigset_t,
     err: c_int,
 }
 
 /// Starts the process in its own process group, stdin and stdout on /dev/null, stderr shared,
-/// fd 3 the given listener, nothing else inherited, killed if the Wavelet dies. Returns its pid.
+/// fd 3 the given listener, nothing else inherited, killed if the parent dies when asked.
+/// Returns its pid.
 pub fn spawn(plan: &Plan<'_>) -> io::Result<u32> {
     let program = resolve(plan.program, plan.env)?;
     let program = CString::new(program.as_os_str().as_bytes())?;
@@ -72,6 +77,7 @@ pub fn spawn(plan: &Plan<'_>) -> io::Result<u32> {
         dev_null: dev_null.as_raw_fd(),
         listen_fd: plan.listen_fd.unwrap_or(-1),
         credentials: plan.credentials,
+        die_with_parent: plan.die_with_parent,
         // SAFETY: getpid has no preconditions.
         parent: unsafe { libc::getpid() },
         // SAFETY: an all-zero sigset_t is a valid (empty) set; it is overwritten below.
@@ -158,7 +164,10 @@ extern "C" fn child_main(arg: *mut c_void) -> c_int {
             }
         }
         // Die with the Wavelet; if it is already gone, do not start at all.
-        if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong) < 0 || libc::getppid() != child.parent {
+        if child.die_with_parent
+            && (libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong) < 0
+                || libc::getppid() != child.parent)
+        {
             *libc::__errno_location() = libc::ESRCH;
             return fail(child);
         }
@@ -214,7 +223,14 @@ mod tests {
     fn run(args: &[&str], listen_fd: Option<RawFd>) -> i32 {
         let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
         let env = env();
-        let plan = Plan { program: Path::new("sh"), args: &args, env: &env, listen_fd, credentials: None };
+        let plan = Plan {
+            program: Path::new("sh"),
+            args: &args,
+            env: &env,
+            listen_fd,
+            credentials: None,
+            die_with_parent: true,
+        };
         let pid = spawn(&plan).expect("spawn");
         let status = wait(pid, true).expect("exited");
         assert!(libc::WIFEXITED(status), "status {status:#x}");
@@ -238,6 +254,7 @@ mod tests {
             env: &env,
             listen_fd: Some(listener.as_raw_fd()),
             credentials: None,
+            die_with_parent: true,
         };
         let pid = spawn(&plan).unwrap();
         let read_fds = || -> std::collections::BTreeMap<String, String> {
@@ -273,13 +290,27 @@ mod tests {
     fn a_program_that_cannot_start_is_an_error_not_a_child() {
         let env = env();
         for program in ["/nonexistent/program", "no-such-program-wavelink"] {
-            let plan = Plan { program: Path::new(program), args: &[], env: &env, listen_fd: None, credentials: None };
+            let plan = Plan {
+                program: Path::new(program),
+                args: &[],
+                env: &env,
+                listen_fd: None,
+                credentials: None,
+                die_with_parent: true,
+            };
             let error = spawn(&plan).expect_err(program);
             assert_eq!(error.kind(), io::ErrorKind::NotFound, "{program}: {error}");
         }
         let not_executable = std::env::temp_dir().join(format!("wavelink-spawn-test-{}", std::process::id()));
         std::fs::write(&not_executable, "#!/bin/sh\n").unwrap();
-        let plan = Plan { program: &not_executable, args: &[], env: &env, listen_fd: None, credentials: None };
+        let plan = Plan {
+            program: &not_executable,
+            args: &[],
+            env: &env,
+            listen_fd: None,
+            credentials: None,
+            die_with_parent: true,
+        };
         let error = spawn(&plan).expect_err("not executable");
         std::fs::remove_file(&not_executable).unwrap();
         assert_eq!(error.kind(), io::ErrorKind::PermissionDenied, "{error}");
@@ -299,6 +330,7 @@ mod tests {
             env: &env,
             listen_fd: None,
             credentials: Some((65534, 65534)),
+            die_with_parent: true,
         };
         let pid = spawn(&plan).unwrap();
         let status = wait(pid, true).unwrap();

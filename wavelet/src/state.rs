@@ -2,17 +2,20 @@
 //! restarted after a crash can find and kill the instances the crashed one left behind.
 //!
 //! `instances.log` gets one line per event, appended with a single `write` (cheap enough for
-//! the request path): `+ <id> <pid> <start_ticks> <cgroup>` when an instance starts, `- <id>`
-//! when it is gone. The log is rewritten with only the live instances when it grows long.
-//! A record is `pid start_ticks cgroup`. The instance led its own process group, and the whole
-//! group is killed, so children it started go too: when the leader still runs (its start time
-//! tells it from an unrelated process reusing the pid), and also when it is gone but members of
-//! its group remain (instances die with the Wavelet through the parent-death signal, their
-//! children do not). A lock file keeps two Wavelets from sharing one directory.
+//! the request path): `+ <id> <pid> <start_ticks> <function> <addr> <cgroup>` when an instance
+//! starts, `- <id>` when it is gone. The log is rewritten with only the live instances when it
+//! grows long. The instance led its own process group, and the whole group is killed, so
+//! children it started go too: when the leader still runs (its start time tells it from an
+//! unrelated process reusing the pid), and also when it is gone but members of its group remain
+//! (instances die with the Wavelet through the parent-death signal, their children do not).
+//! The controller's local backend instead adopts the Regular Instances that still run and
+//! belong to a configured function ([`StateDir::adopt_survivors`]). A lock file keeps two
+//! processes from sharing one directory.
 
 use std::collections::HashMap;
 use std::fs::{self, File};
 use std::io::{self, Write};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -79,10 +82,33 @@ impl StateDir {
 
     /// Kills every instance a previous run recorded and that still runs, and clears the log.
     pub fn clean_up_orphans(&self) -> Cleanup {
+        self.adopt_survivors(|_| false).1
+    }
+
+    /// Instances a previous run recorded that still run (pid and start time checked) and that
+    /// `wanted` accepts are handed back, and stay recorded; every other one is killed.
+    pub fn adopt_survivors(&self, wanted: impl Fn(&Survivor) -> bool) -> (Vec<Survivor>, Cleanup) {
         let mut cleanup = Cleanup::default();
         let text = fs::read_to_string(self.dir.join(LOG)).unwrap_or_default();
         let mut cgroups = Vec::new();
-        for record in replay(&text).into_values() {
+        let mut survivors = Vec::new();
+        for (id, record) in replay(&text) {
+            if procfs::running(record.pid, record.start_ticks)
+                && let (Some(function), Some(addr)) = (&record.function, record.addr)
+            {
+                let survivor = Survivor {
+                    id: id.clone(),
+                    pid: record.pid,
+                    start_ticks: record.start_ticks,
+                    function: function.clone(),
+                    addr,
+                    cgroup: record.cgroup.clone(),
+                };
+                if wanted(&survivor) {
+                    survivors.push((survivor, record));
+                    continue;
+                }
+            }
             let ours = match start_ticks(record.pid) {
                 Some(ticks) => ticks == record.start_ticks,
                 None => !group_members(record.pid).is_empty(),
@@ -101,6 +127,15 @@ impl StateDir {
             warn!(error = %e, "could not clear the instance log");
         }
         (log.lines, log.live) = (0, HashMap::new());
+        let mut adopted = Vec::new();
+        for (survivor, record) in survivors {
+            if let Err(e) = log.file.write_all(format!("+ {} {record}\n", survivor.id).as_bytes()) {
+                warn!(error = %e, "could not re-record an adopted instance");
+            }
+            log.live.insert(survivor.id.clone(), record);
+            log.lines += 1;
+            adopted.push(survivor);
+        }
         drop(log);
         // Killed processes need a moment to leave their cgroups; removal retries briefly.
         if !cgroups.is_empty() {
@@ -109,14 +144,16 @@ impl StateDir {
         for cgroup in cgroups {
             Cgroup { path: cgroup }.remove();
         }
-        cleanup
+        (adopted, cleanup)
     }
 
-    /// Records a live instance.
-    pub fn record(&self, process: &Process) -> io::Result<()> {
+    /// Records a live instance of `function` (`namespace/name`).
+    pub fn record(&self, process: &Process, function: &str) -> io::Result<()> {
         let record = Record {
             pid: process.pid,
             start_ticks: process.start_ticks,
+            function: Some(function.to_owned()),
+            addr: Some(process.addr),
             cgroup: process.cgroup.as_ref().map(|c| c.path.clone()),
         };
         let mut log = self.log.lock();
@@ -179,27 +216,57 @@ pub fn group_members(pgid: u32) -> Vec<u32> {
     procfs::pids().into_iter().filter(|&pid| procfs::stat(pid).is_some_and(|s| s.pgrp == pgid)).collect()
 }
 
-#[derive(Debug, PartialEq, Eq)]
+/// A recorded instance that still runs, as a successor may adopt it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Survivor {
+    pub id: String,
+    pub pid: u32,
+    pub start_ticks: u64,
+    /// `namespace/name`.
+    pub function: String,
+    pub addr: SocketAddr,
+    pub cgroup: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
 struct Record {
     pid: u32,
     start_ticks: u64,
+    function: Option<String>,
+    addr: Option<SocketAddr>,
     cgroup: Option<PathBuf>,
+}
+
+/// A field, unless empty or `-`.
+fn present(field: &str) -> Option<&str> {
+    Some(field).filter(|f| !f.is_empty() && *f != "-")
 }
 
 impl Record {
     fn parse(text: &str) -> Option<Record> {
-        let mut fields = text.trim().splitn(3, ' ');
-        let pid = fields.next()?.parse().ok()?;
-        let start_ticks = fields.next()?.parse().ok()?;
-        let cgroup = fields.next().filter(|c| !c.is_empty() && *c != "-").map(PathBuf::from);
-        Some(Record { pid, start_ticks, cgroup })
+        let fields: Vec<&str> = text.trim().splitn(5, ' ').collect();
+        let pid = fields.first()?.parse().ok()?;
+        let start_ticks = fields.get(1)?.parse().ok()?;
+        // `pid start_ticks cgroup`, as logs before function and address were recorded read.
+        let (function, addr, cgroup) = if fields.len() == 5 {
+            let addr = match present(fields[3]) {
+                Some(addr) => Some(addr.parse::<SocketAddr>().ok()?),
+                None => None,
+            };
+            (present(fields[2]).map(str::to_owned), addr, present(fields[4]))
+        } else {
+            (None, None, fields.get(2).and_then(|c| present(c)))
+        };
+        Some(Record { pid, start_ticks, function, addr, cgroup: cgroup.map(PathBuf::from) })
     }
 }
 
 impl std::fmt::Display for Record {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let cgroup = self.cgroup.as_ref().map_or_else(|| "-".into(), |c| c.display().to_string());
-        write!(f, "{} {} {cgroup}", self.pid, self.start_ticks)
+        let function = self.function.as_deref().unwrap_or("-");
+        let addr = self.addr.map_or_else(|| "-".into(), |a| a.to_string());
+        write!(f, "{} {} {function} {addr} {cgroup}", self.pid, self.start_ticks)
     }
 }
 
@@ -214,11 +281,20 @@ mod tests {
 
     #[test]
     fn records_round_trip() {
-        let record = Record { pid: 42, start_ticks: 7, cgroup: Some("/sys/fs/cgroup/x y".into()) };
+        let record = Record {
+            pid: 42,
+            start_ticks: 7,
+            function: Some("default/echo".into()),
+            addr: Some("127.0.0.1:30001".parse().unwrap()),
+            cgroup: Some("/sys/fs/cgroup/x y".into()),
+        };
         assert_eq!(Record::parse(&record.to_string()), Some(record));
-        let record = Record { pid: 42, start_ticks: 7, cgroup: None };
+        let record = Record { pid: 42, start_ticks: 7, function: None, addr: None, cgroup: None };
         assert_eq!(Record::parse(&record.to_string()), Some(record));
         assert_eq!(Record::parse("garbage"), None);
+        // A record written before functions and addresses were.
+        let old = Record::parse("42 7 /sys/fs/cgroup/x").unwrap();
+        assert_eq!((old.function, old.cgroup), (None, Some("/sys/fs/cgroup/x".into())));
     }
 
     #[test]
@@ -228,7 +304,7 @@ mod tests {
         {
             let mut log = state.log.lock();
             for i in 0..3000 {
-                let record = Record { pid: i, start_ticks: 1, cgroup: None };
+                let record = Record { pid: i, start_ticks: 1, function: None, addr: None, cgroup: None };
                 log.file.write_all(format!("+ ei-{i} {record}\n").as_bytes()).unwrap();
                 log.live.insert(format!("ei-{i}"), record);
                 log.lines += 1;
@@ -259,9 +335,9 @@ mod tests {
         let state = StateDir::open(&dir).unwrap();
         let mut orphan = std::process::Command::new("sleep").arg("30").process_group(0).spawn().expect("sleep");
         let pid = orphan.id();
-        let live = Record { pid, start_ticks: start_ticks(pid).unwrap(), cgroup: None };
+        let live = Record { pid, start_ticks: start_ticks(pid).unwrap(), function: None, addr: None, cgroup: None };
         // Same pid, different start time: a process that merely reuses the pid is left alone.
-        let impostor = Record { pid, start_ticks: live.start_ticks + 1, cgroup: None };
+        let impostor = Record { start_ticks: live.start_ticks + 1, ..live.clone() };
         let log = format!("+ a {live}\n+ b {impostor}\n+ c {live}\n- c\ngarbage\n");
         fs::write(dir.join(LOG), log).unwrap();
         let cleanup = state.clean_up_orphans();
@@ -287,7 +363,7 @@ mod tests {
         let pgid = group_pgid_of(leader_gone);
         assert!(start_ticks(pgid).is_none() || pgid == leader_gone, "the leader has exited");
         assert_eq!(group_members(pgid), vec![leader_gone]);
-        let record = Record { pid: pgid, start_ticks: 1, cgroup: None };
+        let record = Record { pid: pgid, start_ticks: 1, function: None, addr: None, cgroup: None };
         fs::write(dir.join(LOG), format!("+ c {record}\n")).unwrap();
         assert_eq!(state.clean_up_orphans(), Cleanup { killed: 1, stale: 0 });
         let deadline = std::time::Instant::now() + Duration::from_secs(10);
@@ -295,6 +371,38 @@ mod tests {
             assert!(std::time::Instant::now() < deadline, "the group member survived");
             std::thread::sleep(Duration::from_millis(10));
         }
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn survivors_wanted_are_adopted_and_stay_recorded_the_rest_killed() {
+        let dir = temp_dir("adopt");
+        let state = StateDir::open(&dir).unwrap();
+        let spawn = || std::process::Command::new("sleep").arg("30").process_group(0).spawn().expect("sleep");
+        let (mut kept, mut unwanted) = (spawn(), spawn());
+        let record = |pid: u32, function: &str| Record {
+            pid,
+            start_ticks: start_ticks(pid).unwrap(),
+            function: Some(function.into()),
+            addr: Some("127.0.0.1:30001".parse().unwrap()),
+            cgroup: None,
+        };
+        let log = format!(
+            "+ ri-1-0 {}\n+ ri-1-1 {}\n",
+            record(kept.id(), "default/a"),
+            record(unwanted.id(), "default/gone")
+        );
+        fs::write(dir.join(LOG), log).unwrap();
+        let (adopted, cleanup) = state.adopt_survivors(|s| s.function == "default/a");
+        assert_eq!(adopted.iter().map(|s| (s.id.as_str(), s.pid)).collect::<Vec<_>>(), [("ri-1-0", kept.id())]);
+        assert_eq!(cleanup, Cleanup { killed: 1, stale: 0 });
+        assert!(!unwanted.wait().unwrap().success(), "the unwanted one is killed");
+        assert!(kept.try_wait().unwrap().is_none(), "the adopted one runs on");
+        // A later run finds the adopted one recorded still.
+        drop(state);
+        let state = StateDir::open(&dir).unwrap();
+        assert_eq!(state.clean_up_orphans(), Cleanup { killed: 1, stale: 0 });
+        assert!(!kept.wait().unwrap().success());
         fs::remove_dir_all(&dir).unwrap();
     }
 

@@ -5,24 +5,32 @@
 //! a cluster manager's pod start costs (API server, scheduler, kubelet, readiness probe); the
 //! delay is printed with every result. Routable RIs are pushed to every proxy's admin API. An RI
 //! scaled away is first taken out of the proxies, left to finish its requests, then destroyed.
-//! Instances come from the Wavelet's runtimes: `process` (process group, socket as fd 3, death
-//! with the controller, a state log so a restarted controller kills what a crashed one left) or
+//! Instances come from the Wavelet's runtimes: `process` (process group, socket as fd 3) or
 //! `containerd` (a container of the function's image on the node's network, with a port of its
 //! own; leftovers found by label), started off the lock, each counted as starting until it runs.
+//!
+//! RI processes outlive the controller, as pods outlive an autoscaler: a controller killed
+//! with SIGKILL leaves them serving, and its successor adopts those its state log lists (pid
+//! and start time checked) and carries on from their number. Stopping the controller
+//! (SIGTERM) removes them. Each decision round re-asserts the ready RIs on every proxy where
+//! its list differs (one read per proxy; no write when equal).
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::SeqCst};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::SeqCst};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use parking_lot::Mutex;
-use tracing::{info, warn};
+use serde::Deserialize;
+use tracing::{debug, info, warn};
 use wavelink_core::{FunctionDef, FunctionId};
 use wavelink_server::client;
+use wavelink_wavelet::cgroup::Cgroup;
 use wavelink_wavelet::instance::{Instance, Runtime};
-use wavelink_wavelet::state::StateDir;
+use wavelink_wavelet::runtime::Process;
+use wavelink_wavelet::state::{StateDir, Survivor};
 
 use super::{Backend, BackendError, ManagedFunction};
 use crate::metrics::ControllerMetrics;
@@ -35,6 +43,8 @@ const ADMIN_TIMEOUT: Duration = Duration::from_secs(2);
 
 struct LocalRi {
     id: String,
+    /// Order of creation: older RIs are kept over younger ones on scale-down.
+    born: u64,
     /// When its memory was last added to the memory-time metric.
     memory_sampled: Mutex<Instant>,
     addr: SocketAddr,
@@ -49,8 +59,21 @@ struct LocalFunction {
     instances: Vec<Arc<LocalRi>>,
     /// Instances being started (counted as live, not yet in `instances`).
     starting: u32,
-    /// The proxies have been told the current set of ready RIs.
-    pushed: bool,
+}
+
+/// A function as a proxy's `GET /v1/functions` lists it (the fields read here).
+#[derive(Deserialize)]
+struct ProxyFunction {
+    function: String,
+    instances: Vec<ProxyInstance>,
+}
+
+#[derive(Deserialize)]
+struct ProxyInstance {
+    address: SocketAddr,
+    in_flight: u32,
+    #[serde(default)]
+    draining: bool,
 }
 
 /// A handle to the backend's shared state (cloned into the tasks it starts).
@@ -71,6 +94,8 @@ struct Inner {
     pending: AtomicUsize,
     /// Wakes starts waiting for their instance to become ready, at shutdown.
     stopped: tokio::sync::Notify,
+    /// Next `LocalRi::born`.
+    next_born: AtomicU64,
 }
 
 impl LocalBackend {
@@ -80,16 +105,42 @@ impl LocalBackend {
         proxies: Vec<SocketAddr>,
         start_delay: Duration,
         defs: Vec<FunctionDef>,
+        adopted: Vec<Survivor>,
         metrics: Arc<ControllerMetrics>,
     ) -> Self {
-        let functions = defs
+        let mut functions: HashMap<FunctionId, LocalFunction> = defs
             .into_iter()
             .map(|def| {
-                let function =
-                    LocalFunction { def: Arc::new(def), target: 0, instances: Vec::new(), starting: 0, pushed: false };
+                let function = LocalFunction { def: Arc::new(def), target: 0, instances: Vec::new(), starting: 0 };
                 (function.def.id.clone(), function)
             })
             .collect();
+        let next_born = AtomicU64::new(0);
+        for survivor in adopted {
+            let Some(function) = functions.values_mut().find(|f| f.def.id.to_string() == survivor.function) else {
+                continue;
+            };
+            info!(function = %function.def.id, instance = %survivor.id, pid = survivor.pid, addr = %survivor.addr,
+                  "adopted a Regular Instance a previous controller left running");
+            let process = Process::adopt(
+                survivor.id.clone(),
+                survivor.pid,
+                survivor.start_ticks,
+                survivor.addr,
+                survivor.cgroup.map(|path| Cgroup { path }),
+            );
+            function.instances.push(Arc::new(LocalRi {
+                id: survivor.id,
+                born: next_born.fetch_add(1, SeqCst),
+                memory_sampled: Mutex::new(Instant::now()),
+                addr: survivor.addr,
+                ready: AtomicBool::new(true),
+                retiring: AtomicBool::new(false),
+                process: Mutex::new(Some(Instance::Process(process))),
+            }));
+            // The scale it had: the autoscaler carries on from it rather than from zero.
+            function.target += 1;
+        }
         LocalBackend(Arc::new(Inner {
             runtime,
             state,
@@ -100,6 +151,7 @@ impl LocalBackend {
             stopping: AtomicBool::new(false),
             pending: AtomicUsize::new(0),
             stopped: tokio::sync::Notify::new(),
+            next_born,
         }))
     }
 
@@ -136,15 +188,16 @@ impl Inner {
                 });
             }
         } else if live.len() > target {
-            // Retire the youngest first: not-yet-ready ones cost nothing to drop.
+            // Retire the youngest first (not-yet-ready ones cost nothing to drop); RIs already
+            // retiring are not counted again.
+            let excess = live.len() - target;
             let mut victims = live;
-            victims.sort_by_key(|ri| (ri.ready.load(SeqCst), std::cmp::Reverse(ri.id.clone())));
-            for ri in victims.into_iter().take(function.instances.len() - target) {
+            victims.sort_by_key(|ri| (ri.ready.load(SeqCst), std::cmp::Reverse(ri.born)));
+            for ri in victims.into_iter().take(excess) {
                 ri.retiring.store(true, SeqCst);
                 let (backend, id) = (self.clone(), id.clone());
                 tokio::spawn(async move { backend.retire(&id, ri).await });
             }
-            function.pushed = false;
         }
     }
 
@@ -170,7 +223,7 @@ impl Inner {
             match started {
                 Ok(instance) => {
                     if let Instance::Process(process) = &instance
-                        && let Err(e) = self.state.record(process)
+                        && let Err(e) = self.state.record(process, &id.to_string())
                     {
                         warn!(error = %e, "could not record the RI; a crash would orphan it");
                     }
@@ -180,6 +233,7 @@ impl Inner {
                     let reach = (!handed_socket).then(|| instance.reach());
                     let ri = Arc::new(LocalRi {
                         id: instance.id().to_owned(),
+                        born: self.next_born.fetch_add(1, SeqCst),
                         memory_sampled: Mutex::new(Instant::now()),
                         addr: instance.addr(),
                         ready: AtomicBool::new(false),
@@ -281,45 +335,83 @@ impl Inner {
         self.metrics.regular_memory.with_label_values(&[&id.to_string()]).inc_by(rss_bytes as f64 * seconds);
     }
 
-    /// Whether any proxy still has requests in flight on `addr` for the function.
+    /// Whether any proxy still has requests in flight on `addr` for the function. A proxy that
+    /// cannot be asked counts as busy: its requests may still run there.
     async fn busy_on_any_proxy(&self, id: &FunctionId, addr: SocketAddr) -> bool {
         let path = format!("/v1/functions/{}/{}/instances", id.namespace, id.name);
         for proxy in &self.proxies {
-            let Ok(body) = client::call(*proxy, http::Method::GET, &path, None, ADMIN_TIMEOUT).await else { continue };
-            let listing: Vec<serde_json::Value> = serde_json::from_slice(&body).unwrap_or_default();
-            let busy = listing.iter().any(|i| {
-                i["address"].as_str() == Some(addr.to_string().as_str()) && i["in_flight"].as_u64().unwrap_or(0) > 0
-            });
-            if busy {
+            let listing = client::call(*proxy, http::Method::GET, &path, None, ADMIN_TIMEOUT)
+                .await
+                .ok()
+                .and_then(|body| serde_json::from_slice::<Vec<ProxyInstance>>(&body).ok());
+            let Some(listing) = listing else { return true };
+            if listing.iter().any(|i| i.address == addr && i.in_flight > 0) {
                 return true;
             }
         }
         false
     }
 
-    /// Tells every proxy the function's ready RIs; remembers whether all of them heard it.
-    async fn push(&self, id: &FunctionId) {
-        let addrs: Vec<SocketAddr> = {
-            let functions = self.functions.lock();
-            let Some(function) = functions.get(id) else { return };
+    /// The function's ready RIs, the list every proxy should have.
+    fn ready_addrs(&self, id: &FunctionId) -> Option<Vec<SocketAddr>> {
+        let functions = self.functions.lock();
+        let function = functions.get(id)?;
+        Some(
             function
                 .instances
                 .iter()
                 .filter(|ri| ri.ready.load(SeqCst) && !ri.retiring.load(SeqCst))
                 .map(|ri| ri.addr)
-                .collect()
-        };
-        let body = serde_json::to_vec(&addrs).unwrap_or_else(|_| b"[]".to_vec());
-        let path = format!("/v1/functions/{}/{}/instances", id.namespace, id.name);
-        let mut all = true;
+                .collect(),
+        )
+    }
+
+    /// Tells every proxy the function's ready RIs.
+    async fn push(&self, id: &FunctionId) {
+        let Some(addrs) = self.ready_addrs(id) else { return };
         for proxy in &self.proxies {
-            if let Err(e) = client::call(*proxy, http::Method::PUT, &path, Some(body.clone()), ADMIN_TIMEOUT).await {
-                warn!(function = %id, error = %e, "could not update a proxy's instances; will retry");
-                all = false;
-            }
+            self.put(*proxy, id, &addrs).await;
         }
-        if let Some(function) = self.functions.lock().get_mut(id) {
-            function.pushed = all;
+    }
+
+    async fn put(&self, proxy: SocketAddr, id: &FunctionId, addrs: &[SocketAddr]) {
+        let body = serde_json::to_vec(addrs).unwrap_or_else(|_| b"[]".to_vec());
+        let path = format!("/v1/functions/{}/{}/instances", id.namespace, id.name);
+        if let Err(e) = client::call(proxy, http::Method::PUT, &path, Some(body), ADMIN_TIMEOUT).await {
+            debug!(function = %id, proxy = %proxy, error = %e, "could not update a proxy's instances; the next round retries");
+        }
+    }
+
+    /// Level-triggered: every proxy's list of each function's RIs is read (one call per proxy)
+    /// and put right where it differs from the ready RIs, whoever changed it.
+    async fn reassert(&self) {
+        let ids: Vec<FunctionId> = self.functions.lock().keys().cloned().collect();
+        for proxy in &self.proxies {
+            let listing = client::call(*proxy, http::Method::GET, "/v1/functions", None, ADMIN_TIMEOUT)
+                .await
+                .map_err(|e| e.to_string())
+                .and_then(|body| serde_json::from_slice::<Vec<ProxyFunction>>(&body).map_err(|e| e.to_string()));
+            let listing = match listing {
+                Ok(listing) => listing,
+                Err(e) => {
+                    debug!(proxy = %proxy, error = %e, "could not read a proxy's functions; the next round retries");
+                    continue;
+                }
+            };
+            for id in &ids {
+                let Some(mut want) = self.ready_addrs(id) else { continue };
+                let label = id.to_string();
+                // A function the proxy does not know (rejected there) is left alone.
+                let Some(has) = listing.iter().find(|f| f.function == label) else { continue };
+                let mut has: Vec<SocketAddr> =
+                    has.instances.iter().filter(|i| !i.draining).map(|i| i.address).collect();
+                want.sort();
+                has.sort();
+                if want != has {
+                    info!(function = %id, proxy = %proxy, ?has, ?want, "a proxy's instances differ; putting them right");
+                    self.put(*proxy, id, &want).await;
+                }
+            }
         }
     }
 
@@ -415,13 +507,13 @@ impl Backend for LocalBackend {
                 ri.ready.store(false, SeqCst);
                 this.destroy(&id, ri);
             }
-            let pushed = this.functions.lock().get(&id).is_some_and(|f| f.pushed);
-            if !dead.is_empty() || !pushed {
+            if !dead.is_empty() {
                 this.push(&id).await;
             }
             this.reconcile(&id);
         }
-        // Failed pushes are logged and retried on the next round; they are not API errors.
+        this.reassert().await;
+        // Failed pushes are retried on the next round; they are not API errors.
         Vec::new()
     }
 }
