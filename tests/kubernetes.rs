@@ -7,109 +7,17 @@
 mod cluster;
 mod support;
 
-use std::net::SocketAddr;
-use std::process::Stdio;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use cluster::{Kubelet, TestCluster, test_cluster};
+use cluster::{Kubelet, setup, test_cluster};
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::events::v1::Event;
 use kube::Api;
 use kube::api::ListParams;
 use nix::sys::signal::Signal;
-use support::{
-    PATIENCE, Proc, TempDir, burst_with, free_port, get, metric, run_as_args, wait_until, wait_within, wavelink,
-};
-
-fn loopback() -> SocketAddr {
-    SocketAddr::from(([127, 0, 0, 1], free_port()))
-}
-
-/// A config file for components of one test: proxy and controller addresses, and the cluster.
-struct Setup {
-    dir: TempDir,
-    config: std::path::PathBuf,
-    proxy_listen: SocketAddr,
-    proxy_admin: SocketAddr,
-    /// The Wavelet started for this setup, if any (the proxy waits until it knows it).
-    wavelet: std::sync::Mutex<Option<SocketAddr>>,
-}
-
-fn setup(cluster: &TestCluster) -> Setup {
-    let dir = TempDir::new("k8s");
-    let (proxy_listen, proxy_admin) = (loopback(), loopback());
-    let config = dir.0.join("wavelink.yaml");
-    let text = format!(
-        "domain: example.com\n\
-         proxy: {{ listen: \"{proxy_listen}\", admin: \"{proxy_admin}\", grace-period: 1s }}\n\
-         controller: {{ backend: kubernetes, scrape-interval: 1s, decide-interval: 1s }}\n{}",
-        cluster.config_section("3s")
-    );
-    std::fs::write(&config, text).expect("config");
-    Setup { dir, config, proxy_listen, proxy_admin, wavelet: std::sync::Mutex::new(None) }
-}
-
-impl Setup {
-    fn start_proxy(&self, cluster: &TestCluster) -> Proc {
-        let log = std::fs::File::create(self.dir.0.join("proxy.log")).expect("log");
-        let mut command = wavelink();
-        command.args(["proxy", "--config"]).arg(&self.config).env("KUBECONFIG", &cluster.kubeconfig);
-        command.stdout(Stdio::null()).stderr(log);
-        let proc = Proc::spawn("proxy", &mut command);
-        wait_until("proxy ready", || get(self.proxy_admin, "admin", "/readyz").is_ok_and(|r| r.status == 200));
-        if let Some(wavelet) = *self.wavelet.lock().expect("lock") {
-            wait_until("the proxy spills to the Wavelet", || {
-                get(self.proxy_admin, "admin", "/v1/wavelets").is_ok_and(|r| r.text().contains(&wavelet.to_string()))
-            });
-        }
-        proc
-    }
-
-    /// A controller named `identity`, reading this setup's proxy; returns it and its admin address.
-    fn start_controller(&self, cluster: &TestCluster, identity: &str) -> (Proc, SocketAddr) {
-        let admin = loopback();
-        let log = std::fs::File::create(self.dir.0.join(format!("controller-{identity}.log"))).expect("log");
-        let mut command = wavelink();
-        command
-            .args(["controller", "--config"])
-            .arg(&self.config)
-            .args(["--admin", &admin.to_string(), "--proxy", &self.proxy_admin.to_string(), "--identity", identity])
-            .env("KUBECONFIG", &cluster.kubeconfig)
-            .stdout(Stdio::null())
-            .stderr(log);
-        let proc = Proc::spawn(identity, &mut command);
-        wait_until("controller ready", || get(admin, "admin", "/readyz").is_ok_and(|r| r.status == 200));
-        (proc, admin)
-    }
-
-    /// A Wavelet reading the cluster (with `extra` arguments), published as the one endpoint of
-    /// Service wavelink-wavelet; call before `start_proxy`, which then spills to it.
-    fn start_wavelet(&self, cluster: &TestCluster, extra: &[String]) -> Proc {
-        let (listen, admin) = (loopback(), loopback());
-        let log = std::fs::File::create(self.dir.0.join("wavelet.log")).expect("log");
-        let mut command = wavelink();
-        command
-            .args(["wavelet", "--config"])
-            .arg(&self.config)
-            .args(["--listen", &listen.to_string(), "--admin", &admin.to_string(), "--state-dir"])
-            .arg(self.dir.0.join("wavelet-state"))
-            .args(extra)
-            .env("KUBECONFIG", &cluster.kubeconfig)
-            .stdout(Stdio::null())
-            .stderr(log);
-        let wavelet = Proc::spawn("wavelet", &mut command);
-        wait_until("wavelet ready", || get(admin, "admin", "/readyz").is_ok_and(|r| r.status == 200));
-        cluster.publish_endpoint("wavelink-wavelet", "wavelet", listen);
-        *self.wavelet.lock().expect("lock") = Some(listen);
-        wavelet
-    }
-
-    fn log(&self, name: &str) -> String {
-        std::fs::read_to_string(self.dir.0.join(format!("{name}.log"))).unwrap_or_default()
-    }
-}
+use support::{PATIENCE, burst_with, get, metric, run_as_args, wait_until, wait_within};
 
 #[test]
 fn load_seen_by_the_proxy_scales_a_deployment_up_the_proxy_routes_to_its_pods_and_it_scales_back_down() {
@@ -189,6 +97,8 @@ fn a_bad_annotation_leaves_an_event_on_the_deployment_and_is_never_scaled() {
     cluster.create_function("good", 2, &[("wavelink.dev/window", "2s")]);
     cluster.create_function("bad", 2, &[("wavelink.dev/window", "2s"), ("wavelink.dev/container-concurrency", "0")]);
     let setup = setup(&cluster);
+    // The proxy's data says there is no load (without it, nothing is scaled down).
+    let _proxy = setup.start_proxy(&cluster);
     let (_controller, admin) = setup.start_controller(&cluster, "solo");
 
     // The good function is scaled (to min-scale 0 without load): the controller did act.
@@ -225,6 +135,7 @@ fn a_bad_annotation_leaves_an_event_on_the_deployment_and_is_never_scaled() {
 fn of_two_controllers_only_the_leader_writes_and_the_other_takes_over_when_it_dies() {
     let Some(cluster) = test_cluster("two-controllers") else { return };
     let setup = setup(&cluster);
+    let _proxy = setup.start_proxy(&cluster);
     let (mut first, first_admin) = setup.start_controller(&cluster, "first");
     wait_until("the first controller leads", || metric(first_admin, "wavelink_controller_leader") == 1.0);
     let (_second, second_admin) = setup.start_controller(&cluster, "second");

@@ -18,7 +18,7 @@ use pingora_core::services::background::BackgroundService;
 use serde::Serialize;
 use tracing::{debug, info, warn};
 use wavelink_core::FunctionId;
-use wavelink_core::autoscale::{Decider, Reason, Tick};
+use wavelink_core::autoscale::{Decider, Observation, Reason, Tick};
 use wavelink_core::stats::ProxyStats;
 use wavelink_server::client;
 
@@ -30,6 +30,9 @@ use crate::metrics::ControllerMetrics;
 const SCRAPE_TIMEOUT: Duration = Duration::from_secs(1);
 /// History kept per function: the longest stable window an annotation allows.
 const KEEP_SECONDS: u64 = 3600;
+/// Longest a backend call may hold the loop (an apiserver that accepts connections and never
+/// answers would otherwise stall every function's decisions for the client's own timeout).
+const BACKEND_TIMEOUT: Duration = Duration::from_secs(5);
 /// Longest wait between retries of a failing write.
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
 
@@ -164,15 +167,27 @@ impl Controller {
         for function in managed {
             let label = function.id.to_string();
             let window = function.spec.window.as_secs();
-            let missing = self
-                .coverage
-                .lock()
-                .missing(now_ms.saturating_sub(window * 1000), now_ms.saturating_sub(SCRAPE_LAG_MS));
+            let from_ms = now_ms.saturating_sub(window * 1000);
+            let (missing, reported) = {
+                let coverage = self.coverage.lock();
+                (
+                    coverage.missing(from_ms, now_ms.saturating_sub(SCRAPE_LAG_MS)),
+                    coverage.reported_seconds(from_ms, now_ms),
+                )
+            };
             let (decision, retry_blocked) = {
                 let mut functions = self.functions.lock();
                 let control = functions.entry(function.id.clone()).or_default();
                 control.history.forget_before(now.saturating_sub(KEEP_SECONDS));
-                let observations = control.history.since(now.saturating_sub(window + 1));
+                let mut observations = control.history.since(now.saturating_sub(window + 1));
+                // A reported second without a sample of the function is a second of no demand.
+                let seen: HashSet<u64> = observations.iter().map(|o| o.second).collect();
+                observations.extend(
+                    reported
+                        .iter()
+                        .filter(|s| !seen.contains(s))
+                        .map(|&second| Observation { second, ..Default::default() }),
+                );
                 let tick = Tick {
                     now,
                     observations: &observations,
@@ -196,14 +211,18 @@ impl Controller {
                 self.write(&function, decision.desired).await;
             }
         }
-        for e in self.backend.maintain().await {
-            self.api_error(&e);
+        match tokio::time::timeout(BACKEND_TIMEOUT, self.backend.maintain()).await {
+            Ok(errors) => errors.iter().for_each(|e| self.api_error(e)),
+            Err(_) => self.api_error(&BackendError::Timeout { operation: "maintain", after: BACKEND_TIMEOUT }),
         }
     }
 
     async fn write(&self, function: &ManagedFunction, replicas: u32) {
         let label = function.id.to_string();
-        match self.backend.scale(&function.id, replicas).await {
+        let scaled = tokio::time::timeout(BACKEND_TIMEOUT, self.backend.scale(&function.id, replicas))
+            .await
+            .unwrap_or(Err(BackendError::Timeout { operation: "scale", after: BACKEND_TIMEOUT }));
+        match scaled {
             Ok(()) => {
                 self.metrics.writes.with_label_values(&[&label]).inc();
                 if let Some(control) = self.functions.lock().get_mut(&function.id) {

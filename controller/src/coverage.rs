@@ -63,6 +63,13 @@ impl Coverage {
         out
     }
 
+    /// The seconds (of interval ends) some proxy reported in `from_ms..=to_ms`: a function
+    /// without a sample in one of them had no demand at that proxy then (a proxy reports
+    /// every function it serves; one it does not serve gets no requests there).
+    pub fn reported_seconds(&self, from_ms: u64, to_ms: u64) -> BTreeSet<u64> {
+        self.proxies.values().flat_map(|c| c.ends.range(from_ms..=to_ms).map(|end| end / 1000)).collect()
+    }
+
     /// Milliseconds since each proxy's newest reported interval (`None`: never heard from).
     pub fn ages(&self, now_ms: u64) -> Vec<(SocketAddr, Option<u64>)> {
         self.proxies.iter().map(|(addr, c)| (*addr, c.ends.last().map(|end| now_ms.saturating_sub(*end)))).collect()
@@ -140,6 +147,14 @@ mod tests {
         // Gone from the set: not expected any more.
         coverage.expect(&[addr(1)]);
         assert_eq!(coverage.missing(100_000, 160_000), []);
+    }
+
+    #[test]
+    fn reported_seconds_are_those_of_any_proxy() {
+        let mut coverage = Coverage::default();
+        coverage.record(addr(1), &stats(0, [100_200, 101_200]));
+        coverage.record(addr(2), &stats(0, [101_900, 103_100]));
+        assert_eq!(coverage.reported_seconds(100_000, 102_000).into_iter().collect::<Vec<_>>(), [100, 101]);
     }
 
     #[test]

@@ -21,7 +21,10 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::{Api, Client};
 
-use crate::support::{FnInstance, nonce, start_fn};
+use std::net::SocketAddr;
+use std::process::Stdio;
+
+use crate::support::{FnInstance, Proc, TempDir, free_port, get, nonce, start_fn, wait_until, wavelink};
 
 pub struct TestCluster {
     pub kubeconfig: PathBuf,
@@ -211,5 +214,93 @@ fn endpoint_slice(name: &str, service: &str, port_name: &str, addr: std::net::So
             protocol: Some("TCP".into()),
             ..Default::default()
         }]),
+    }
+}
+
+/// Components of one test: a config file with proxy and controller addresses and the cluster.
+pub fn loopback() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], free_port()))
+}
+
+pub struct Setup {
+    pub dir: TempDir,
+    pub config: std::path::PathBuf,
+    pub proxy_listen: SocketAddr,
+    pub proxy_admin: SocketAddr,
+    /// The Wavelet started for this setup, if any (the proxy waits until it knows it).
+    wavelet: std::sync::Mutex<Option<SocketAddr>>,
+}
+
+pub fn setup(cluster: &TestCluster) -> Setup {
+    let dir = TempDir::new("k8s");
+    let (proxy_listen, proxy_admin) = (loopback(), loopback());
+    let config = dir.0.join("wavelink.yaml");
+    let text = format!(
+        "domain: example.com\n\
+         proxy: {{ listen: \"{proxy_listen}\", admin: \"{proxy_admin}\", grace-period: 1s }}\n\
+         controller: {{ backend: kubernetes, scrape-interval: 1s, decide-interval: 1s }}\n{}",
+        cluster.config_section("3s")
+    );
+    std::fs::write(&config, text).expect("config");
+    Setup { dir, config, proxy_listen, proxy_admin, wavelet: std::sync::Mutex::new(None) }
+}
+
+impl Setup {
+    pub fn start_proxy(&self, cluster: &TestCluster) -> Proc {
+        let log = std::fs::File::create(self.dir.0.join("proxy.log")).expect("log");
+        let mut command = wavelink();
+        command.args(["proxy", "--config"]).arg(&self.config).env("KUBECONFIG", &cluster.kubeconfig);
+        command.stdout(Stdio::null()).stderr(log);
+        let proc = Proc::spawn("proxy", &mut command);
+        wait_until("proxy ready", || get(self.proxy_admin, "admin", "/readyz").is_ok_and(|r| r.status == 200));
+        if let Some(wavelet) = *self.wavelet.lock().expect("lock") {
+            wait_until("the proxy spills to the Wavelet", || {
+                get(self.proxy_admin, "admin", "/v1/wavelets").is_ok_and(|r| r.text().contains(&wavelet.to_string()))
+            });
+        }
+        proc
+    }
+
+    /// A controller named `identity`, reading this setup's proxy; returns it and its admin address.
+    pub fn start_controller(&self, cluster: &TestCluster, identity: &str) -> (Proc, SocketAddr) {
+        let admin = loopback();
+        let log = std::fs::File::create(self.dir.0.join(format!("controller-{identity}.log"))).expect("log");
+        let mut command = wavelink();
+        command
+            .args(["controller", "--config"])
+            .arg(&self.config)
+            .args(["--admin", &admin.to_string(), "--proxy", &self.proxy_admin.to_string(), "--identity", identity])
+            .env("KUBECONFIG", &cluster.kubeconfig)
+            .stdout(Stdio::null())
+            .stderr(log);
+        let proc = Proc::spawn(identity, &mut command);
+        wait_until("controller ready", || get(admin, "admin", "/readyz").is_ok_and(|r| r.status == 200));
+        (proc, admin)
+    }
+
+    /// A Wavelet reading the cluster (with `extra` arguments), published as the one endpoint of
+    /// Service wavelink-wavelet; call before `start_proxy`, which then spills to it.
+    pub fn start_wavelet(&self, cluster: &TestCluster, extra: &[String]) -> Proc {
+        let (listen, admin) = (loopback(), loopback());
+        let log = std::fs::File::create(self.dir.0.join("wavelet.log")).expect("log");
+        let mut command = wavelink();
+        command
+            .args(["wavelet", "--config"])
+            .arg(&self.config)
+            .args(["--listen", &listen.to_string(), "--admin", &admin.to_string(), "--state-dir"])
+            .arg(self.dir.0.join("wavelet-state"))
+            .args(extra)
+            .env("KUBECONFIG", &cluster.kubeconfig)
+            .stdout(Stdio::null())
+            .stderr(log);
+        let wavelet = Proc::spawn("wavelet", &mut command);
+        wait_until("wavelet ready", || get(admin, "admin", "/readyz").is_ok_and(|r| r.status == 200));
+        cluster.publish_endpoint("wavelink-wavelet", "wavelet", listen);
+        *self.wavelet.lock().expect("lock") = Some(listen);
+        wavelet
+    }
+
+    pub fn log(&self, name: &str) -> String {
+        std::fs::read_to_string(self.dir.0.join(format!("{name}.log"))).unwrap_or_default()
     }
 }

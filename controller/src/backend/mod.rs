@@ -26,6 +26,8 @@ pub enum BackendError {
     UnknownFunction(FunctionId),
     #[error("{operation} failed: {message}")]
     Api { operation: &'static str, message: String },
+    #[error("{operation} got no answer within {after:?}")]
+    Timeout { operation: &'static str, after: std::time::Duration },
 }
 
 impl BackendError {
@@ -33,7 +35,7 @@ impl BackendError {
     pub fn operation(&self) -> &'static str {
         match self {
             BackendError::UnknownFunction(_) => "lookup",
-            BackendError::Api { operation, .. } => operation,
+            BackendError::Api { operation, .. } | BackendError::Timeout { operation, .. } => operation,
         }
     }
 }
