@@ -16,16 +16,6 @@ fn addr() -> SocketAddr {
     format!("127.0.0.1:{}", free_port()).parse().unwrap()
 }
 
-/// Kills, when dropped, every process of the test's function still running (RIs outlive a
-/// killed controller by design; a failing test must not leave them behind).
-struct Sweep(String);
-
-impl Drop for Sweep {
-    fn drop(&mut self) {
-        kill_processes_with_env(&self.0);
-    }
-}
-
 /// Proxies and a controller (local backend) sharing one config with one function `work`.
 struct Standard {
     dir: TempDir,
@@ -34,7 +24,7 @@ struct Standard {
     /// `(listen, admin)` of each proxy.
     proxies: Vec<(SocketAddr, SocketAddr)>,
     controller_admin: SocketAddr,
-    _sweep: Sweep,
+    _sweep: KillOnDrop,
 }
 
 impl Standard {
@@ -60,7 +50,7 @@ functions:
             ),
         )
         .unwrap();
-        let sweep = Sweep(format!("WAVELINK_FUNCTION={namespace}/work"));
+        let sweep = KillOnDrop(format!("WAVELINK_FUNCTION={namespace}/work"));
         Standard { dir, config, namespace, proxies, controller_admin, _sweep: sweep }
     }
 
@@ -286,7 +276,7 @@ fn component_pid(up: u32, name: &str) -> Option<u32> {
 fn under_up_a_killed_component_is_restarted_and_the_others_keep_serving() {
     let dir = TempDir::new("up-faults");
     let namespace = format!("upf-{:06x}", nonce() & 0xff_ffff);
-    let _sweep = Sweep(format!("WAVELINK_FUNCTION={namespace}/work"));
+    let _sweep = KillOnDrop(format!("WAVELINK_FUNCTION={namespace}/work"));
     let (proxy, proxy_admin, wavelet, wavelet_admin, controller_admin) = (addr(), addr(), addr(), addr(), addr());
     let config = dir.0.join("wavelink.yaml");
     std::fs::write(

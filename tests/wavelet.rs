@@ -58,16 +58,6 @@ impl TestFunction {
 }
 
 /// Whatever happens in a test, no instance process of its function outlives it.
-struct KillOnDrop(String);
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        for pid in processes_with_env(&self.0) {
-            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), Signal::SIGKILL);
-        }
-    }
-}
-
 fn wait_for_no_instances(marker: &str, limit: Duration) {
     wait_within("no instance process left (checked in /proc)", limit, || processes_with_env(marker).is_empty());
 }
@@ -236,7 +226,7 @@ fn after_a_kill_9_of_the_wavelet_its_restart_kills_every_orphan_and_serves_again
 
     let _restarted = stack.start_wavelet(0);
     wait_for_no_instances(&f.marker, Duration::from_secs(10));
-    assert!(stack.wavelet_log(0).contains("cleaned up after a previous run"), "{}", stack.wavelet_log(0));
+    assert!(stack.wavelet_log(0).contains("took over from a previous run"), "{}", stack.wavelet_log(0));
     assert_eq!(send(address, &f.direct("/")).unwrap().status, 200);
 }
 

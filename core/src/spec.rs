@@ -32,6 +32,9 @@ pub mod keys {
     pub const EMERGENCY_KEEPALIVE: &str = "wavelink.dev/emergency-keepalive";
     pub const QUEUE_TIMEOUT: &str = "wavelink.dev/queue-timeout";
     pub const QUEUE_DEPTH: &str = "wavelink.dev/queue-depth";
+    pub const TIMEOUT: &str = "wavelink.dev/timeout";
+    pub const RESPONSE_START_TIMEOUT: &str = "wavelink.dev/response-start-timeout";
+    pub const IDLE_TIMEOUT: &str = "wavelink.dev/idle-timeout";
     pub const SPORADIC_THRESHOLD: &str = "wavelink.dev/sporadic-threshold";
     pub const PORT: &str = "wavelink.dev/port";
     pub const CONTAINER: &str = "wavelink.dev/container";
@@ -181,6 +184,29 @@ pub static ANNOTATIONS: &[AnnotationKey] = &[
         meaning: "most requests waiting for a slot per function and proxy; beyond it, 503 at once",
     },
     AnnotationKey {
+        name: keys::TIMEOUT,
+        default: "300s",
+        accepted: Accepted::Duration { min: secs(1), max: secs(3600) },
+        meaning: "longest a request may run on an instance (Knative's timeoutSeconds); then 504 and the \
+                  instance gets no requests for a while",
+    },
+    AnnotationKey {
+        name: keys::RESPONSE_START_TIMEOUT,
+        default: "0",
+        accepted: Accepted::Duration { min: secs(0), max: secs(3600) },
+        meaning: "longest wait for an instance's response to start (Knative's \
+                  responseStartTimeoutSeconds), then 504; also bounds each pause in a response while \
+                  idle-timeout is 0; 0 (or more than the timeout) means the timeout",
+    },
+    AnnotationKey {
+        name: keys::IDLE_TIMEOUT,
+        default: "0",
+        accepted: Accepted::Duration { min: secs(0), max: secs(3600) },
+        meaning: "longest wait for a byte of the response, the first included (Knative's \
+                  idleTimeoutSeconds), then the request ends (504 if nothing was sent yet); 0 means none \
+                  beyond the others",
+    },
+    AnnotationKey {
         name: keys::SPORADIC_THRESHOLD,
         default: "60s",
         accepted: Accepted::Duration { min: secs(0), max: secs(86_400) },
@@ -287,11 +313,24 @@ pub struct FunctionSpec {
     pub emergency_keepalive: Duration,
     pub queue_timeout: Duration,
     pub queue_depth: u32,
+    /// Longest a request may run on an instance.
+    pub timeout: Duration,
+    /// Longest wait for the response to start (`None`: the timeout).
+    pub response_start_timeout: Option<Duration>,
+    /// Longest pause between bytes of a response (`None`: none of its own).
+    pub idle_timeout: Option<Duration>,
     /// `None` when the sporadic rule is disabled.
     pub sporadic_threshold: Option<Duration>,
     pub port: u16,
     /// The pod template's container EIs run; `None`: the first.
     pub container: Option<String>,
+}
+
+impl FunctionSpec {
+    /// Longest wait for a response to start: `response-start-timeout`, at most the timeout.
+    pub fn response_start(&self) -> Duration {
+        self.response_start_timeout.map_or(self.timeout, |d| d.min(self.timeout))
+    }
 }
 
 impl Default for FunctionSpec {
@@ -370,6 +409,9 @@ impl FunctionSpec {
             emergency_keepalive: reader.duration(keys::EMERGENCY_KEEPALIVE),
             queue_timeout: reader.duration(keys::QUEUE_TIMEOUT),
             queue_depth: reader.integer(keys::QUEUE_DEPTH) as u32,
+            timeout: reader.duration(keys::TIMEOUT),
+            response_start_timeout: Some(reader.duration(keys::RESPONSE_START_TIMEOUT)).filter(|d| !d.is_zero()),
+            idle_timeout: Some(reader.duration(keys::IDLE_TIMEOUT)).filter(|d| !d.is_zero()),
             sporadic_threshold: Some(reader.duration(keys::SPORADIC_THRESHOLD)).filter(|d| !d.is_zero()),
             port: reader.integer(keys::PORT) as u16,
             container: Some(reader.name(keys::CONTAINER)).filter(|name| !name.is_empty()),
@@ -500,6 +542,23 @@ mod tests {
         let errors = parse(pairs).expect_err("should be rejected").0;
         assert_eq!(errors.len(), 1, "{errors:?}");
         errors.into_iter().next().unwrap()
+    }
+
+    #[test]
+    fn timeouts_default_to_knatives_and_a_part_is_capped_at_the_whole() {
+        let spec = FunctionSpec::default();
+        assert_eq!(
+            (spec.timeout, spec.response_start_timeout, spec.idle_timeout),
+            (Duration::from_secs(300), None, None)
+        );
+        let spec = parse(&[(keys::RESPONSE_START_TIMEOUT, "2s"), (keys::IDLE_TIMEOUT, "1s")]).unwrap();
+        assert_eq!(
+            (spec.response_start_timeout, spec.idle_timeout),
+            (Some(Duration::from_secs(2)), Some(Duration::from_secs(1)))
+        );
+        let spec = parse(&[(keys::TIMEOUT, "10s"), (keys::RESPONSE_START_TIMEOUT, "20s")]).unwrap();
+        assert_eq!(spec.response_start(), Duration::from_secs(10), "a part never outlasts the whole");
+        assert_eq!(FunctionSpec::default().response_start(), Duration::from_secs(300));
     }
 
     #[test]

@@ -189,6 +189,13 @@ impl FunctionState {
     /// A slot, waiting in the queue up to the function's `queue-timeout` if none is free.
     /// Cancel-safe: dropping the future gives up the queue position (and any slot handed over).
     pub async fn acquire(self: &Arc<Self>) -> Result<SlotGuard, Rejection> {
+        let wait = self.spec().queue_timeout;
+        self.acquire_within(wait).await
+    }
+
+    /// A slot, waiting in the queue up to `wait` (what is left of `queue-timeout` for a request
+    /// that already waited, or whose first slot failed it).
+    pub async fn acquire_within(self: &Arc<Self>, wait: std::time::Duration) -> Result<SlotGuard, Rejection> {
         if let Some(slot) = self.try_acquire() {
             return Ok(slot);
         }
@@ -213,7 +220,7 @@ impl FunctionState {
             let waiting = self.queued().div_ceil(spec.container_concurrency.max(1));
             self.links.poke(&self.id, routing.regular.len() as u32 + waiting, &self.last_poke);
         }
-        let outcome = tokio::time::timeout(spec.queue_timeout, receive).await;
+        let outcome = tokio::time::timeout(wait, receive).await;
         self.metrics.queue_wait.observe(ticket.since.elapsed().as_secs_f64());
         match outcome {
             Ok(Ok(slot)) => Ok(slot),
@@ -291,13 +298,19 @@ impl FunctionState {
     pub fn set_instances(self: &Arc<Self>, addrs: &[SocketAddr]) -> InstanceChange {
         let current = self.routing.load_full();
         let mut kept = 0;
+        let mut draining = self.draining.lock();
         let regular: Vec<Arc<Instance>> = dedup(addrs)
             .map(|addr| match current.regular.iter().find(|i| i.addr == addr) {
                 Some(existing) => {
                     kept += 1;
                     existing.clone()
                 }
-                None => Arc::new(Instance::new(addr, self.peer_settings)),
+                // Removed but still serving: re-added with its requests counted, so its
+                // container-concurrency holds across the change.
+                None => match draining.iter().position(|i| i.addr == addr) {
+                    Some(position) => draining.swap_remove(position),
+                    None => Arc::new(Instance::new(addr, self.peer_settings)),
+                },
             })
             .collect();
         let removed: Vec<Arc<Instance>> =
@@ -305,7 +318,8 @@ impl FunctionState {
         let change = InstanceChange { added: regular.len() - kept, removed: removed.len(), kept };
         self.metrics.regular_instances.set(regular.len() as i64);
         self.routing.store(Arc::new(Routing { spec: current.spec.clone(), regular }));
-        self.draining.lock().extend(removed.into_iter().filter(|i| i.in_flight() > 0));
+        draining.extend(removed.into_iter().filter(|i| i.in_flight() > 0));
+        drop(draining);
         self.dispatch();
         change
     }
@@ -451,6 +465,34 @@ mod tests {
             (0..wavelets).map(|i| SocketAddr::from(([127, 0, 0, 2], 21_000 + i))).collect();
         let links = Arc::new(Links::new(crate::wavelets::Wavelets::new(&wavelet_addrs, settings)));
         FunctionState::new(id, spec, &addrs, metrics.for_function("default/f"), settings, links)
+    }
+
+    #[test]
+    fn an_address_removed_and_re_added_while_busy_keeps_its_requests_counted() {
+        let f = function(1, &[(keys::CONTAINER_CONCURRENCY, "1")]);
+        let addr = f.routing().regular[0].addr;
+        let busy = f.try_acquire().unwrap();
+        f.set_instances(&[]);
+        let change = f.set_instances(&[addr]);
+        assert_eq!(change.added, 1);
+        assert!(f.try_acquire().is_none(), "a second request would exceed container-concurrency 1");
+        drop(busy);
+        assert!(f.try_acquire().is_some());
+        assert!(f.draining().is_empty());
+    }
+
+    #[test]
+    fn a_dead_instance_is_ejected_so_dual_spills_and_async_picks_the_other() {
+        let dual = with_wavelets(1, 1, &[]);
+        dual.routing().regular[0].health.eject();
+        assert_eq!(dual.try_acquire().unwrap().track(), Track::Emergency, "an ejected RI is not free capacity");
+        let two = function(2, &[]);
+        let dead = two.routing().regular[0].clone();
+        dead.health.eject();
+        for _ in 0..10 {
+            let slot = two.try_acquire().unwrap();
+            assert_ne!(slot.instance().unwrap().addr, dead.addr);
+        }
     }
 
     #[test]

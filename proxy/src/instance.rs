@@ -1,10 +1,12 @@
-//! One upstream instance and its slot counter.
+//! One upstream instance, its slot counter and its passive health ([`crate::health`]).
 
 use std::net::SocketAddr;
 use std::time::Duration;
 
 use pingora_core::upstreams::peer::HttpPeer;
 use wavelink_core::slots::SlotCounter;
+
+use crate::health::Health;
 
 /// An instance the proxy can send requests to. Shared (`Arc`) between the routing snapshot and the
 /// slot guards of requests on it, so a removed instance lives until its last request finishes.
@@ -14,6 +16,8 @@ pub struct Instance {
     pub peer: HttpPeer,
     /// Requests holding a slot on this instance.
     slots: SlotCounter,
+    /// Ejected after a failure, for a back-off.
+    pub health: Health,
 }
 
 /// How the proxy talks to instances.
@@ -36,15 +40,16 @@ impl Instance {
     pub fn new(addr: SocketAddr, settings: PeerSettings) -> Self {
         let mut peer = HttpPeer::new(addr, false, String::new());
         peer.options.connection_timeout = Some(settings.connect_timeout);
-        Instance { addr, peer, slots: SlotCounter::default() }
+        Instance { addr, peer, slots: SlotCounter::default(), health: Health::default() }
     }
 
     pub fn in_flight(&self) -> u32 {
         self.slots.get()
     }
 
+    /// A slot, if the instance is eligible and has one free.
     pub(crate) fn try_reserve(&self, capacity: u32) -> bool {
-        self.slots.try_reserve(capacity)
+        self.health.eligible() && self.slots.try_reserve(capacity)
     }
 
     pub(crate) fn release(&self) {
@@ -52,9 +57,9 @@ impl Instance {
     }
 }
 
-/// Picks an instance with a free slot: the less loaded of two random candidates (power of two
-/// choices), then, if both are full, the first free one scanning from a random start, so a free
-/// slot anywhere is always found.
+/// Picks an eligible instance with a free slot: the less loaded of two random candidates (power
+/// of two choices), then, if both are full or ejected, the first free one scanning from a random
+/// start, so a free slot anywhere is always found.
 pub(crate) fn reserve_any(instances: &[std::sync::Arc<Instance>], capacity: u32) -> Option<&std::sync::Arc<Instance>> {
     let n = instances.len();
     match n {
@@ -98,6 +103,19 @@ mod tests {
             assert!(reserve_any(&set, 3).is_none(), "n={n}");
             assert!(set.iter().all(|i| i.in_flight() == 3));
         }
+    }
+
+    #[test]
+    fn an_ejected_instance_is_skipped_until_its_backoff_passes() {
+        let set = instances(2);
+        set[0].health.eject();
+        for _ in 0..20 {
+            let chosen = reserve_any(&set, 100).unwrap();
+            assert_eq!(chosen.addr, set[1].addr, "never the ejected one");
+        }
+        assert!(reserve_any(&set[..1], 100).is_none());
+        set[0].health.expire();
+        assert!(reserve_any(&set[..1], 100).is_some());
     }
 
     #[test]

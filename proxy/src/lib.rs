@@ -13,6 +13,7 @@
 
 pub mod admin;
 pub mod function;
+pub mod health;
 pub mod instance;
 pub mod links;
 pub mod metrics;

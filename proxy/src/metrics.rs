@@ -68,6 +68,7 @@ pub struct ProxyMetrics {
     in_flight: IntGaugeVec,
     queued: IntGaugeVec,
     instances: IntGaugeVec,
+    ejections: IntCounterVec,
     pub unknown_host: IntCounter,
     pub functions_rejected: IntGauge,
 }
@@ -111,6 +112,13 @@ impl ProxyMetrics {
             IntGaugeVec::new(Opts::new("wavelink_queued_requests", "Requests waiting for a slot now"), &["function"])?;
         let instances =
             IntGaugeVec::new(Opts::new("wavelink_instances", "Routable instances now"), &["function", "track"])?;
+        let ejections = IntCounterVec::new(
+            Opts::new(
+                "wavelink_instance_ejections_total",
+                "Regular Instances taken out of the choice for a back-off after a refused or broken connection or a timeout",
+            ),
+            &["function"],
+        )?;
         let unknown_host = IntCounter::new(
             "wavelink_unknown_host_requests_total",
             "Requests whose Host matched no function (answered 404)",
@@ -126,6 +134,7 @@ impl ProxyMetrics {
         registry.register(Box::new(in_flight.clone()))?;
         registry.register(Box::new(queued.clone()))?;
         registry.register(Box::new(instances.clone()))?;
+        registry.register(Box::new(ejections.clone()))?;
         registry.register(Box::new(unknown_host.clone()))?;
         registry.register(Box::new(functions_rejected.clone()))?;
         Ok(ProxyMetrics {
@@ -137,6 +146,7 @@ impl ProxyMetrics {
             in_flight,
             queued,
             instances,
+            ejections,
             unknown_host,
             functions_rejected,
         })
@@ -158,6 +168,7 @@ impl ProxyMetrics {
             emergency_in_flight: self.in_flight.with_label_values(&[label, Track::Emergency.as_str()]),
             queued: self.queued.with_label_values(&[label]),
             regular_instances: self.instances.with_label_values(&[label, Track::Regular.as_str()]),
+            ejections: self.ejections.with_label_values(&[label]),
         }
     }
 
@@ -173,6 +184,7 @@ impl ProxyMetrics {
         }
         let _ = self.queue_wait.remove_label_values(&[label]);
         let _ = self.queued.remove_label_values(&[label]);
+        let _ = self.ejections.remove_label_values(&[label]);
         for reason in ["queue_timeout", "queue_full"] {
             let _ = self.rejections.remove_label_values(&[label, reason]);
         }
@@ -198,6 +210,7 @@ pub struct FunctionMetrics {
     pub emergency_in_flight: IntGauge,
     pub queued: IntGauge,
     pub regular_instances: IntGauge,
+    pub ejections: IntCounter,
 }
 
 impl FunctionMetrics {

@@ -3,11 +3,17 @@
 //! Phases, each doing one thing:
 //! - `request_filter`: resolve the function (404 if none), take or wait for a slot (503 with
 //!   `Retry-After` if none comes), watching for the client hanging up while it waits;
-//! - `upstream_peer`: the slot's instance, or its Wavelet for an emergency slot;
+//! - `upstream_peer`: the slot's instance, or its Wavelet for an emergency slot, with the
+//!   function's timeouts; a request whose slot failed it waits for another like any request,
+//!   for what is left of its `queue-timeout`;
 //! - `upstream_request_filter`: tell the Wavelet which function (`x-wavelink-function`);
-//! - `upstream_response_filter`: a Wavelet that says "full" → retry on another Wavelet;
+//! - `upstream_response_filter`: a Wavelet that says "full" → retry on another Wavelet, or wait;
+//!   an instance that answers is healthy;
+//! - `upstream_response_body_filter`: the request's whole `timeout`;
 //! - `response_filter`: tell the client which track served it (`x-wavelink-track`);
-//! - `fail_to_connect`: retry a refused connection on another instance or Wavelet;
+//! - `fail_to_connect`: eject the instance, retry on another instance or Wavelet;
+//! - `error_while_proxy`: eject an instance that reset the connection or timed out;
+//! - `fail_to_proxy`: every failure a 502, 503 (with `Retry-After`) or 504 with a one-line body;
 //! - `logging`: metrics once, and the slot back as soon as the exchange is over.
 //!
 //! The slot lives in the request context, so it is released on every exit path even if Pingora
@@ -54,6 +60,8 @@ pub struct RequestCtx {
     wavelet_refused: Option<Refusal>,
     /// Wavelets already tried for this request (empty, and not allocated, unless one failed).
     tried_wavelets: Vec<SocketAddr>,
+    /// When the request was last sent upstream, for its `timeout`.
+    sent: Option<Instant>,
 }
 
 impl Drop for RequestCtx {
@@ -77,6 +85,7 @@ impl ProxyHttp for Ingress {
             connect_failures: 0,
             wavelet_refused: None,
             tried_wavelets: Vec::new(),
+            sent: None,
         }
     }
 
@@ -114,18 +123,7 @@ impl ProxyHttp for Ingress {
             None => match wait_for_slot(session, function).await {
                 Some(Ok(slot)) => slot,
                 Some(Err(rejection)) => {
-                    let spec = function.spec();
-                    let body = match rejection {
-                        Rejection::QueueTimeout => format!(
-                            "function {} has no free instance: waited {}\n",
-                            function.id,
-                            wavelink_core::duration::HumanDuration(spec.queue_timeout)
-                        ),
-                        Rejection::QueueFull => format!(
-                            "function {} has no free instance and {} requests waiting already\n",
-                            function.id, spec.queue_depth
-                        ),
-                    };
+                    let body = format!("{}\n", rejection_message(function, rejection));
                     respond(session, 503, &[("retry-after", "1")], Bytes::from(body)).await?;
                     return Ok(true);
                 }
@@ -145,26 +143,44 @@ impl ProxyHttp for Ingress {
             && !move_to_another_wavelet(slot, &mut ctx.tried_wavelets, refusal == Refusal::Full)
         {
             ctx.slot = None;
-            let why = match refusal {
-                Refusal::Full => "every Wavelet is at its instance cap",
-                Refusal::Unavailable => {
-                    "no Wavelet can start this function now (its image is not on their nodes yet, or their container \
-                     runtime does not answer)"
-                }
-            };
-            return Error::e_explain(ErrorType::HTTPStatus(503), why);
-        }
-        if ctx.slot.is_none() {
-            // A retry after a refused connection: only a slot free right now will do.
-            ctx.slot = ctx.function.as_ref().and_then(|f| f.try_acquire());
-        }
-        match &ctx.slot {
-            Some(slot) => {
-                ctx.track = slot.track().into();
-                Ok(Box::new(slot.peer().clone()))
+            if refusal == Refusal::Unavailable {
+                return Error::e_explain(
+                    ErrorType::HTTPStatus(503),
+                    "no Wavelet can start this function now (its image is not on their nodes yet, or their \
+                     container runtime does not answer)",
+                );
             }
-            None => Error::e_explain(ErrorType::HTTPStatus(502), "no other instance free to retry on"),
+            // Every Wavelet is at its cap: wait below for capacity like any request (a Wavelet
+            // whose instances free up, or an RI).
         }
+        let Some(function) = ctx.function.clone() else {
+            return Error::e_explain(ErrorType::HTTPStatus(502), "no function for the request");
+        };
+        if ctx.slot.is_none() {
+            // The slot failed the request before it ran (refused, or every Wavelet full): wait
+            // for another for what is left of the queue timeout.
+            let left = function.spec().queue_timeout.saturating_sub(ctx.arrived.elapsed());
+            match function.acquire_within(left).await {
+                Ok(slot) => ctx.slot = Some(slot),
+                Err(rejection) => {
+                    return Error::e_explain(ErrorType::HTTPStatus(503), rejection_message(&function, rejection));
+                }
+            }
+        }
+        let Some(slot) = &ctx.slot else {
+            return Error::e_explain(ErrorType::HTTPStatus(502), "no instance for the request");
+        };
+        ctx.track = slot.track().into();
+        ctx.sent = Some(Instant::now());
+        let mut peer = slot.peer().clone();
+        // Pingora has one read timeout, for the response header and for each read of the body:
+        // the wait for the response to start, or the idle timeout when shorter (Knative's idle
+        // timer also runs before the first byte).
+        let spec = function.spec();
+        let read = spec.idle_timeout.map_or(spec.response_start(), |idle| idle.min(spec.response_start()));
+        peer.options.read_timeout = Some(read);
+        peer.options.write_timeout = Some(spec.timeout);
+        Ok(Box::new(peer))
     }
 
     async fn upstream_request_filter(
@@ -193,6 +209,14 @@ impl ProxyHttp for Ingress {
             Some(v) if v == WAVELET_UNAVAILABLE.as_bytes() => Some(Refusal::Unavailable),
             _ => None,
         };
+        if refusal.is_none()
+            && let Some(slot) = &ctx.slot
+        {
+            match slot.slot() {
+                Slot::Regular(instance) => instance.health.answered(),
+                Slot::Emergency(wavelet) => wavelet.health.answered(),
+            }
+        }
         if let Some(refusal) = refusal {
             // Nothing has gone to the client yet: try the request on another Wavelet.
             ctx.wavelet_refused = Some(refusal);
@@ -201,6 +225,23 @@ impl ProxyHttp for Ingress {
             return Err(e);
         }
         Ok(())
+    }
+
+    fn upstream_response_body_filter(
+        &self,
+        _session: &mut Session,
+        _body: &mut Option<Bytes>,
+        _end_of_stream: bool,
+        ctx: &mut RequestCtx,
+    ) -> Result<Option<std::time::Duration>> {
+        // The whole request's bound; each wait for bytes is bounded by the read timeout.
+        if let (Some(sent), Some(function)) = (ctx.sent, &ctx.function)
+            && sent.elapsed() > function.spec().timeout
+        {
+            eject_instance(ctx);
+            return Error::e_explain(ErrorType::ReadTimedout, "the request ran longer than its timeout");
+        }
+        Ok(None)
     }
 
     async fn response_filter(
@@ -222,11 +263,17 @@ impl ProxyHttp for Ingress {
         ctx: &mut RequestCtx,
         mut e: Box<Error>,
     ) -> Box<Error> {
-        // Nothing reached the instance or Wavelet, so another one may take the request.
+        // Nothing reached the instance or Wavelet, so another one may take the request; the
+        // one that failed gets no more for a while.
+        eject_instance(ctx);
+        if let Some(Slot::Emergency(wavelet)) = ctx.slot.as_ref().map(|slot| slot.slot()) {
+            let backoff = wavelet.health.eject();
+            tracing::debug!(wavelet = %wavelet.addr, ?backoff, "Wavelet unreachable; ejected");
+        }
         ctx.connect_failures += 1;
         if ctx.connect_failures <= CONNECT_RETRIES {
             let keep =
-                ctx.slot.as_mut().is_some_and(|slot| move_to_another_wavelet(slot, &mut ctx.tried_wavelets, true));
+                ctx.slot.as_mut().is_some_and(|slot| move_to_another_wavelet(slot, &mut ctx.tried_wavelets, false));
             if !keep {
                 ctx.slot = None;
             }
@@ -248,7 +295,27 @@ impl ProxyHttp for Ingress {
             // The Wavelet refused the request without running it: safe to send again if the
             // body can be replayed, whatever the method.
             e.set_retry(!session.as_ref().retry_buffer_truncated());
-        } else if !session.req_header().method.is_idempotent() || session.as_ref().retry_buffer_truncated() {
+            return e;
+        }
+        // An instance that timed out or broke the connection is not chosen for a while (one
+        // that timed out may still be running the request).
+        if e.esource() == &pingora_core::ErrorSource::Upstream
+            && matches!(
+                e.etype(),
+                ErrorType::ReadTimedout
+                    | ErrorType::WriteTimedout
+                    | ErrorType::ConnectionClosed
+                    | ErrorType::ReadError
+                    | ErrorType::WriteError
+            )
+            && !client_reused
+        {
+            eject_instance(ctx);
+        }
+        if matches!(e.etype(), ErrorType::ReadTimedout | ErrorType::WriteTimedout)
+            || !session.req_header().method.is_idempotent()
+            || session.as_ref().retry_buffer_truncated()
+        {
             e.set_retry(false);
         } else {
             e.retry.decide_reuse(client_reused);
@@ -257,25 +324,32 @@ impl ProxyHttp for Ingress {
     }
 
     async fn fail_to_proxy(&self, session: &mut Session, e: &Error, _ctx: &mut RequestCtx) -> FailToProxy {
-        let code = match e.etype() {
-            ErrorType::HTTPStatus(code) => *code,
-            _ => match e.esource() {
-                pingora_core::ErrorSource::Upstream => 502,
-                pingora_core::ErrorSource::Downstream => match e.etype() {
-                    ErrorType::WriteError | ErrorType::ReadError | ErrorType::ConnectionClosed => 0,
-                    _ => 400,
-                },
-                _ => 500,
-            },
-        };
-        if code == 503 {
+        let code = failure_status(e);
+        let reason = e.context.as_ref().map(|c| c.as_str().to_owned()).unwrap_or_else(|| e.etype().as_str().to_owned());
+        let body = Bytes::from(format!("{}\n", reason.lines().next().unwrap_or_default()));
+        match code {
+            0 => {}
             // Overload: tell the client when to come back, like the queue's 503.
-            let body = Bytes::from(format!("{}\n", e.context.as_ref().map_or("overloaded", |c| c.as_str())));
-            let _ = respond(session, 503, &[("retry-after", "1")], body).await;
-        } else if code > 0 {
-            let _ = session.respond_error(code).await;
+            503 => {
+                let _ = respond(session, 503, &[("retry-after", "1")], body).await;
+            }
+            _ => {
+                let _ = respond(session, code, &[], body).await;
+            }
         }
         FailToProxy { error_code: code, can_reuse_downstream: false }
+    }
+
+    fn suppress_proxy_warn_log(
+        &self,
+        _session: &Session,
+        _ctx: &RequestCtx,
+        error: &Error,
+        _context: pingora_proxy::ProxyWarnLogContext,
+    ) -> bool {
+        // A Wavelet at its cap, or an instance refusing while it is ejected, is routine under
+        // load: counted in metrics, not logged per retry.
+        matches!(error.etype(), ErrorType::Custom("wavelet refused") | ErrorType::ConnectRefused)
     }
 
     fn suppress_error_log(&self, session: &Session, _ctx: &RequestCtx, error: &Error) -> bool {
@@ -290,6 +364,52 @@ impl ProxyHttp for Ingress {
             let status = session.response_written().map(|r| r.status.as_u16());
             function.metrics.record(ctx.track, status, ctx.arrived.elapsed().as_secs_f64());
         }
+    }
+}
+
+/// The status a failed request is answered with: the one chosen on the way, 504 for timeouts,
+/// 503 when Wavelets kept refusing, 502 for other upstream or proxy failures, none (0) when the
+/// client is gone, 400 for a client that sent something unusable.
+fn failure_status(e: &Error) -> u16 {
+    match e.etype() {
+        ErrorType::HTTPStatus(code) => *code,
+        ErrorType::ConnectTimedout | ErrorType::ReadTimedout | ErrorType::WriteTimedout
+            if e.esource() != &pingora_core::ErrorSource::Downstream =>
+        {
+            504
+        }
+        ErrorType::Custom("wavelet refused") => 503,
+        _ => match e.esource() {
+            pingora_core::ErrorSource::Downstream => match e.etype() {
+                ErrorType::WriteError | ErrorType::ReadError | ErrorType::ConnectionClosed => 0,
+                _ => 400,
+            },
+            _ => 502,
+        },
+    }
+}
+
+/// Why a request got no slot, in one line.
+fn rejection_message(function: &FunctionState, rejection: Rejection) -> String {
+    let spec = function.spec();
+    match rejection {
+        Rejection::QueueTimeout => format!(
+            "function {} has no free instance: waited {}",
+            function.id,
+            wavelink_core::duration::HumanDuration(spec.queue_timeout)
+        ),
+        Rejection::QueueFull => {
+            format!("function {} has no free instance and {} requests waiting already", function.id, spec.queue_depth)
+        }
+    }
+}
+
+/// Takes the request's Regular Instance out of the choice for a back-off.
+fn eject_instance(ctx: &RequestCtx) {
+    if let (Some(instance), Some(function)) = (ctx.slot.as_ref().and_then(|slot| slot.instance()), &ctx.function) {
+        let backoff = instance.health.eject();
+        function.metrics.ejections.inc();
+        tracing::debug!(function = %function.id, instance = %instance.addr, ?backoff, "instance ejected");
     }
 }
 

@@ -127,6 +127,11 @@ impl SampledIntervals {
 /// Takes one sub-sample of every function, and closes the interval when `close` is given.
 pub fn sample_all(router: &Router, close: Option<Close>) {
     for f in router.functions() {
+        if f.queued() > 0 {
+            // Capacity that came back on its own (a Wavelet's "full" mark or an instance's
+            // ejection expired) reaches waiters within a sub-sample.
+            f.wake_waiters();
+        }
         let mut window = f.stats.lock();
         window.tick(&f);
         match close {

@@ -2,7 +2,8 @@
 //!
 //! A spilled request goes to the Wavelet with the fewest in flight from this proxy. One that
 //! answers "full" (node-wide instance cap) is skipped for [`FULL_BACKOFF`] and the request is
-//! tried on another.
+//! tried on another; one that cannot be reached is ejected for a growing back-off
+//! ([`crate::health`]).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -11,6 +12,7 @@ use std::time::{Duration, Instant};
 
 use pingora_core::upstreams::peer::HttpPeer;
 
+use crate::health::Health;
 use crate::instance::PeerSettings;
 
 /// How long a Wavelet that said "full" gets no new requests from this proxy.
@@ -22,6 +24,8 @@ pub struct WaveletTarget {
     in_flight: AtomicU32,
     /// Skip until this instant (ms since the set's epoch).
     full_until_ms: AtomicU64,
+    /// Ejected while it cannot be reached.
+    pub health: Health,
 }
 
 impl WaveletTarget {
@@ -46,7 +50,13 @@ impl Wavelets {
             .map(|&addr| {
                 let mut peer = HttpPeer::new(addr, false, String::new());
                 peer.options.connection_timeout = Some(settings.connect_timeout);
-                Arc::new(WaveletTarget { addr, peer, in_flight: AtomicU32::new(0), full_until_ms: AtomicU64::new(0) })
+                Arc::new(WaveletTarget {
+                    addr,
+                    peer,
+                    in_flight: AtomicU32::new(0),
+                    full_until_ms: AtomicU64::new(0),
+                    health: Health::default(),
+                })
             })
             .collect();
         Wavelets { targets, epoch: Instant::now() }
@@ -70,7 +80,7 @@ impl Wavelets {
         let chosen = self
             .targets
             .iter()
-            .filter(|t| t.full_until_ms.load(Relaxed) <= now && !exclude.contains(&t.addr))
+            .filter(|t| t.full_until_ms.load(Relaxed) <= now && t.health.eligible() && !exclude.contains(&t.addr))
             .min_by_key(|t| t.in_flight())?;
         chosen.in_flight.fetch_add(1, SeqCst);
         Some(chosen.clone())

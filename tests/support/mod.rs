@@ -432,6 +432,16 @@ pub fn kill_processes_with_env(marker: &str) {
     }
 }
 
+/// Kills, when dropped, every process whose environment holds its marker (a test's instances;
+/// RIs outlive a killed controller by design, and a failing test must not leave them behind).
+pub struct KillOnDrop(pub String);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        kill_processes_with_env(&self.0);
+    }
+}
+
 /// Sends `n` requests at once, each on its own connection, with extra header lines.
 pub fn burst_with(addr: SocketAddr, host: &str, path: &str, n: usize, extra: &str) -> Vec<(HttpResponse, Duration)> {
     let barrier = std::sync::Arc::new(std::sync::Barrier::new(n));

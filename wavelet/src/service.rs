@@ -145,9 +145,12 @@ impl ProxyHttp for WaveletProxy {
     async fn upstream_response_filter(
         &self,
         _session: &mut Session,
-        _response: &mut ResponseHeader,
+        response: &mut ResponseHeader,
         ctx: &mut WaveletCtx,
     ) -> Result<()> {
+        // Only the Wavelet itself may say "full" or "unavailable": an instance's own header of
+        // that name would make the proxy replay a request that already ran.
+        response.remove_header(WAVELET_HEADER);
         if let (Some(since), Some(pool)) = (ctx.cold_since.take(), &ctx.pool) {
             pool.metrics.first_byte.observe(since.elapsed().as_secs_f64());
         }

@@ -1,0 +1,127 @@
+//! Fault suite for the data path (real binaries): a dead instance, one that never answers, an
+//! instance list changed under a busy instance, Wavelets full or down. Outcomes are asserted;
+//! latencies only as bounds far from what a loaded machine takes.
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::Signal;
+use support::*;
+
+const HOST: &str = "hello.default.example.com";
+
+fn function_yaml(annotations: &str, instances: &[&FnInstance]) -> String {
+    let list: Vec<String> = instances.iter().map(|i| format!("\"{}\"", i.addr)).collect();
+    format!("  - name: hello\n    annotations: {{ {annotations} }}\n    instances: [{}]\n", list.join(", "))
+}
+
+fn instances_of(proxy: &ProxyUnderTest) -> Vec<serde_json::Value> {
+    let listing = admin_get(proxy, "/v1/functions/default/hello/instances").expect("instances");
+    serde_json::from_slice(&listing.body).expect("JSON")
+}
+
+#[test]
+fn a_killed_instance_costs_at_most_two_requests_and_is_then_avoided() {
+    let a = start_fn("a");
+    let mut b = start_fn("b");
+    let proxy = start_proxy(&function_yaml("wavelink.dev/scaling-mode: async", &[&a, &b]));
+    assert_eq!(get(proxy.listen, HOST, "/").unwrap().status, 200);
+    b.proc.signal(Signal::SIGKILL);
+    let _ = b.proc.wait_timeout(PATIENCE);
+
+    let failed = (0..200).filter(|_| get(proxy.listen, HOST, "/").map_or(true, |r| r.status != 200)).count();
+    assert!(failed <= 2, "{failed} of 200 failed after one of two instances died\n{}", proxy.log());
+    let ejections = metric(proxy.admin, "wavelink_instance_ejections_total{function=\"default/hello\"}");
+    assert!(ejections >= 1.0, "the dead instance was ejected");
+    // 200 requests over a back-off that doubles: a handful of probes of the dead address, not
+    // a share of the traffic.
+    assert!(ejections <= 8.0, "the dead instance kept being tried: {ejections} ejections");
+}
+
+#[test]
+fn an_instance_that_does_not_answer_in_time_gets_a_504_and_its_slot_back() {
+    let a = start_fn("a");
+    let proxy = start_proxy(&function_yaml(
+        "wavelink.dev/scaling-mode: async, wavelink.dev/container-concurrency: \"1\", \
+         wavelink.dev/response-start-timeout: 2s",
+        &[&a],
+    ));
+    let started = Instant::now();
+    let response = get(proxy.listen, HOST, "/?sleep=20000").expect("an answer");
+    let took = started.elapsed();
+    assert_eq!(response.status, 504, "{}", response.text());
+    assert!(!response.text().trim().is_empty() && response.text().lines().count() == 1, "{:?}", response.text());
+    assert!(took >= Duration::from_secs(2) && took < Duration::from_secs(10), "504 after {took:?}");
+    wait_until("the slot is free", || instances_of(&proxy).iter().all(|i| i["in_flight"] == 0));
+    let ejections = metric(proxy.admin, "wavelink_instance_ejections_total{function=\"default/hello\"}");
+    assert_eq!(ejections, 1.0, "the instance still runs the request: it gets no other for a while");
+}
+
+#[test]
+fn an_address_removed_and_re_added_while_busy_still_gets_one_request_at_a_time() {
+    let a = start_fn("a");
+    let proxy = start_proxy(&function_yaml(
+        "wavelink.dev/scaling-mode: async, wavelink.dev/container-concurrency: \"1\", wavelink.dev/queue-timeout: 30s",
+        &[&a],
+    ));
+    let listen = proxy.listen;
+    let first = std::thread::spawn(move || get(listen, HOST, "/?sleep=1500").expect("first"));
+    wait_until("the first request runs", || instances_of(&proxy).iter().any(|i| i["in_flight"] == 1));
+    let put = |body: &str| {
+        let request = format!(
+            "PUT /v1/functions/default/hello/instances HTTP/1.1\r\nHost: a\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        );
+        assert_eq!(send(proxy.admin, &request).unwrap().status, 200);
+    };
+    put("[]");
+    put(&format!("[\"{}\"]", a.addr));
+    let second = get(listen, HOST, "/").expect("second");
+    let first = first.join().expect("first request");
+    assert_eq!((first.status, second.status), (200, 200));
+    assert_eq!(second.header("x-wavelink-in-flight"), Some("1"), "the instance served two at once");
+}
+
+#[test]
+fn requests_above_the_wavelet_cap_wait_for_capacity_instead_of_failing() {
+    let namespace = format!("cap-{:06x}", nonce() & 0xff_ffff);
+    let _reaper = KillOnDrop(format!("WAVELINK_FUNCTION={namespace}/burst"));
+    // Four EIs fit on the Wavelet; the function may ask for 100.
+    let stack = Stack::new(
+        &format!(
+            "  - name: burst\n    namespace: {namespace}\n    command: [\"wavelink-fn\"]\n    annotations: {{ \
+             wavelink.dev/scaling-mode: fast-only, wavelink.dev/emergency-max: \"100\", wavelink.dev/queue-timeout: 20s, \
+             wavelink.dev/emergency-keepalive: 5s }}\n"
+        ),
+        &[4],
+    );
+    let _wavelet = stack.start_wavelet(0);
+    let _proxy = stack.start_proxy();
+    let host = format!("burst.{namespace}.example.com");
+    let results = burst_with(stack.proxy_listen, &host, "/?sleep=300", 12, "");
+    let statuses: Vec<u16> = results.iter().map(|(r, _)| r.status).collect();
+    assert!(statuses.iter().all(|s| *s == 200), "every request served as EIs freed: {statuses:?}");
+    assert!(stack.wavelet_metric(0, "wavelink_wavelet_full_total") >= 1.0, "the Wavelet did say full");
+}
+
+#[test]
+fn with_the_wavelet_down_requests_wait_for_the_regular_instance() {
+    let a = start_fn("a");
+    let namespace = "default";
+    // A Wavelet is configured but not running: spills fail to connect.
+    let stack = Stack::new(
+        &format!(
+            "  - name: hello\n    namespace: {namespace}\n    annotations: {{ wavelink.dev/container-concurrency: \"1\", \
+             wavelink.dev/queue-timeout: 20s }}\n    instances: [\"{}\"]\n",
+            a.addr
+        ),
+        &[4],
+    );
+    let _proxy = stack.start_proxy();
+    let results = burst_with(stack.proxy_listen, HOST, "/?sleep=100", 6, "");
+    for (response, _) in &results {
+        assert_eq!(response.status, 200, "{}", response.text());
+        assert_eq!(response.header("x-wavelink-track"), Some("regular"));
+    }
+}
