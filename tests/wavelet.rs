@@ -311,3 +311,44 @@ fn a_command_without_socket_activation_is_started_on_port_and_waited_for() {
     assert_eq!(stack.wavelet_metric(0, &series), 3.0);
     wait_for_no_instances(&f.marker, Duration::from_secs(5));
 }
+
+#[test]
+fn a_crash_looping_function_backs_off_counts_its_failures_and_leaves_no_zombie() {
+    for (prefix, command) in [("exits", "[\"sh\", \"-c\", \"exit 3\"]"), ("noexec", "[\"/nonexistent/program\"]")] {
+        let f = function_with_command(prefix, command, "wavelink.dev/emergency-keepalive: 10s", "");
+        let stack = Stack::new(&f.yaml, &[8]);
+        let wavelet = stack.start_wavelet(0);
+        let address = stack.wavelets[0].0;
+        let statuses: Vec<(u16, Option<String>)> = (0..10)
+            .map(|_| {
+                let response = send(address, &f.direct("/")).expect("an answer");
+                (response.status, response.header("x-wavelink-wavelet").map(str::to_owned))
+            })
+            .collect();
+        assert!(statuses.iter().all(|(status, _)| *status == 502 || *status == 503), "{prefix}: {statuses:?}");
+        assert!(
+            statuses.iter().any(|(status, marker)| *status == 503 && marker.as_deref() == Some("unavailable")),
+            "{prefix}: the back-off answers unavailable at once: {statuses:?}"
+        );
+        let series = |name: &str| format!("{name}{{function=\"{}/burst\"}}", f.namespace);
+        let failures = stack.wavelet_metric(0, &series("wavelink_emergency_spawn_failures_total"));
+        assert!(failures >= 1.0, "{prefix}: failures are counted");
+        let started = stack.wavelet_metric(0, &series("wavelink_emergency_instances_spawned_total"));
+        assert!(started <= 3.0, "{prefix}: ten requests within the back-off started {started} instances");
+        wait_within("no zombie child of the Wavelet", Duration::from_secs(5), || zombie_children(wavelet.pid()) == 0);
+    }
+}
+
+/// Children of `parent` that exited and were not reaped.
+fn zombie_children(parent: u32) -> usize {
+    let Ok(entries) = std::fs::read_dir("/proc") else { return 0 };
+    entries
+        .flatten()
+        .filter_map(|e| e.file_name().to_str().and_then(|n| n.parse::<u32>().ok()))
+        .filter(|pid| {
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+            let fields: Vec<&str> = stat.rfind(')').map(|i| stat[i + 2..].split(' ').collect()).unwrap_or_default();
+            fields.first() == Some(&"Z") && fields.get(1).and_then(|p| p.parse::<u32>().ok()) == Some(parent)
+        })
+        .count()
+}

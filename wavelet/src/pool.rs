@@ -92,11 +92,54 @@ pub struct FunctionPool {
     pub def: ArcSwap<FunctionDef>,
     pub metrics: FunctionMetrics,
     instances: Mutex<Vec<Arc<Ei>>>,
+    /// Instances that died before serving, for the crash-loop back-off.
+    crashes: CrashLoop,
 }
 
 impl FunctionPool {
     pub fn instances(&self) -> Vec<Arc<Ei>> {
         self.instances.lock().clone()
+    }
+
+    /// A new instance served its first response: the function starts fine.
+    pub fn started_fine(&self) {
+        self.crashes.clear();
+    }
+}
+
+/// First wait after an instance died before serving; doubled with each such death in a row,
+/// as kubelet's CrashLoopBackOff does (which starts at 10 s: an EI is for bursts, so sooner).
+pub const CRASH_BACKOFF: Duration = Duration::from_secs(1);
+pub const MAX_CRASH_BACKOFF: Duration = Duration::from_secs(30);
+
+/// A function whose instances die before they serve gets no new one for a back-off.
+#[derive(Default)]
+struct CrashLoop {
+    in_a_row: std::sync::atomic::AtomicU32,
+    /// No new instance before this (ms since the pools' epoch).
+    blocked_until_ms: AtomicU64,
+}
+
+impl CrashLoop {
+    /// Records a death; returns the deaths in a row and the back-off.
+    fn record(&self, now_ms: u64) -> (u32, Duration) {
+        let in_a_row = self.in_a_row.fetch_add(1, SeqCst) + 1;
+        let backoff = CRASH_BACKOFF.saturating_mul(1 << (in_a_row - 1).min(5)).min(MAX_CRASH_BACKOFF);
+        self.blocked_until_ms.store(now_ms + backoff.as_millis() as u64, SeqCst);
+        (in_a_row, backoff)
+    }
+
+    fn clear(&self) {
+        if self.in_a_row.load(SeqCst) > 0 {
+            self.in_a_row.store(0, SeqCst);
+            self.blocked_until_ms.store(0, SeqCst);
+        }
+    }
+
+    /// How long until a new instance may start, if it may not now.
+    fn blocked_for(&self, now_ms: u64) -> Option<Duration> {
+        let until = self.blocked_until_ms.load(SeqCst);
+        (until > now_ms).then(|| Duration::from_millis(until - now_ms))
     }
 }
 
@@ -104,6 +147,11 @@ impl FunctionPool {
 pub enum AcquireError {
     #[error("this node runs its maximum of {0} Emergency Instances")]
     Full(u32),
+    #[error(
+        "the function's instances exit before they serve ({in_a_row} in a row); the next starts in {} ms",
+        retry_in.as_millis()
+    )]
+    CrashLoop { in_a_row: u32, retry_in: Duration },
     #[error("could not start an instance: {0}")]
     Start(#[from] StartError),
 }
@@ -261,6 +309,7 @@ impl Pools {
                     metrics: self.metrics.for_function(&def.id.to_string()),
                     def: ArcSwap::from_pointee(def),
                     instances: Mutex::new(Vec::new()),
+                    crashes: CrashLoop::default(),
                 }),
             };
             functions.insert(pool.id.clone(), pool);
@@ -293,6 +342,9 @@ impl Pools {
                 return Ok(Lease { pools: self.clone(), pool: pool.clone(), ei: ei.clone(), cold: false });
             }
         }
+        if let Some(retry_in) = pool.crashes.blocked_for(self.now_ms()) {
+            return Err(AcquireError::CrashLoop { in_a_row: pool.crashes.in_a_row.load(SeqCst), retry_in });
+        }
         if !self.live.try_reserve(self.max_instances) {
             self.metrics.full.inc();
             return Err(AcquireError::Full(self.max_instances));
@@ -309,7 +361,9 @@ impl Pools {
                 drop(place);
                 if !e.is_unavailable() {
                     pool.metrics.spawn_failures.inc();
-                    warn!(function = %def.id, error = %e, "starting an Emergency Instance failed");
+                    let (in_a_row, backoff) = pool.crashes.record(self.now_ms());
+                    warn!(function = %def.id, error = %e, in_a_row, ?backoff,
+                          "starting an Emergency Instance failed; no new one until the back-off passes");
                 }
                 return Err(e.into());
             }
@@ -375,8 +429,16 @@ impl Pools {
     }
 
     /// The instance behind `lease` does not take connections (it died, or never started
-    /// listening): destroy it, and let the caller try another.
+    /// listening): destroy it, and let the caller try another. A new one that never served
+    /// counts towards the function's crash-loop back-off.
     pub fn discard(&self, lease: Lease) {
+        if lease.cold {
+            let (in_a_row, backoff) = lease.pool.crashes.record(self.now_ms());
+            lease.pool.metrics.spawn_failures.inc();
+            // One line per death, and deaths are spaced by the back-off: no flood.
+            warn!(function = %lease.pool.id, instance = %lease.ei.id, in_a_row, ?backoff,
+                  "an Emergency Instance died before it served; no new one until the back-off passes");
+        }
         self.retire(&lease.pool, &lease.ei, DestroyReason::Exited);
     }
 

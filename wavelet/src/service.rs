@@ -92,6 +92,26 @@ impl ProxyHttp for WaveletProxy {
                     .await?;
                 Ok(true)
             }
+            Err(e @ AcquireError::CrashLoop { retry_in, .. }) => {
+                // Unavailable here for now: the proxy tries another Wavelet, or the queue. The
+                // back-off doubles from 1 s, so these values cover it (headers are 'static).
+                let retry_after = match retry_in.as_secs() {
+                    0..=1 => "1",
+                    2..=3 => "2",
+                    4..=7 => "4",
+                    8..=15 => "8",
+                    16..=29 => "16",
+                    _ => "30",
+                };
+                respond(
+                    session,
+                    503,
+                    &[(WAVELET_HEADER, WAVELET_UNAVAILABLE), ("retry-after", retry_after)],
+                    Bytes::from(format!("{e}\n")),
+                )
+                .await?;
+                Ok(true)
+            }
             Err(AcquireError::Start(e)) if e.is_unavailable() => {
                 // Not here yet (an image on its way): the proxy tries another Wavelet.
                 let body = format!("{e}\n");
@@ -142,6 +162,30 @@ impl ProxyHttp for WaveletProxy {
         e
     }
 
+    fn error_while_proxy(
+        &self,
+        peer: &HttpPeer,
+        session: &mut Session,
+        e: Box<Error>,
+        ctx: &mut WaveletCtx,
+        client_reused: bool,
+    ) -> Box<Error> {
+        // A new instance that took the connection (socket activation: the kernel's backlog)
+        // and died before answering: discarded, and counted towards its crash-loop back-off.
+        if ctx.cold_since.is_some()
+            && let Some(lease) = ctx.lease.take_if(|lease| !lease.ei.reach.alive())
+        {
+            self.pools.discard(lease);
+        }
+        let mut e = e.more_context(format!("Peer: {peer}"));
+        if !session.req_header().method.is_idempotent() || session.as_ref().retry_buffer_truncated() {
+            e.set_retry(false);
+        } else {
+            e.retry.decide_reuse(client_reused);
+        }
+        e
+    }
+
     async fn upstream_response_filter(
         &self,
         _session: &mut Session,
@@ -152,6 +196,7 @@ impl ProxyHttp for WaveletProxy {
         // that name would make the proxy replay a request that already ran.
         response.remove_header(WAVELET_HEADER);
         if let (Some(since), Some(pool)) = (ctx.cold_since.take(), &ctx.pool) {
+            pool.started_fine();
             pool.metrics.first_byte.observe(since.elapsed().as_secs_f64());
         }
         Ok(())

@@ -109,8 +109,9 @@ pub fn spawn(plan: &Plan<'_>) -> io::Result<u32> {
     };
     drop(dev_null);
     if child.err != 0 {
-        // The child failed before exec and exited: reap it and report why.
-        let _ = wait(pid as u32, false);
+        // The child failed before exec and exited (CLONE_VFORK resumed us after its `_exit`):
+        // reap it, waiting, so no zombie is left behind.
+        let _ = wait(pid as u32, true);
         return Err(io::Error::from_raw_os_error(child.err));
     }
     Ok(pid as u32)
