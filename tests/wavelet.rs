@@ -326,15 +326,16 @@ fn a_crash_looping_function_backs_off_counts_its_failures_and_leaves_no_zombie()
             })
             .collect();
         assert!(statuses.iter().all(|(status, _)| *status == 502 || *status == 503), "{prefix}: {statuses:?}");
-        assert!(
-            statuses.iter().any(|(status, marker)| *status == 503 && marker.as_deref() == Some("unavailable")),
-            "{prefix}: the back-off answers unavailable at once: {statuses:?}"
-        );
+        if prefix == "exits" {
+            // Instances that start and die: "unavailable" here, so a proxy tries elsewhere.
+            assert!(
+                statuses.iter().any(|(status, marker)| *status == 503 && marker.as_deref() == Some("unavailable")),
+                "{prefix}: the back-off answers unavailable at once: {statuses:?}"
+            );
+        }
         let series = |name: &str| format!("{name}{{function=\"{}/burst\"}}", f.namespace);
         let failures = stack.wavelet_metric(0, &series("wavelink_emergency_spawn_failures_total"));
-        assert!(failures >= 1.0, "{prefix}: failures are counted");
-        let started = stack.wavelet_metric(0, &series("wavelink_emergency_instances_spawned_total"));
-        assert!(started <= 3.0, "{prefix}: ten requests within the back-off started {started} instances");
+        assert!((1.0..=3.0).contains(&failures), "{prefix}: {failures} failures: counted, and spaced by the back-off");
         wait_within("no zombie child of the Wavelet", Duration::from_secs(5), || zombie_children(wavelet.pid()) == 0);
     }
 }

@@ -112,17 +112,22 @@ impl FunctionPool {
 pub const CRASH_BACKOFF: Duration = Duration::from_secs(1);
 pub const MAX_CRASH_BACKOFF: Duration = Duration::from_secs(30);
 
-/// A function whose instances die before they serve gets no new one for a back-off.
+/// A function whose instances cannot start, or die before they serve, gets no new one for a
+/// back-off.
 #[derive(Default)]
 struct CrashLoop {
     in_a_row: std::sync::atomic::AtomicU32,
     /// No new instance before this (ms since the pools' epoch).
     blocked_until_ms: AtomicU64,
+    /// Why the last start failed, when it failed to start at all (answered again, as it was,
+    /// during the back-off); `None` when the last instance started and died.
+    start_error: Mutex<Option<String>>,
 }
 
 impl CrashLoop {
-    /// Records a death; returns the deaths in a row and the back-off.
-    fn record(&self, now_ms: u64) -> (u32, Duration) {
+    /// Records a failure; returns the failures in a row and the back-off.
+    fn record(&self, now_ms: u64, start_error: Option<String>) -> (u32, Duration) {
+        *self.start_error.lock() = start_error;
         let in_a_row = self.in_a_row.fetch_add(1, SeqCst) + 1;
         let backoff = CRASH_BACKOFF.saturating_mul(1 << (in_a_row - 1).min(5)).min(MAX_CRASH_BACKOFF);
         self.blocked_until_ms.store(now_ms + backoff.as_millis() as u64, SeqCst);
@@ -152,6 +157,8 @@ pub enum AcquireError {
         retry_in.as_millis()
     )]
     CrashLoop { in_a_row: u32, retry_in: Duration },
+    #[error("could not start an instance: {error} ({in_a_row} failures in a row; the next try in {} ms)", retry_in.as_millis())]
+    StartBackoff { error: String, in_a_row: u32, retry_in: Duration },
     #[error("could not start an instance: {0}")]
     Start(#[from] StartError),
 }
@@ -343,7 +350,11 @@ impl Pools {
             }
         }
         if let Some(retry_in) = pool.crashes.blocked_for(self.now_ms()) {
-            return Err(AcquireError::CrashLoop { in_a_row: pool.crashes.in_a_row.load(SeqCst), retry_in });
+            let in_a_row = pool.crashes.in_a_row.load(SeqCst);
+            return Err(match pool.crashes.start_error.lock().clone() {
+                Some(error) => AcquireError::StartBackoff { error, in_a_row, retry_in },
+                None => AcquireError::CrashLoop { in_a_row, retry_in },
+            });
         }
         if !self.live.try_reserve(self.max_instances) {
             self.metrics.full.inc();
@@ -361,7 +372,7 @@ impl Pools {
                 drop(place);
                 if !e.is_unavailable() {
                     pool.metrics.spawn_failures.inc();
-                    let (in_a_row, backoff) = pool.crashes.record(self.now_ms());
+                    let (in_a_row, backoff) = pool.crashes.record(self.now_ms(), Some(e.to_string()));
                     warn!(function = %def.id, error = %e, in_a_row, ?backoff,
                           "starting an Emergency Instance failed; no new one until the back-off passes");
                 }
@@ -433,7 +444,7 @@ impl Pools {
     /// counts towards the function's crash-loop back-off.
     pub fn discard(&self, lease: Lease) {
         if lease.cold {
-            let (in_a_row, backoff) = lease.pool.crashes.record(self.now_ms());
+            let (in_a_row, backoff) = lease.pool.crashes.record(self.now_ms(), None);
             lease.pool.metrics.spawn_failures.inc();
             // One line per death, and deaths are spaced by the back-off: no flood.
             warn!(function = %lease.pool.id, instance = %lease.ei.id, in_a_row, ?backoff,

@@ -124,7 +124,7 @@ impl ProxyHttp for WaveletProxy {
                 .await?;
                 Ok(true)
             }
-            Err(e @ AcquireError::Start(_)) => {
+            Err(e @ (AcquireError::Start(_) | AcquireError::StartBackoff { .. })) => {
                 respond(session, 502, &[], Bytes::from(format!("{e}\n"))).await?;
                 Ok(true)
             }
