@@ -4,6 +4,7 @@
 
 mod support;
 
+use std::io::{Read, Write};
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
@@ -124,4 +125,90 @@ fn with_the_wavelet_down_requests_wait_for_the_regular_instance() {
         assert_eq!(response.status, 200, "{}", response.text());
         assert_eq!(response.header("x-wavelink-track"), Some("regular"));
     }
+}
+
+/// Statuses that carry a body, to tell pipelined answers apart by their order.
+fn marker_statuses(n: usize) -> Vec<u16> {
+    (200..=299).filter(|s| *s != 204 && *s != 205).cycle().take(n).collect()
+}
+
+#[test]
+fn a_hundred_pipelined_requests_get_a_hundred_answers_in_order() {
+    let a = start_fn("a");
+    let proxy = start_proxy(&function_yaml("wavelink.dev/scaling-mode: async", &[&a]));
+    let statuses = marker_statuses(100);
+    let batch: String =
+        statuses.iter().map(|status| format!("GET /?status={status} HTTP/1.1\r\nHost: {HOST}\r\n\r\n")).collect();
+    let mut stream = std::net::TcpStream::connect(proxy.listen).unwrap();
+    stream.set_read_timeout(Some(PATIENCE)).unwrap();
+    stream.write_all(batch.as_bytes()).unwrap();
+    let mut raw = Vec::new();
+    let mut seen = Vec::new();
+    let deadline = Instant::now() + PATIENCE;
+    while seen.len() < statuses.len() && Instant::now() < deadline {
+        let mut buf = [0u8; 16 * 1024];
+        match stream.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => raw.extend_from_slice(&buf[..n]),
+        }
+        // Take every complete response off the front.
+        while let Some((status, used)) = next_response(&raw) {
+            seen.push(status);
+            raw.drain(..used);
+        }
+    }
+    assert_eq!(seen, statuses, "answers, in order");
+}
+
+/// The status and length of the first complete response in `raw`.
+fn next_response(raw: &[u8]) -> Option<(u16, usize)> {
+    let end = raw.windows(4).position(|w| w == b"\r\n\r\n")? + 4;
+    let head = std::str::from_utf8(&raw[..end]).ok()?;
+    let status = head.split(' ').nth(1)?.parse().ok()?;
+    let length: usize = head
+        .lines()
+        .find_map(|l| l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().to_owned()))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    (raw.len() >= end + length).then_some((status, end + length))
+}
+
+#[test]
+fn an_idle_keep_alive_connection_is_closed_after_the_keepalive_timeout() {
+    let a = start_fn("a");
+    let dir = TempDir::new("keepalive");
+    let listen: std::net::SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let admin: std::net::SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let config = dir.0.join("wavelink.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "domain: example.com\nproxy: {{ listen: \"{listen}\", admin: \"{admin}\", keepalive-timeout: 2s }}\nfunctions:\n{}",
+            function_yaml("wavelink.dev/scaling-mode: async", &[&a])
+        ),
+    )
+    .unwrap();
+    let mut command = wavelink();
+    command
+        .args(["proxy", "--config"])
+        .arg(&config)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null());
+    let _proxy = Proc::spawn("proxy", &mut command);
+    wait_until("proxy ready", || ready(admin));
+    let mut stream = std::net::TcpStream::connect(listen).unwrap();
+    stream.set_read_timeout(Some(PATIENCE)).unwrap();
+    stream.write_all(format!("GET / HTTP/1.1\r\nHost: {HOST}\r\n\r\n").as_bytes()).unwrap();
+    let mut buf = [0u8; 4096];
+    let n = stream.read(&mut buf).unwrap();
+    assert!(buf[..n].starts_with(b"HTTP/1.1 200"), "{}", String::from_utf8_lossy(&buf[..n]));
+    // Then nothing: the proxy closes the idle connection after 2 s.
+    let idle = Instant::now();
+    let closed = matches!(stream.read(&mut buf), Ok(0) | Err(_));
+    assert!(closed, "the connection was closed");
+    assert!(
+        idle.elapsed() >= Duration::from_millis(1500) && idle.elapsed() < Duration::from_secs(20),
+        "{:?}",
+        idle.elapsed()
+    );
 }

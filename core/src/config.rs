@@ -187,6 +187,10 @@ pub struct ProxyConfig {
     /// Time to establish a connection to an instance before the attempt fails.
     #[serde(default = "default_connect_timeout", deserialize_with = "duration_field")]
     pub connect_timeout: Duration,
+    /// How long an idle client connection is kept for its next request (nginx's
+    /// `keepalive_timeout`, 75 s); 0 closes it after each response.
+    #[serde(default = "default_keepalive_timeout", deserialize_with = "duration_field")]
+    pub keepalive_timeout: Duration,
 }
 
 impl Default for ProxyConfig {
@@ -197,6 +201,7 @@ impl Default for ProxyConfig {
             threads: default_threads(),
             grace_period: default_grace_period(),
             connect_timeout: default_connect_timeout(),
+            keepalive_timeout: default_keepalive_timeout(),
         }
     }
 }
@@ -209,6 +214,9 @@ fn default_admin() -> SocketAddr {
 }
 fn default_threads() -> usize {
     1
+}
+fn default_keepalive_timeout() -> Duration {
+    Duration::from_secs(75)
 }
 fn default_grace_period() -> Duration {
     Duration::from_secs(30)

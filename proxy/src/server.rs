@@ -28,6 +28,7 @@ pub struct ProxySettings {
     pub threads: usize,
     pub grace_period: Duration,
     pub connect_timeout: Duration,
+    pub keepalive_timeout: Duration,
 }
 
 impl ProxySettings {
@@ -39,6 +40,7 @@ impl ProxySettings {
             threads: config.proxy.threads,
             grace_period: config.proxy.grace_period,
             connect_timeout: config.proxy.connect_timeout,
+            keepalive_timeout: config.proxy.keepalive_timeout,
         }
     }
 }
@@ -93,7 +95,11 @@ impl Proxy {
     /// says to stop.
     pub fn run(self, shutdown: Box<dyn ShutdownSignalWatch>, exit_if_listener_fails: bool) {
         let settings = &self.settings;
-        let ingress = Ingress { router: self.router.clone(), probe_token: self.probe_token.clone() };
+        let ingress = Ingress {
+            router: self.router.clone(),
+            probe_token: self.probe_token.clone(),
+            keepalive_timeout: settings.keepalive_timeout,
+        };
         let admin = AdminApi { router: self.router.clone(), health: self.health.clone() };
         let assembly = Assembly::new(settings.threads, settings.grace_period)
             .proxy("wavelink proxy", ingress, settings.listen, settings.threads)

@@ -45,6 +45,8 @@ pub struct Ingress {
     pub router: Arc<Router>,
     /// Recognises this process's own readiness probe.
     pub probe_token: ProbeToken,
+    /// Idle client connections are closed after this (0: after each response).
+    pub keepalive_timeout: std::time::Duration,
 }
 
 /// Per-request state. Dropping it ends the request's count in its function's load.
@@ -87,6 +89,19 @@ impl ProxyHttp for Ingress {
             tried_wavelets: Vec::new(),
             sent: None,
         }
+    }
+
+    async fn early_request_filter(&self, session: &mut Session, _ctx: &mut RequestCtx) -> Result<()> {
+        // Pipelined requests are served one after another, answers in order (RFC 9112 §9.3.2),
+        // rather than the connection closing after the first.
+        session.set_pipelining_enabled(true);
+        // HTTP/1.1 keep-alive is unbounded by default in Pingora: an idle client connection
+        // would be held for ever. A client that asked to close still gets its close.
+        if session.get_keepalive().is_some() {
+            let seconds = self.keepalive_timeout.as_secs();
+            session.set_keepalive((seconds > 0).then_some(seconds));
+        }
+        Ok(())
     }
 
     /// No response compression module: the ingress passes bodies through untouched.
