@@ -188,12 +188,7 @@ impl Inner {
                 });
             }
         } else if live.len() > target {
-            // Retire the youngest first (not-yet-ready ones cost nothing to drop); RIs already
-            // retiring are not counted again.
-            let excess = live.len() - target;
-            let mut victims = live;
-            victims.sort_by_key(|ri| (ri.ready.load(SeqCst), std::cmp::Reverse(ri.born)));
-            for ri in victims.into_iter().take(excess) {
+            for ri in retirees(live, target) {
                 ri.retiring.store(true, SeqCst);
                 let (backend, id) = (self.clone(), id.clone());
                 tokio::spawn(async move { backend.retire(&id, ri).await });
@@ -445,6 +440,15 @@ impl Inner {
     }
 }
 
+/// The RIs to retire to bring `live` (those not already retiring) down to `target`: the excess,
+/// not-yet-ready ones first (they cost nothing to drop), then the youngest.
+fn retirees(mut live: Vec<Arc<LocalRi>>, target: usize) -> Vec<Arc<LocalRi>> {
+    let excess = live.len().saturating_sub(target);
+    live.sort_by_key(|ri| (ri.ready.load(SeqCst), std::cmp::Reverse(ri.born)));
+    live.truncate(excess);
+    live
+}
+
 #[async_trait]
 impl Backend for LocalBackend {
     async fn functions(&self) -> Result<Vec<ManagedFunction>, BackendError> {
@@ -515,5 +519,37 @@ impl Backend for LocalBackend {
         this.reassert().await;
         // Failed pushes are retried on the next round; they are not API errors.
         Vec::new()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ri(id: &str, born: u64, ready: bool) -> Arc<LocalRi> {
+        Arc::new(LocalRi {
+            id: id.to_owned(),
+            born,
+            memory_sampled: Mutex::new(Instant::now()),
+            addr: SocketAddr::from(([127, 0, 0, 1], 30_000 + born as u16)),
+            ready: AtomicBool::new(ready),
+            retiring: AtomicBool::new(false),
+            process: Mutex::new(None),
+        })
+    }
+
+    fn ids(ris: &[Arc<LocalRi>]) -> Vec<&str> {
+        ris.iter().map(|ri| ri.id.as_str()).collect()
+    }
+
+    #[test]
+    fn scale_down_retires_only_the_excess_not_ready_first_then_the_youngest() {
+        // Ids compare as strings ("ri-1-10" < "ri-1-9"); age is what counts.
+        let live = vec![ri("ri-1-0", 0, true), ri("ri-1-9", 9, true), ri("ri-1-10", 10, true)];
+        assert_eq!(ids(&retirees(live.clone(), 2)), ["ri-1-10"]);
+        assert_eq!(ids(&retirees(live.clone(), 3)), Vec::<&str>::new());
+        assert_eq!(ids(&retirees(live.clone(), 0)).len(), 3);
+        let starting = vec![ri("ri-1-0", 0, true), ri("ri-1-1", 1, false), ri("ri-1-2", 2, true)];
+        assert_eq!(ids(&retirees(starting, 2)), ["ri-1-1"], "a not-ready one costs nothing to drop");
     }
 }
