@@ -191,6 +191,10 @@ pub struct ProxyConfig {
     /// `keepalive_timeout`, 75 s); 0 closes it after each response.
     #[serde(default = "default_keepalive_timeout", deserialize_with = "duration_field")]
     pub keepalive_timeout: Duration,
+    /// Most requests waiting for a slot, every function together (each function's own bound is
+    /// `wavelink.dev/queue-depth`); beyond it, 503 at once.
+    #[serde(default = "default_max_queued")]
+    pub max_queued: u32,
 }
 
 impl Default for ProxyConfig {
@@ -202,6 +206,7 @@ impl Default for ProxyConfig {
             grace_period: default_grace_period(),
             connect_timeout: default_connect_timeout(),
             keepalive_timeout: default_keepalive_timeout(),
+            max_queued: default_max_queued(),
         }
     }
 }
@@ -214,6 +219,9 @@ fn default_admin() -> SocketAddr {
 }
 fn default_threads() -> usize {
     1
+}
+fn default_max_queued() -> u32 {
+    10_000
 }
 fn default_keepalive_timeout() -> Duration {
     Duration::from_secs(75)

@@ -207,6 +207,10 @@ impl FunctionState {
                 self.metrics.record_rejection(Rejection::QueueFull);
                 return Err(Rejection::QueueFull);
             }
+            if !self.links.try_enqueue() {
+                self.metrics.record_rejection(Rejection::ProxyQueueFull);
+                return Err(Rejection::ProxyQueueFull);
+            }
             let ticket = self.next_ticket.fetch_add(1, Relaxed);
             waiters.push_back(Waiter { ticket, hand_off });
             self.load.queued.inc();
@@ -283,6 +287,7 @@ impl FunctionState {
                     break;
                 };
                 self.load.queued.dec();
+                self.links.dequeued();
                 // A waiter that gave up in this instant: offer the slot to the next one.
                 if let Err(slot) = waiter.hand_off.send(slot) {
                     undelivered = Some(slot);
@@ -362,6 +367,7 @@ impl Drop for QueueTicket<'_> {
         if let Ok(position) = waiters.binary_search_by_key(&self.ticket, |w| w.ticket) {
             waiters.remove(position);
             self.function.load.queued.dec();
+            self.function.links.dequeued();
         }
     }
 }
@@ -465,6 +471,30 @@ mod tests {
             (0..wavelets).map(|i| SocketAddr::from(([127, 0, 0, 2], 21_000 + i))).collect();
         let links = Arc::new(Links::new(crate::wavelets::Wavelets::new(&wavelet_addrs, settings)));
         FunctionState::new(id, spec, &addrs, metrics.for_function("default/f"), settings, links)
+    }
+
+    #[test]
+    fn the_proxy_wide_queue_bound_rejects_beyond_it_and_frees_places_as_waiters_leave() {
+        runtime().block_on(async {
+            let f = function(1, &[]);
+            f.links.max_queued.store(2, Relaxed);
+            let _busy = f.try_acquire().unwrap();
+            let waiters: Vec<_> = (0..2)
+                .map(|_| {
+                    let f = f.clone();
+                    tokio::spawn(async move { f.acquire().await.map(|_| ()) })
+                })
+                .collect();
+            tokio::task::yield_now().await;
+            assert_eq!(f.queued(), 2);
+            assert_eq!(f.acquire().await.err(), Some(Rejection::ProxyQueueFull));
+            for waiter in waiters {
+                waiter.abort();
+                let _ = waiter.await;
+            }
+            assert_eq!(f.queued(), 0);
+            assert!(f.links.try_enqueue(), "the places given back");
+        });
     }
 
     #[test]

@@ -2,7 +2,7 @@
 //! asks for Regular Instances in `sync` mode. Shared by the router and every function.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering::Relaxed, Ordering::SeqCst};
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
@@ -21,6 +21,10 @@ pub struct Links {
     /// leader writes, so the proxy need not know which one leads.
     pub controllers: ArcSwap<Vec<SocketAddr>>,
     epoch: Instant,
+    /// Requests waiting for a slot, every function together, and the most allowed: one bound
+    /// on what queued connections cost the proxy, whatever each function's queue-depth.
+    queued: AtomicU32,
+    pub max_queued: AtomicU32,
 }
 
 impl Links {
@@ -29,7 +33,20 @@ impl Links {
             wavelets: ArcSwap::from_pointee(wavelets),
             controllers: ArcSwap::from_pointee(Vec::new()),
             epoch: Instant::now(),
+            queued: AtomicU32::new(0),
+            max_queued: AtomicU32::new(u32::MAX),
         }
+    }
+
+    /// Takes a place in the proxy-wide queue; false when it is full.
+    pub fn try_enqueue(&self) -> bool {
+        let max = self.max_queued.load(Relaxed);
+        self.queued.fetch_update(SeqCst, SeqCst, |n| (n < max).then_some(n + 1)).is_ok()
+    }
+
+    /// Gives a place in the proxy-wide queue back.
+    pub fn dequeued(&self) {
+        self.queued.fetch_sub(1, SeqCst);
     }
 
     /// `sync` mode: asks the controller for `want` Regular Instances now, without waiting for

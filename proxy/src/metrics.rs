@@ -56,6 +56,8 @@ impl From<wavelink_core::spec::Track> for Track {
 pub enum Rejection {
     QueueTimeout,
     QueueFull,
+    /// The proxy-wide bound on waiting requests (`proxy.max-queued`) was reached.
+    ProxyQueueFull,
 }
 
 /// The registry and the metric families; one per proxy.
@@ -164,6 +166,7 @@ impl ProxyMetrics {
             queue_wait: self.queue_wait.with_label_values(&[label]),
             queue_timeout: self.rejections.with_label_values(&[label, "queue_timeout"]),
             queue_full: self.rejections.with_label_values(&[label, "queue_full"]),
+            proxy_queue_full: self.rejections.with_label_values(&[label, "proxy_queue_full"]),
             regular_in_flight: self.in_flight.with_label_values(&[label, Track::Regular.as_str()]),
             emergency_in_flight: self.in_flight.with_label_values(&[label, Track::Emergency.as_str()]),
             queued: self.queued.with_label_values(&[label]),
@@ -185,7 +188,7 @@ impl ProxyMetrics {
         let _ = self.queue_wait.remove_label_values(&[label]);
         let _ = self.queued.remove_label_values(&[label]);
         let _ = self.ejections.remove_label_values(&[label]);
-        for reason in ["queue_timeout", "queue_full"] {
+        for reason in ["queue_timeout", "queue_full", "proxy_queue_full"] {
             let _ = self.rejections.remove_label_values(&[label, reason]);
         }
     }
@@ -206,6 +209,7 @@ pub struct FunctionMetrics {
     pub queue_wait: Histogram,
     queue_timeout: IntCounter,
     queue_full: IntCounter,
+    proxy_queue_full: IntCounter,
     pub regular_in_flight: IntGauge,
     pub emergency_in_flight: IntGauge,
     pub queued: IntGauge,
@@ -224,6 +228,7 @@ impl FunctionMetrics {
         match why {
             Rejection::QueueTimeout => self.queue_timeout.inc(),
             Rejection::QueueFull => self.queue_full.inc(),
+            Rejection::ProxyQueueFull => self.proxy_queue_full.inc(),
         }
     }
 

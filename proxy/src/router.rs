@@ -47,6 +47,11 @@ impl Router {
         }
     }
 
+    /// Wavelets, controllers and the proxy-wide queue bound, shared by every function.
+    pub fn links(&self) -> &Arc<Links> {
+        &self.links
+    }
+
     pub fn sampled(&self) -> &crate::stats::SampledIntervals {
         &self.sampled
     }

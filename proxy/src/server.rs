@@ -29,6 +29,7 @@ pub struct ProxySettings {
     pub grace_period: Duration,
     pub connect_timeout: Duration,
     pub keepalive_timeout: Duration,
+    pub max_queued: u32,
 }
 
 impl ProxySettings {
@@ -41,6 +42,7 @@ impl ProxySettings {
             grace_period: config.proxy.grace_period,
             connect_timeout: config.proxy.connect_timeout,
             keepalive_timeout: config.proxy.keepalive_timeout,
+            max_queued: config.proxy.max_queued,
         }
     }
 }
@@ -64,6 +66,7 @@ impl Proxy {
         let metrics = Arc::new(ProxyMetrics::new()?);
         let peer_settings = PeerSettings { connect_timeout: settings.connect_timeout };
         let router = Arc::new(Router::new(&settings.domain, metrics, peer_settings));
+        router.links().max_queued.store(settings.max_queued, std::sync::atomic::Ordering::Relaxed);
         Ok(Proxy { settings, router, health: Arc::new(Health::default()), probe_token: ProbeToken::random() })
     }
 

@@ -416,6 +416,9 @@ fn rejection_message(function: &FunctionState, rejection: Rejection) -> String {
         Rejection::QueueFull => {
             format!("function {} has no free instance and {} requests waiting already", function.id, spec.queue_depth)
         }
+        Rejection::ProxyQueueFull => {
+            format!("function {} has no free instance and the proxy has its most requests waiting already", function.id)
+        }
     }
 }
 
