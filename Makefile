@@ -37,6 +37,7 @@ bench: build bench-deps
 	bench/ei.py
 	@if [ "$$(id -u)" = 0 ]; then bench/ei_containerd.py; else echo "bench/ei_containerd.py skipped: containerd needs root"; fi
 	bench/load.sh
+	bench/soak.py
 
 # The headline experiment: every scaling mode side by side on one trace (docs/benchmarks.md).
 experiment: build
