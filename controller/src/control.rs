@@ -19,6 +19,7 @@ use serde::Serialize;
 use tracing::{debug, info, warn};
 use wavelink_core::FunctionId;
 use wavelink_core::autoscale::{Decider, Observation, Reason, Tick};
+use wavelink_core::backoff::doubling;
 use wavelink_core::stats::ProxyStats;
 use wavelink_server::client;
 
@@ -33,6 +34,8 @@ const KEEP_SECONDS: u64 = 3600;
 /// Longest a backend call may hold the loop (an apiserver that accepts connections and never
 /// answers would otherwise stall every function's decisions for the client's own timeout).
 const BACKEND_TIMEOUT: Duration = Duration::from_secs(5);
+/// First wait before retrying a failed write; it doubles with each failure in a row.
+const FIRST_BACKOFF: Duration = Duration::from_secs(1);
 /// Longest wait between retries of a failing write.
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
 
@@ -234,7 +237,7 @@ impl Controller {
                 self.api_error(&e);
                 if let Some(control) = self.functions.lock().get_mut(&function.id) {
                     control.failures += 1;
-                    let backoff = Duration::from_millis(500 << control.failures.min(6)).min(MAX_BACKOFF);
+                    let backoff = doubling(FIRST_BACKOFF, control.failures, MAX_BACKOFF);
                     control.retry_at = Some(Instant::now() + backoff);
                     warn!(function = %function.id, error = %e, ?backoff, "scaling failed; retrying later");
                 }

@@ -6,6 +6,7 @@
 #![forbid(unsafe_code)]
 
 pub mod autoscale;
+pub mod backoff;
 pub mod config;
 pub mod container;
 pub mod duration;

@@ -514,11 +514,11 @@ mod tests {
     #[test]
     fn a_dead_instance_is_ejected_so_dual_spills_and_async_picks_the_other() {
         let dual = with_wavelets(1, 1, &[]);
-        dual.routing().regular[0].health.eject();
+        dual.routing().regular[0].health.fail();
         assert_eq!(dual.try_acquire().unwrap().track(), Track::Emergency, "an ejected RI is not free capacity");
         let two = function(2, &[]);
         let dead = two.routing().regular[0].clone();
-        dead.health.eject();
+        dead.health.fail();
         for _ in 0..10 {
             let slot = two.try_acquire().unwrap();
             assert_ne!(slot.instance().unwrap().addr, dead.addr);

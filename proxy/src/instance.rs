@@ -6,7 +6,7 @@ use std::time::Duration;
 use pingora_core::upstreams::peer::HttpPeer;
 use wavelink_core::slots::SlotCounter;
 
-use crate::health::Health;
+use wavelink_core::backoff::FailureRecord;
 
 /// An instance the proxy can send requests to. Shared (`Arc`) between the routing snapshot and the
 /// slot guards of requests on it, so a removed instance lives until its last request finishes.
@@ -17,7 +17,7 @@ pub struct Instance {
     /// Requests holding a slot on this instance.
     slots: SlotCounter,
     /// Ejected after a failure, for a back-off.
-    pub health: Health,
+    pub health: FailureRecord,
 }
 
 /// How the proxy talks to instances.
@@ -40,7 +40,7 @@ impl Instance {
     pub fn new(addr: SocketAddr, settings: PeerSettings) -> Self {
         let mut peer = HttpPeer::new(addr, false, String::new());
         peer.options.connection_timeout = Some(settings.connect_timeout);
-        Instance { addr, peer, slots: SlotCounter::default(), health: Health::default() }
+        Instance { addr, peer, slots: SlotCounter::default(), health: crate::health::new_record() }
     }
 
     pub fn in_flight(&self) -> u32 {
@@ -106,15 +106,15 @@ mod tests {
     }
 
     #[test]
-    fn an_ejected_instance_is_skipped_until_its_backoff_passes() {
+    fn an_ejected_instance_is_skipped_until_it_answers_again() {
         let set = instances(2);
-        set[0].health.eject();
+        set[0].health.fail();
         for _ in 0..20 {
             let chosen = reserve_any(&set, 100).unwrap();
             assert_eq!(chosen.addr, set[1].addr, "never the ejected one");
         }
         assert!(reserve_any(&set[..1], 100).is_none());
-        set[0].health.expire();
+        set[0].health.succeeded();
         assert!(reserve_any(&set[..1], 100).is_some());
     }
 

@@ -228,8 +228,8 @@ impl ProxyHttp for Ingress {
             && let Some(slot) = &ctx.slot
         {
             match slot.slot() {
-                Slot::Regular(instance) => instance.health.answered(),
-                Slot::Emergency(wavelet) => wavelet.health.answered(),
+                Slot::Regular(instance) => instance.health.succeeded(),
+                Slot::Emergency(wavelet) => wavelet.health.succeeded(),
             }
         }
         if let Some(refusal) = refusal {
@@ -282,7 +282,7 @@ impl ProxyHttp for Ingress {
         // one that failed gets no more for a while.
         eject_instance(ctx);
         if let Some(Slot::Emergency(wavelet)) = ctx.slot.as_ref().map(|slot| slot.slot()) {
-            let backoff = wavelet.health.eject();
+            let (_, backoff) = wavelet.health.fail();
             tracing::debug!(wavelet = %wavelet.addr, ?backoff, "Wavelet unreachable; ejected");
         }
         ctx.connect_failures += 1;
@@ -425,7 +425,7 @@ fn rejection_message(function: &FunctionState, rejection: Rejection) -> String {
 /// Takes the request's Regular Instance out of the choice for a back-off.
 fn eject_instance(ctx: &RequestCtx) {
     if let (Some(instance), Some(function)) = (ctx.slot.as_ref().and_then(|slot| slot.instance()), &ctx.function) {
-        let backoff = instance.health.eject();
+        let (_, backoff) = instance.health.fail();
         function.metrics.ejections.inc();
         tracing::debug!(function = %function.id, instance = %instance.addr, ?backoff, "instance ejected");
     }

@@ -12,7 +12,6 @@ use std::time::{Duration, Instant};
 
 use pingora_core::upstreams::peer::HttpPeer;
 
-use crate::health::Health;
 use crate::instance::PeerSettings;
 
 /// How long a Wavelet that said "full" gets no new requests from this proxy.
@@ -25,7 +24,7 @@ pub struct WaveletTarget {
     /// Skip until this instant (ms since the set's epoch).
     full_until_ms: AtomicU64,
     /// Ejected while it cannot be reached.
-    pub health: Health,
+    pub health: wavelink_core::backoff::FailureRecord,
 }
 
 impl WaveletTarget {
@@ -55,7 +54,7 @@ impl Wavelets {
                     peer,
                     in_flight: AtomicU32::new(0),
                     full_until_ms: AtomicU64::new(0),
-                    health: Health::default(),
+                    health: crate::health::new_record(),
                 })
             })
             .collect();

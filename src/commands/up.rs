@@ -19,6 +19,7 @@ use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
 use tokio::signal::unix::{SignalKind, signal};
 use wavelink_core::LocalConfig;
+use wavelink_core::backoff::doubling;
 use wavelink_wavelet::spawn::{Plan, spawn, wait};
 
 use super::load_config;
@@ -169,8 +170,7 @@ fn supervise(exe: &Path, child: &mut Child) {
     {
         child.pid = None;
         child.failures = if child.started.elapsed() >= RAN_WELL { 1 } else { child.failures + 1 };
-        let delay =
-            RESTART_BACKOFF.saturating_mul(1 << child.failures.saturating_sub(1).min(5)).min(MAX_RESTART_BACKOFF);
+        let delay = doubling(RESTART_BACKOFF, child.failures, MAX_RESTART_BACKOFF);
         eprintln!(
             "up: the {} exited ({}); restarting it in {delay:?} (failure {} in a row)",
             child.name,

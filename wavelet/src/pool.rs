@@ -17,6 +17,7 @@ use arc_swap::ArcSwap;
 use parking_lot::Mutex;
 use pingora_core::upstreams::peer::HttpPeer;
 use tracing::{info, warn};
+use wavelink_core::backoff::FailureRecord;
 use wavelink_core::slots::SlotCounter;
 use wavelink_core::{FunctionDef, FunctionId};
 
@@ -103,7 +104,7 @@ impl FunctionPool {
 
     /// A new instance served its first response: the function starts fine.
     pub fn started_fine(&self) {
-        self.crashes.clear();
+        self.crashes.record.succeeded();
     }
 }
 
@@ -113,38 +114,25 @@ pub const CRASH_BACKOFF: Duration = Duration::from_secs(1);
 pub const MAX_CRASH_BACKOFF: Duration = Duration::from_secs(30);
 
 /// A function whose instances cannot start, or die before they serve, gets no new one for a
-/// back-off.
-#[derive(Default)]
+/// back-off ([`wavelink_core::backoff`]).
 struct CrashLoop {
-    in_a_row: std::sync::atomic::AtomicU32,
-    /// No new instance before this (ms since the pools' epoch).
-    blocked_until_ms: AtomicU64,
+    record: FailureRecord,
     /// Why the last start failed, when it failed to start at all (answered again, as it was,
     /// during the back-off); `None` when the last instance started and died.
     start_error: Mutex<Option<String>>,
 }
 
+impl Default for CrashLoop {
+    fn default() -> Self {
+        CrashLoop { record: FailureRecord::new(CRASH_BACKOFF, MAX_CRASH_BACKOFF), start_error: Mutex::new(None) }
+    }
+}
+
 impl CrashLoop {
     /// Records a failure; returns the failures in a row and the back-off.
-    fn record(&self, now_ms: u64, start_error: Option<String>) -> (u32, Duration) {
+    fn record(&self, start_error: Option<String>) -> (u32, Duration) {
         *self.start_error.lock() = start_error;
-        let in_a_row = self.in_a_row.fetch_add(1, SeqCst) + 1;
-        let backoff = CRASH_BACKOFF.saturating_mul(1 << (in_a_row - 1).min(5)).min(MAX_CRASH_BACKOFF);
-        self.blocked_until_ms.store(now_ms + backoff.as_millis() as u64, SeqCst);
-        (in_a_row, backoff)
-    }
-
-    fn clear(&self) {
-        if self.in_a_row.load(SeqCst) > 0 {
-            self.in_a_row.store(0, SeqCst);
-            self.blocked_until_ms.store(0, SeqCst);
-        }
-    }
-
-    /// How long until a new instance may start, if it may not now.
-    fn blocked_for(&self, now_ms: u64) -> Option<Duration> {
-        let until = self.blocked_until_ms.load(SeqCst);
-        (until > now_ms).then(|| Duration::from_millis(until - now_ms))
+        self.record.fail()
     }
 }
 
@@ -349,8 +337,8 @@ impl Pools {
                 return Ok(Lease { pools: self.clone(), pool: pool.clone(), ei: ei.clone(), cold: false });
             }
         }
-        if let Some(retry_in) = pool.crashes.blocked_for(self.now_ms()) {
-            let in_a_row = pool.crashes.in_a_row.load(SeqCst);
+        if let Some(retry_in) = pool.crashes.record.blocked_for() {
+            let in_a_row = pool.crashes.record.in_a_row();
             return Err(match pool.crashes.start_error.lock().clone() {
                 Some(error) => AcquireError::StartBackoff { error, in_a_row, retry_in },
                 None => AcquireError::CrashLoop { in_a_row, retry_in },
@@ -372,7 +360,7 @@ impl Pools {
                 drop(place);
                 if !e.is_unavailable() {
                     pool.metrics.spawn_failures.inc();
-                    let (in_a_row, backoff) = pool.crashes.record(self.now_ms(), Some(e.to_string()));
+                    let (in_a_row, backoff) = pool.crashes.record(Some(e.to_string()));
                     warn!(function = %def.id, error = %e, in_a_row, ?backoff,
                           "starting an Emergency Instance failed; no new one until the back-off passes");
                 }
@@ -444,7 +432,7 @@ impl Pools {
     /// counts towards the function's crash-loop back-off.
     pub fn discard(&self, lease: Lease) {
         if lease.cold {
-            let (in_a_row, backoff) = lease.pool.crashes.record(self.now_ms(), None);
+            let (in_a_row, backoff) = lease.pool.crashes.record(None);
             lease.pool.metrics.spawn_failures.inc();
             // One line per death, and deaths are spaced by the back-off: no flood.
             warn!(function = %lease.pool.id, instance = %lease.ei.id, in_a_row, ?backoff,
