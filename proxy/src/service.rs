@@ -32,6 +32,7 @@ use pingora_proxy::{FailToProxy, ProxyHttp, Session};
 use wavelink_core::function::host_without_port;
 use wavelink_core::wire::{FUNCTION_HEADER, TRACK_HEADER, WAVELET_FULL, WAVELET_HEADER, WAVELET_UNAVAILABLE};
 use wavelink_server::health::{PROBE_HEADER, ProbeToken};
+use wavelink_server::replay::retry_if_replayable;
 use wavelink_server::respond::respond;
 
 use crate::function::{FunctionState, Slot, SlotGuard};
@@ -327,13 +328,11 @@ impl ProxyHttp for Ingress {
         {
             eject_instance(ctx);
         }
-        if matches!(e.etype(), ErrorType::ReadTimedout | ErrorType::WriteTimedout)
-            || !session.req_header().method.is_idempotent()
-            || session.as_ref().retry_buffer_truncated()
-        {
+        if matches!(e.etype(), ErrorType::ReadTimedout | ErrorType::WriteTimedout) {
+            // It may have run: never sent again.
             e.set_retry(false);
         } else {
-            e.retry.decide_reuse(client_reused);
+            retry_if_replayable(&mut e, session, client_reused);
         }
         e
     }

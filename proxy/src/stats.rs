@@ -54,31 +54,25 @@ impl StatsWindow {
         self.ticks += 1;
     }
 
-    fn close(&mut self, f: &FunctionState, end_unix_ms: u64, stalled: bool) {
-        if stalled {
-            f.load.regular.take_peak();
-            f.load.emergency.take_peak();
-            f.load.queued.take_peak();
-            f.load.total.take_peak();
-            f.load.arrivals.swap(0, Relaxed);
-            (self.regular_sum, self.emergency_sum, self.queued_sum, self.total_sum, self.ticks) = (0, 0, 0, 0, 0);
-            return;
-        }
+    /// Ends the interval: its sample is kept, unless the interval spanned a stall (the peaks
+    /// and arrivals are taken either way, so the next interval starts afresh).
+    fn close(&mut self, f: &FunctionState, close: Close) {
         let ticks = self.ticks.max(1) as f64;
         let level = |sum: u64, gauge: &LoadGauge| Concurrency { avg: sum as f64 / ticks, peak: gauge.take_peak() };
         let sample = Sample {
-            end_unix_ms,
+            end_unix_ms: 0,
             regular: level(self.regular_sum, &f.load.regular),
             emergency: level(self.emergency_sum, &f.load.emergency),
             queued: level(self.queued_sum, &f.load.queued),
             total: level(self.total_sum, &f.load.total),
             arrivals: f.load.arrivals.swap(0, Relaxed),
         };
+        (self.regular_sum, self.emergency_sum, self.queued_sum, self.total_sum, self.ticks) = (0, 0, 0, 0, 0);
+        let Close::At { end_unix_ms } = close else { return };
         if self.samples.len() == KEEP_SAMPLES {
             self.samples.pop_front();
         }
-        self.samples.push_back(sample);
-        (self.regular_sum, self.emergency_sum, self.queued_sum, self.total_sum, self.ticks) = (0, 0, 0, 0, 0);
+        self.samples.push_back(Sample { end_unix_ms, ..sample });
     }
 
     /// Closed samples, oldest first.
@@ -134,10 +128,8 @@ pub fn sample_all(router: &Router, close: Option<Close>) {
         }
         let mut window = f.stats.lock();
         window.tick(&f);
-        match close {
-            Some(Close::At { end_unix_ms }) => window.close(&f, end_unix_ms, false),
-            Some(Close::Stalled) => window.close(&f, 0, true),
-            None => {}
+        if let Some(close) = close {
+            window.close(&f, close);
         }
     }
     if let Some(Close::At { end_unix_ms }) = close {

@@ -6,6 +6,7 @@ pub mod admin;
 pub mod assembly;
 pub mod client;
 pub mod health;
+pub mod replay;
 pub mod respond;
 pub mod shutdown;
 

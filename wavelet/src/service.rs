@@ -21,6 +21,7 @@ use wavelink_core::FunctionId;
 use wavelink_core::function::host_without_port;
 use wavelink_core::wire::{FUNCTION_HEADER, WAVELET_FULL, WAVELET_HEADER, WAVELET_UNAVAILABLE};
 use wavelink_server::health::{PROBE_HEADER, ProbeToken};
+use wavelink_server::replay::retry_if_replayable;
 use wavelink_server::respond::respond;
 
 use crate::pool::{AcquireError, FunctionPool, Lease, Pools};
@@ -178,11 +179,7 @@ impl ProxyHttp for WaveletProxy {
             self.pools.discard(lease);
         }
         let mut e = e.more_context(format!("Peer: {peer}"));
-        if !session.req_header().method.is_idempotent() || session.as_ref().retry_buffer_truncated() {
-            e.set_retry(false);
-        } else {
-            e.retry.decide_reuse(client_reused);
-        }
+        retry_if_replayable(&mut e, session, client_reused);
         e
     }
 

@@ -333,7 +333,7 @@ impl Inner {
     /// Whether any proxy still has requests in flight on `addr` for the function. A proxy that
     /// cannot be asked counts as busy: its requests may still run there.
     async fn busy_on_any_proxy(&self, id: &FunctionId, addr: SocketAddr) -> bool {
-        let path = format!("/v1/functions/{}/{}/instances", id.namespace, id.name);
+        let path = instances_path(id);
         for proxy in &self.proxies {
             let listing = client::call(*proxy, http::Method::GET, &path, None, ADMIN_TIMEOUT)
                 .await
@@ -371,7 +371,7 @@ impl Inner {
 
     async fn put(&self, proxy: SocketAddr, id: &FunctionId, addrs: &[SocketAddr]) {
         let body = serde_json::to_vec(addrs).unwrap_or_else(|_| b"[]".to_vec());
-        let path = format!("/v1/functions/{}/{}/instances", id.namespace, id.name);
+        let path = instances_path(id);
         if let Err(e) = client::call(proxy, http::Method::PUT, &path, Some(body), ADMIN_TIMEOUT).await {
             debug!(function = %id, proxy = %proxy, error = %e, "could not update a proxy's instances; the next round retries");
         }
@@ -438,6 +438,11 @@ impl Inner {
             std::thread::sleep(Duration::from_millis(20));
         }
     }
+}
+
+/// A function's instance list on a proxy's admin API.
+fn instances_path(id: &FunctionId) -> String {
+    format!("/v1/functions/{}/{}/instances", id.namespace, id.name)
 }
 
 /// The RIs to retire to bring `live` (those not already retiring) down to `target`: the excess,
