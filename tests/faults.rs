@@ -42,11 +42,8 @@ impl Standard {
 proxy: {{ listen: \"{listen}\", admin: \"{admin}\", grace-period: 2s }}
 controller: {{ backend: local, admin: \"{controller_admin}\", ri-start-delay: {ri_start_delay} }}
 functions:
-  - name: work
-    namespace: {namespace}
-    command: [\"wavelink-fn\"]
-    annotations: {{ {annotations} }}
-"
+{}",
+                work_function(&namespace, annotations)
             ),
         )
         .unwrap();
@@ -288,11 +285,11 @@ wavelets:
   - {{ address: \"{wavelet}\", admin: \"{wavelet_admin}\", max-instances: 16 }}
 controller: {{ backend: local, admin: \"{controller_admin}\", ri-start-delay: 500ms }}
 functions:
-  - name: work
-    namespace: {namespace}
-    command: [\"wavelink-fn\"]
-    annotations: {{ wavelink.dev/min-scale: \"2\", wavelink.dev/initial-scale: \"2\", wavelink.dev/window: 6s }}
-"
+{}",
+            work_function(
+                &namespace,
+                "wavelink.dev/min-scale: \"2\", wavelink.dev/initial-scale: \"2\", wavelink.dev/window: 6s"
+            )
         ),
     )
     .unwrap();

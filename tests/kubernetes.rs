@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use cluster::{Kubelet, setup, test_cluster};
+use cluster::{Kubelet, serve_hot_function, setup, test_cluster};
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::events::v1::Event;
 use kube::Api;
@@ -24,24 +24,8 @@ fn load_seen_by_the_proxy_scales_a_deployment_up_the_proxy_routes_to_its_pods_an
     let Some(cluster) = test_cluster("scale-loop") else { return };
     // `async`: requests wait for RIs (no Wavelets here), so the only capacity is what the
     // controller asks Kubernetes for.
-    cluster.create_function(
-        "hot",
-        0,
-        &[
-            ("wavelink.dev/container-concurrency", "1"),
-            ("wavelink.dev/scaling-mode", "async"),
-            ("wavelink.dev/window", "6s"),
-            ("wavelink.dev/initial-scale", "0"),
-            ("wavelink.dev/queue-timeout", "60s"),
-        ],
-    );
-    let _kubelet = Kubelet::start(&cluster);
-    let setup = setup(&cluster);
-    let _proxy = setup.start_proxy(&cluster);
-    let (_controller, controller_admin) = setup.start_controller(&cluster, "solo");
-    wait_until("the proxy serves the function from the cluster", || {
-        get(setup.proxy_admin, "admin", "/v1/functions").is_ok_and(|r| r.text().contains("hot"))
-    });
+    let hot = serve_hot_function(&cluster);
+    let (setup, controller_admin) = (&hot.setup, hot.controller_admin);
 
     // Four clients, each one request at a time, for a few seconds.
     let stop = Arc::new(AtomicBool::new(false));

@@ -10,10 +10,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use cluster::{Kubelet, setup, test_cluster};
+use cluster::{serve_hot_function, test_cluster};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
-use support::{PATIENCE, get, metric, wait_until, wait_within};
+use support::{PATIENCE, get, metric, wait_within};
 
 /// A process stopped with SIGSTOP until dropped (SIGCONT), so a failing test never leaves the
 /// apiserver frozen for the tests after it.
@@ -41,24 +41,8 @@ fn with_the_apiserver_stopped_the_controller_writes_nothing_keeps_answering_then
         .ok()
         .and_then(|pid| pid.trim().parse().ok())
         .expect("the test apiserver's pid file");
-    cluster.create_function(
-        "hot",
-        0,
-        &[
-            ("wavelink.dev/container-concurrency", "1"),
-            ("wavelink.dev/scaling-mode", "async"),
-            ("wavelink.dev/window", "6s"),
-            ("wavelink.dev/initial-scale", "0"),
-            ("wavelink.dev/queue-timeout", "60s"),
-        ],
-    );
-    let _kubelet = Kubelet::start(&cluster);
-    let setup = setup(&cluster);
-    let _proxy = setup.start_proxy(&cluster);
-    let (_controller, admin) = setup.start_controller(&cluster, "solo");
-    wait_until("the proxy serves the function", || {
-        get(setup.proxy_admin, "admin", "/v1/functions").is_ok_and(|r| r.text().contains("hot"))
-    });
+    let hot = serve_hot_function(&cluster);
+    let (setup, admin) = (&hot.setup, hot.controller_admin);
 
     // Three clients, one request at a time each: 3 concurrent at 70% want 5 RIs.
     let stop = Arc::new(AtomicBool::new(false));

@@ -39,11 +39,8 @@ wavelets:
   - {{ address: \"{wavelet}\", admin: \"{wavelet_admin}\", max-instances: 64 }}
 controller: {{ backend: local, admin: \"{controller_admin}\", ri-start-delay: {ri_start_delay} }}
 functions:
-  - name: work
-    namespace: {namespace}
-    command: [\"wavelink-fn\"]
-    annotations: {{ {annotations} }}
-"
+{}",
+            work_function(&namespace, annotations)
         ),
     )
     .unwrap();

@@ -304,3 +304,37 @@ impl Setup {
         std::fs::read_to_string(self.dir.0.join(format!("{name}.log"))).unwrap_or_default()
     }
 }
+
+/// An `async` function `hot` (container-concurrency 1, window 6 s, initial-scale 0,
+/// queue-timeout 60 s: requests wait for RIs, so the only capacity is what the controller asks
+/// Kubernetes for), its pods run by the test kubelet, served by a proxy and scaled by one
+/// controller. Fields drop in order: controller, proxy, then the directory and the kubelet.
+pub struct HotFunction {
+    pub controller: Proc,
+    pub controller_admin: SocketAddr,
+    pub proxy: Proc,
+    pub setup: Setup,
+    pub kubelet: Kubelet,
+}
+
+pub fn serve_hot_function(cluster: &TestCluster) -> HotFunction {
+    cluster.create_function(
+        "hot",
+        0,
+        &[
+            ("wavelink.dev/container-concurrency", "1"),
+            ("wavelink.dev/scaling-mode", "async"),
+            ("wavelink.dev/window", "6s"),
+            ("wavelink.dev/initial-scale", "0"),
+            ("wavelink.dev/queue-timeout", "60s"),
+        ],
+    );
+    let kubelet = Kubelet::start(cluster);
+    let setup = setup(cluster);
+    let proxy = setup.start_proxy(cluster);
+    let (controller, controller_admin) = setup.start_controller(cluster, "solo");
+    wait_until("the proxy serves the function from the cluster", || {
+        get(setup.proxy_admin, "admin", "/v1/functions").is_ok_and(|r| r.text().contains("hot"))
+    });
+    HotFunction { controller, controller_admin, proxy, setup, kubelet }
+}

@@ -417,6 +417,14 @@ pub fn processes_with_env(marker: &str) -> Vec<u32> {
         .collect()
 }
 
+/// The `functions:` entry of a function `work` in `namespace`, run by `wavelink-fn` (its
+/// processes carry `WAVELINK_FUNCTION=<namespace>/work`).
+pub fn work_function(namespace: &str, annotations: &str) -> String {
+    format!(
+        "  - name: work\n    namespace: {namespace}\n    command: [\"wavelink-fn\"]\n    annotations: {{ {annotations} }}\n"
+    )
+}
+
 /// Kills every process whose environment holds `marker` until none is left (bounded): the
 /// clean-up of tests whose instances outlive the component that started them.
 pub fn kill_processes_with_env(marker: &str) {
