@@ -173,18 +173,25 @@ fn next_response(raw: &[u8]) -> Option<(u16, usize)> {
     (raw.len() >= end + length).then_some((status, end + length))
 }
 
-#[test]
-fn an_idle_keep_alive_connection_is_closed_after_the_keepalive_timeout() {
-    let a = start_fn("a");
-    let dir = TempDir::new("keepalive");
+/// A proxy with `settings` added to its `proxy:` section, serving `hello` on `instance`; stopped
+/// when dropped.
+struct BoundedProxy {
+    listen: std::net::SocketAddr,
+    admin: std::net::SocketAddr,
+    _proc: Proc,
+    _dir: TempDir,
+}
+
+fn start_bounded_proxy(settings: &str, instance: &FnInstance) -> BoundedProxy {
+    let dir = TempDir::new("bounded");
     let listen: std::net::SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
     let admin: std::net::SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
     let config = dir.0.join("wavelink.yaml");
     std::fs::write(
         &config,
         format!(
-            "domain: example.com\nproxy: {{ listen: \"{listen}\", admin: \"{admin}\", keepalive-timeout: 2s }}\nfunctions:\n{}",
-            function_yaml("wavelink.dev/scaling-mode: async", &[&a])
+            "domain: example.com\nproxy: {{ listen: \"{listen}\", admin: \"{admin}\", {settings} }}\nfunctions:\n{}",
+            function_yaml("wavelink.dev/scaling-mode: async", &[instance])
         ),
     )
     .unwrap();
@@ -194,8 +201,16 @@ fn an_idle_keep_alive_connection_is_closed_after_the_keepalive_timeout() {
         .arg(&config)
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null());
-    let _proxy = Proc::spawn("proxy", &mut command);
+    let proc = Proc::spawn("proxy", &mut command);
     wait_until("proxy ready", || ready(admin));
+    BoundedProxy { listen, admin, _proc: proc, _dir: dir }
+}
+
+#[test]
+fn an_idle_keep_alive_connection_is_closed_after_the_keepalive_timeout() {
+    let a = start_fn("a");
+    let proxy = start_bounded_proxy("keepalive-timeout: 2s", &a);
+    let listen = proxy.listen;
     let mut stream = std::net::TcpStream::connect(listen).unwrap();
     stream.set_read_timeout(Some(PATIENCE)).unwrap();
     stream.write_all(format!("GET / HTTP/1.1\r\nHost: {HOST}\r\n\r\n").as_bytes()).unwrap();
@@ -211,4 +226,86 @@ fn an_idle_keep_alive_connection_is_closed_after_the_keepalive_timeout() {
         "{:?}",
         idle.elapsed()
     );
+}
+
+#[test]
+fn a_client_trickling_its_header_is_closed_after_the_header_timeout() {
+    let a = start_fn("a");
+    let proxy = start_bounded_proxy("header-timeout: 2s", &a);
+    let mut stream = std::net::TcpStream::connect(proxy.listen).unwrap();
+    stream.set_read_timeout(Some(Duration::from_millis(300))).unwrap();
+    let started = Instant::now();
+    stream.write_all(b"GET / HTTP/1.1\r\n").unwrap();
+    // One header byte every 300 ms: each read is short, the whole header never ends.
+    let mut buf = [0u8; 256];
+    let closed_after = (0..100).find_map(|_| {
+        if stream.write_all(b"X").is_err() {
+            return Some(started.elapsed());
+        }
+        match stream.read(&mut buf) {
+            Ok(0) => Some(started.elapsed()),
+            Err(e) if !matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {
+                Some(started.elapsed())
+            }
+            _ => None,
+        }
+    });
+    let closed_after = closed_after.expect("the trickling connection was never closed (30 s)");
+    assert!(closed_after >= Duration::from_millis(1500) && closed_after < Duration::from_secs(20), "{closed_after:?}");
+    assert_eq!(metric(proxy.admin, "wavelink_request_header_timeouts_total"), 1.0);
+
+    // The bound is on the header only: a request whose answer takes longer than it, on a
+    // kept-alive connection, is served, and so is the next one on the same connection.
+    let mut stream = std::net::TcpStream::connect(proxy.listen).unwrap();
+    stream.set_read_timeout(Some(PATIENCE)).unwrap();
+    for _ in 0..2 {
+        stream.write_all(format!("GET /?sleep=3000 HTTP/1.1\r\nHost: {HOST}\r\n\r\n").as_bytes()).unwrap();
+        let mut raw = Vec::new();
+        while next_response(&raw).is_none() {
+            let n = stream.read(&mut buf).expect("an answer");
+            assert!(n > 0, "closed before the answer: {}", String::from_utf8_lossy(&raw));
+            raw.extend_from_slice(&buf[..n]);
+        }
+        assert!(raw.starts_with(b"HTTP/1.1 200"), "{}", String::from_utf8_lossy(&raw));
+    }
+    assert_eq!(metric(proxy.admin, "wavelink_request_header_timeouts_total"), 1.0);
+}
+
+#[test]
+fn connections_beyond_the_cap_get_a_503_with_retry_after_and_a_closed_one_frees_its_place() {
+    let a = start_fn("a");
+    let proxy = start_bounded_proxy("max-connections: 2", &a);
+    wait_until("no client connection open", || metric(proxy.admin, "wavelink_client_connections") == 0.0);
+    let request = format!("GET / HTTP/1.1\r\nHost: {HOST}\r\n\r\n");
+    let exchange = |stream: &mut std::net::TcpStream| -> String {
+        stream.set_read_timeout(Some(PATIENCE)).unwrap();
+        stream.write_all(request.as_bytes()).unwrap();
+        let mut raw = Vec::new();
+        let mut buf = [0u8; 4096];
+        while next_response(&raw).is_none() {
+            match stream.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => raw.extend_from_slice(&buf[..n]),
+            }
+        }
+        String::from_utf8_lossy(&raw).into_owned()
+    };
+    let mut first = std::net::TcpStream::connect(proxy.listen).unwrap();
+    let mut second = std::net::TcpStream::connect(proxy.listen).unwrap();
+    assert!(exchange(&mut first).starts_with("HTTP/1.1 200"));
+    assert!(exchange(&mut second).starts_with("HTTP/1.1 200"));
+
+    let mut third = std::net::TcpStream::connect(proxy.listen).unwrap();
+    let answer = exchange(&mut third);
+    assert!(answer.starts_with("HTTP/1.1 503"), "{answer}");
+    assert!(answer.to_ascii_lowercase().contains("retry-after: 1"), "{answer}");
+    assert_eq!(metric(proxy.admin, "wavelink_client_connections_refused_total"), 1.0);
+    assert_eq!(metric(proxy.admin, "wavelink_client_connections"), 2.0);
+
+    drop(first);
+    wait_until("the closed connection left the count", || metric(proxy.admin, "wavelink_client_connections") == 1.0);
+    let mut fourth = std::net::TcpStream::connect(proxy.listen).unwrap();
+    assert!(exchange(&mut fourth).starts_with("HTTP/1.1 200"));
+    // The kept-alive connection still works.
+    assert!(exchange(&mut second).starts_with("HTTP/1.1 200"));
 }

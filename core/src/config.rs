@@ -195,6 +195,15 @@ pub struct ProxyConfig {
     /// `wavelink.dev/queue-depth`); beyond it, 503 at once.
     #[serde(default = "default_max_queued")]
     pub max_queued: u32,
+    /// Most open client connections (nginx's `worker_connections`); beyond it a new connection
+    /// is answered 503 with `Retry-After` and closed. Keep it below the open-files limit, which
+    /// the proxy raises to its hard limit at start.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
+    /// Time for a whole request header from its first byte (nginx's `client_header_timeout`);
+    /// a slower client's connection is closed. 0: no bound.
+    #[serde(default = "default_header_timeout", deserialize_with = "duration_field")]
+    pub header_timeout: Duration,
 }
 
 impl Default for ProxyConfig {
@@ -207,6 +216,8 @@ impl Default for ProxyConfig {
             connect_timeout: default_connect_timeout(),
             keepalive_timeout: default_keepalive_timeout(),
             max_queued: default_max_queued(),
+            max_connections: default_max_connections(),
+            header_timeout: default_header_timeout(),
         }
     }
 }
@@ -222,6 +233,12 @@ fn default_threads() -> usize {
 }
 fn default_max_queued() -> u32 {
     10_000
+}
+fn default_max_connections() -> usize {
+    20_000
+}
+fn default_header_timeout() -> Duration {
+    Duration::from_secs(60)
 }
 fn default_keepalive_timeout() -> Duration {
     Duration::from_secs(75)

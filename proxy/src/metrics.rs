@@ -8,7 +8,12 @@ use prometheus::{
     Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
     TextEncoder,
 };
+use std::sync::{Arc, Mutex};
+
+use prometheus::core::{Collector, Desc};
+use prometheus::proto::MetricFamily;
 use wavelink_core::wire::{STATUS_CLASSES, status_class};
+use wavelink_server::connections::ConnectionCounters;
 
 /// Which track served a request. `None` is for requests answered by the proxy itself (503).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -75,13 +80,71 @@ pub struct ProxyMetrics {
     pub functions_rejected: IntGauge,
 }
 
+/// The client connection bounds' counters (kept by the listener as plain atomics), copied into
+/// their metrics at scrape time.
+struct ConnectionMetrics {
+    counters: Arc<ConnectionCounters>,
+    open: IntGauge,
+    refused: IntCounter,
+    header_timeouts: IntCounter,
+    /// Two scrapes at once must not both add the same increase.
+    copying: Mutex<()>,
+}
+
+impl ConnectionMetrics {
+    fn new(counters: Arc<ConnectionCounters>) -> Result<Self, prometheus::Error> {
+        Ok(ConnectionMetrics {
+            counters,
+            open: IntGauge::new("wavelink_client_connections", "Client connections open now")?,
+            refused: IntCounter::new(
+                "wavelink_client_connections_refused_total",
+                "Client connections answered 503 and closed because proxy.max-connections were open",
+            )?,
+            header_timeouts: IntCounter::new(
+                "wavelink_request_header_timeouts_total",
+                "Client connections closed because a request header took longer than proxy.header-timeout",
+            )?,
+            copying: Mutex::new(()),
+        })
+    }
+}
+
+impl Collector for ConnectionMetrics {
+    fn desc(&self) -> Vec<&Desc> {
+        [&self.open as &dyn Collector, &self.refused, &self.header_timeouts]
+            .into_iter()
+            .flat_map(|c| c.desc())
+            .collect()
+    }
+
+    fn collect(&self) -> Vec<MetricFamily> {
+        let _copying = self.copying.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        self.open.set(self.counters.open() as i64);
+        for (metric, now) in
+            [(&self.refused, self.counters.refused()), (&self.header_timeouts, self.counters.header_timeouts())]
+        {
+            metric.inc_by(now.saturating_sub(metric.get()));
+        }
+        [&self.open as &dyn Collector, &self.refused, &self.header_timeouts]
+            .into_iter()
+            .flat_map(|c| c.collect())
+            .collect()
+    }
+}
+
 /// Histogram buckets in seconds, from sub-millisecond proxying to long function runs.
 const LATENCY_BUCKETS: &[f64] =
     &[0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0];
 
 impl ProxyMetrics {
     pub fn new() -> Result<Self, prometheus::Error> {
+        Self::with_connections(Arc::new(ConnectionCounters::default()))
+    }
+
+    /// The metrics, with those of the client connections counted in `connections`.
+    pub fn with_connections(connections: Arc<ConnectionCounters>) -> Result<Self, prometheus::Error> {
         let registry = Registry::new();
+        registry.register(Box::new(ConnectionMetrics::new(connections)?))?;
         let requests = IntCounterVec::new(
             Opts::new("wavelink_requests_total", "Requests finished, by function, track and status class"),
             &["function", "track", "code"],

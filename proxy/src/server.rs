@@ -8,7 +8,8 @@ use std::time::Duration;
 use pingora_core::server::ShutdownSignalWatch;
 use tracing::info;
 use wavelink_core::LocalConfig;
-use wavelink_server::assembly::Assembly;
+use wavelink_server::assembly::{Assembly, Bounds};
+use wavelink_server::connections::{ConnectionCounters, ConnectionLimits, raise_open_files_limit};
 use wavelink_server::health::{Health, ProbeToken};
 use wavelink_server::shutdown::{Drain, SignalShutdown};
 
@@ -30,6 +31,7 @@ pub struct ProxySettings {
     pub connect_timeout: Duration,
     pub keepalive_timeout: Duration,
     pub max_queued: u32,
+    pub connections: ConnectionLimits,
 }
 
 impl ProxySettings {
@@ -43,6 +45,10 @@ impl ProxySettings {
             connect_timeout: config.proxy.connect_timeout,
             keepalive_timeout: config.proxy.keepalive_timeout,
             max_queued: config.proxy.max_queued,
+            connections: ConnectionLimits {
+                max_connections: config.proxy.max_connections,
+                header_timeout: config.proxy.header_timeout,
+            },
         }
     }
 }
@@ -59,15 +65,23 @@ pub struct Proxy {
     router: Arc<Router>,
     health: Arc<Health>,
     probe_token: ProbeToken,
+    connections: Arc<ConnectionCounters>,
 }
 
 impl Proxy {
     pub fn new(settings: ProxySettings) -> Result<Self, ProxyError> {
-        let metrics = Arc::new(ProxyMetrics::new()?);
+        let connections = Arc::new(ConnectionCounters::default());
+        let metrics = Arc::new(ProxyMetrics::with_connections(connections.clone())?);
         let peer_settings = PeerSettings { connect_timeout: settings.connect_timeout };
         let router = Arc::new(Router::new(&settings.domain, metrics, peer_settings));
         router.links().max_queued.store(settings.max_queued, std::sync::atomic::Ordering::Relaxed);
-        Ok(Proxy { settings, router, health: Arc::new(Health::default()), probe_token: ProbeToken::random() })
+        Ok(Proxy {
+            settings,
+            router,
+            health: Arc::new(Health::default()),
+            probe_token: ProbeToken::random(),
+            connections,
+        })
     }
 
     /// A proxy serving the functions of a local config; rejected ones are logged and listed.
@@ -104,8 +118,10 @@ impl Proxy {
             keepalive_timeout: settings.keepalive_timeout,
         };
         let admin = AdminApi { router: self.router.clone(), health: self.health.clone() };
+        let bounds = Bounds { limits: settings.connections, counters: self.connections.clone() };
+        raise_open_files_limit(settings.connections.max_connections);
         let assembly = Assembly::new(settings.threads, settings.grace_period)
-            .proxy("wavelink proxy", ingress, settings.listen, settings.threads)
+            .proxy("wavelink proxy", ingress, settings.listen, settings.threads, bounds)
             .admin("wavelink admin", admin, settings.admin)
             .background("stats sampler", StatsSampler { router: self.router.clone() })
             .readiness(self.health.clone(), settings.listen, self.probe_token.clone(), exit_if_listener_fails);

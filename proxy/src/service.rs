@@ -1,6 +1,7 @@
 //! The Pingora `ProxyHttp` of the ingress: route by Host, hold a slot, forward, account.
 //!
 //! Phases, each doing one thing:
+//! - `early_request_filter`: the header is in (ends its deadline); pipelining, keep-alive;
 //! - `request_filter`: resolve the function (404 if none), take or wait for a slot (503 with
 //!   `Retry-After` if none comes), watching for the client hanging up while it waits;
 //! - `upstream_peer`: the slot's instance, or its Wavelet for an emergency slot, with the
@@ -31,6 +32,7 @@ use pingora_http::{RequestHeader, ResponseHeader};
 use pingora_proxy::{FailToProxy, ProxyHttp, Session};
 use wavelink_core::function::host_without_port;
 use wavelink_core::wire::{FUNCTION_HEADER, TRACK_HEADER, WAVELET_FULL, WAVELET_HEADER, WAVELET_UNAVAILABLE};
+use wavelink_server::connections;
 use wavelink_server::health::{PROBE_HEADER, ProbeToken};
 use wavelink_server::replay::retry_if_replayable;
 use wavelink_server::respond::respond;
@@ -93,6 +95,7 @@ impl ProxyHttp for Ingress {
     }
 
     async fn early_request_filter(&self, session: &mut Session, _ctx: &mut RequestCtx) -> Result<()> {
+        connections::header_received(session);
         // Pipelined requests are served one after another, answers in order (RFC 9112 §9.3.2),
         // rather than the connection closing after the first.
         session.set_pipelining_enabled(true);
@@ -372,6 +375,7 @@ impl ProxyHttp for Ingress {
     }
 
     async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut RequestCtx) {
+        connections::request_done(session);
         // The exchange is over: free the slot before the connection is wound down.
         ctx.slot = None;
         if let Some(function) = &ctx.function {

@@ -11,10 +11,17 @@ use pingora_core::services::background::{BackgroundService, background_service};
 use pingora_core::services::listening::Service;
 use pingora_proxy::ProxyHttp;
 
+use crate::connections::{ConnectionCounters, ConnectionLimits, Guarded};
 use crate::health::{Health, ListenerProbe, ProbeToken};
 
 /// Pingora retries a busy port for about 30 s before giving up on it.
 const LISTENER_DEADLINE: Duration = Duration::from_secs(40);
+
+/// A request listener's connection bounds and where it counts what they did.
+pub struct Bounds {
+    pub limits: ConnectionLimits,
+    pub counters: Arc<ConnectionCounters>,
+}
 
 pub struct Assembly {
     server: Server,
@@ -27,13 +34,16 @@ impl Assembly {
         Assembly { server }
     }
 
-    /// The request listener, served by a Pingora proxy on `threads` threads.
-    pub fn proxy<P>(mut self, name: &str, proxy: P, listen: SocketAddr, threads: usize) -> Self
+    /// The request listener, served by a Pingora proxy on `threads` threads behind the
+    /// connection bounds (the proxy must call [`crate::connections::header_received`] and
+    /// [`crate::connections::request_done`]).
+    pub fn proxy<P>(mut self, name: &str, proxy: P, listen: SocketAddr, threads: usize, bounds: Bounds) -> Self
     where
         P: ProxyHttp + Send + Sync + 'static,
         P::CTX: Send + Sync,
     {
-        let mut service = pingora_proxy::http_proxy_service_with_name(&self.server.configuration, proxy, name);
+        let app = pingora_proxy::http_proxy(&self.server.configuration, proxy);
+        let mut service = Service::new(name.to_owned(), Guarded::new(app, bounds.limits, bounds.counters));
         service.add_tcp(&listen.to_string());
         service.threads = Some(threads);
         self.server.add_service(service);

@@ -5,6 +5,7 @@
 pub mod admin;
 pub mod assembly;
 pub mod client;
+pub mod connections;
 pub mod health;
 pub mod replay;
 pub mod respond;

@@ -8,7 +8,8 @@ use std::time::Duration;
 
 use pingora_core::server::ShutdownSignalWatch;
 use tracing::info;
-use wavelink_server::assembly::Assembly;
+use wavelink_server::assembly::{Assembly, Bounds};
+use wavelink_server::connections::ConnectionLimits;
 use wavelink_server::health::{Health, ProbeToken};
 use wavelink_server::shutdown::{Drain, SignalShutdown};
 
@@ -100,7 +101,17 @@ impl Wavelet {
         };
         let admin = AdminApi { pools: self.pools.clone(), health: self.health.clone() };
         let assembly = Assembly::new(settings.threads, settings.grace_period)
-            .proxy("wavelet", proxy, settings.listen, settings.threads)
+            .proxy(
+                "wavelet",
+                proxy,
+                settings.listen,
+                settings.threads,
+                Bounds {
+                    // Its clients are proxies: the defaults bound them, unseen by metrics.
+                    limits: ConnectionLimits::default(),
+                    counters: Default::default(),
+                },
+            )
             .admin("wavelet admin", admin, settings.admin)
             .background("instance reaper", Reaper { pools: self.pools.clone() })
             .readiness(self.health.clone(), settings.listen, self.probe_token.clone(), exit_if_listener_fails);

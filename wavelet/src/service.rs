@@ -1,6 +1,7 @@
 //! The Wavelet's Pingora `ProxyHttp`: requests forwarded by the proxy, each marked with
 //! `x-wavelink-function`, go to an Emergency Instance of that function.
 //!
+//! - `early_request_filter`: the header is in (ends its deadline, see `wavelink_server::connections`);
 //! - `request_filter`: find the function, take a lease on an instance (starting one if needed);
 //!   at the node cap answer 503 with `x-wavelink-wavelet: full` so the proxy tries elsewhere;
 //! - `upstream_peer`: the leased instance;
@@ -20,6 +21,7 @@ use pingora_proxy::{ProxyHttp, Session};
 use wavelink_core::FunctionId;
 use wavelink_core::function::host_without_port;
 use wavelink_core::wire::{FUNCTION_HEADER, WAVELET_FULL, WAVELET_HEADER, WAVELET_UNAVAILABLE};
+use wavelink_server::connections;
 use wavelink_server::health::{PROBE_HEADER, ProbeToken};
 use wavelink_server::replay::retry_if_replayable;
 use wavelink_server::respond::respond;
@@ -52,6 +54,11 @@ impl ProxyHttp for WaveletProxy {
     }
 
     fn init_downstream_modules(&self, _modules: &mut pingora_core::modules::http::HttpModules) {}
+
+    async fn early_request_filter(&self, session: &mut Session, _ctx: &mut WaveletCtx) -> Result<()> {
+        connections::header_received(session);
+        Ok(())
+    }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut WaveletCtx) -> Result<bool> {
         let header = session.req_header();
@@ -200,6 +207,7 @@ impl ProxyHttp for WaveletProxy {
     }
 
     async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut WaveletCtx) {
+        connections::request_done(session);
         ctx.lease = None;
         if let Some(pool) = &ctx.pool {
             pool.metrics.record_request(session.response_written().map(|r| r.status.as_u16()));
