@@ -55,7 +55,7 @@ impl ServeHttp for AdminApi {
 impl AdminApi {
     fn instances(&self) -> Vec<InstanceListing> {
         self.pools
-            .functions()
+            .every_pool()
             .iter()
             .flat_map(|pool| {
                 pool.instances().into_iter().map(|ei| InstanceListing {

@@ -190,6 +190,9 @@ impl Drop for Lease {
 
 pub struct Pools {
     functions: ArcSwap<HashMap<FunctionId, Arc<FunctionPool>>>,
+    /// Functions no longer served whose instances were busy when they left: destroyed as each
+    /// goes idle (by the reaper), then forgotten. Back in `functions` if the function returns.
+    departed: Mutex<Vec<Arc<FunctionPool>>>,
     runtime: Arc<Runtime>,
     state: Arc<StateDir>,
     metrics: Arc<WaveletMetrics>,
@@ -221,6 +224,7 @@ impl Pools {
         let (destroyer, doomed) = mpsc::channel::<Doomed>();
         let pools = Arc::new(Pools {
             functions: ArcSwap::from_pointee(HashMap::new()),
+            departed: Mutex::new(Vec::new()),
             runtime,
             state,
             metrics,
@@ -269,9 +273,9 @@ impl Pools {
         self.live.get()
     }
 
-    /// Requests holding a lease, over all functions.
+    /// Requests holding a lease, over all functions (removed ones too: a drain waits for them).
     pub fn in_flight(&self) -> u64 {
-        self.functions.load().values().flat_map(|p| p.instances()).map(|ei| u64::from(ei.in_flight())).sum()
+        self.every_pool().iter().flat_map(|p| p.instances()).map(|ei| u64::from(ei.in_flight())).sum()
     }
 
     /// Functions whose image cannot be used on this node, with why.
@@ -289,15 +293,20 @@ impl Pools {
     }
 
     /// Makes `defs` the functions this Wavelet serves. Instances of a removed function are
-    /// destroyed once idle; a changed definition applies to instances started from now on.
+    /// destroyed as each goes idle; a changed definition applies to instances started from now on.
     pub fn apply(&self, defs: Vec<FunctionDef>) {
         let old = self.functions.load_full();
+        let mut departed = self.departed.lock();
         let mut functions = HashMap::with_capacity(defs.len());
         for def in defs {
-            let pool = match old.get(&def.id) {
+            let returning = || {
+                let at = departed.iter().position(|p| p.id == def.id)?;
+                Some(departed.swap_remove(at))
+            };
+            let pool = match old.get(&def.id).cloned().or_else(returning) {
                 Some(pool) => {
                     pool.def.store(Arc::new(def));
-                    pool.clone()
+                    pool
                 }
                 None => Arc::new(FunctionPool {
                     id: def.id.clone(),
@@ -312,11 +321,22 @@ impl Pools {
         let removed: Vec<_> = old.values().filter(|p| !functions.contains_key(&p.id)).cloned().collect();
         self.functions.store(Arc::new(functions));
         for pool in removed {
-            info!(function = %pool.id, "function removed; destroying its idle instances");
+            info!(function = %pool.id, "function removed; destroying its instances as each goes idle");
             for ei in pool.instances() {
                 self.retire_if_idle(&pool, &ei, DestroyReason::Removed);
             }
+            if !pool.instances.lock().is_empty() {
+                departed.push(pool);
+            }
         }
+    }
+
+    /// Functions served now and removed ones whose instances are still being wound down.
+    pub fn every_pool(&self) -> Vec<Arc<FunctionPool>> {
+        let mut all: Vec<_> = self.functions.load().values().cloned().collect();
+        all.extend(self.departed.lock().iter().cloned());
+        all.sort_by(|a, b| a.id.cmp(&b.id));
+        all
     }
 
     /// A slot on an instance of `pool`: a running one if any has a free slot, else a new one.
@@ -410,18 +430,36 @@ impl Pools {
         }
         for pool in self.functions.load().values() {
             let keepalive_ms = pool.def.load().spec.emergency_keepalive.as_millis() as u64;
-            for ei in pool.instances() {
-                if full_scan {
-                    let exited = ei.process.lock().as_mut().is_some_and(|p| p.try_exited());
-                    if exited {
-                        self.retire(pool, &ei, DestroyReason::Exited);
-                        continue;
-                    }
-                    ei.account_memory(&pool.metrics.memory);
+            self.reap_pool(pool, now, full_scan, Some(keepalive_ms));
+        }
+        let departed = self.departed.lock().clone();
+        for pool in &departed {
+            self.reap_pool(pool, now, full_scan, None);
+        }
+        if !departed.is_empty() {
+            self.departed.lock().retain(|pool| !pool.instances.lock().is_empty());
+        }
+    }
+
+    /// Destroys `pool`'s instances that exited, and those idle for `keepalive_ms` (at once when
+    /// `None`: the function is gone).
+    fn reap_pool(&self, pool: &Arc<FunctionPool>, now: u64, full_scan: bool, keepalive_ms: Option<u64>) {
+        for ei in pool.instances() {
+            if full_scan {
+                let exited = ei.process.lock().as_mut().is_some_and(|p| p.try_exited());
+                if exited {
+                    self.retire(pool, &ei, DestroyReason::Exited);
+                    continue;
                 }
-                let idle_for = now.saturating_sub(ei.last_release_ms.load(SeqCst));
-                if !ei.single_use && idle_for >= keepalive_ms {
-                    self.retire_if_idle(pool, &ei, DestroyReason::Idle);
+                ei.account_memory(&pool.metrics.memory);
+            }
+            match keepalive_ms {
+                None => self.retire_if_idle(pool, &ei, DestroyReason::Removed),
+                Some(keepalive_ms) => {
+                    let idle_for = now.saturating_sub(ei.last_release_ms.load(SeqCst));
+                    if !ei.single_use && idle_for >= keepalive_ms {
+                        self.retire_if_idle(pool, &ei, DestroyReason::Idle);
+                    }
                 }
             }
         }
@@ -500,7 +538,7 @@ impl Pools {
     /// Destroys every instance now, busy or not, and whatever the runtime prepared (shutdown).
     pub fn destroy_all(&self) {
         self.runtime.shutdown();
-        for pool in self.functions.load().values() {
+        for pool in self.every_pool() {
             for ei in pool.instances() {
                 ei.retired.store(true, SeqCst);
                 pool.instances.lock().retain(|other| !Arc::ptr_eq(other, &ei));
@@ -517,5 +555,104 @@ impl Pools {
         if left > 0 {
             warn!(left, "instances still being destroyed at exit; a restarted Wavelet removes them");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::runtime::{PortRange, ProcessRuntime};
+    use wavelink_core::FunctionSpec;
+    use wavelink_core::spec::keys;
+
+    fn def(name: &str) -> FunctionDef {
+        FunctionDef {
+            id: FunctionId::new("default", name).expect("valid id"),
+            spec: FunctionSpec::from_annotations([(keys::EMERGENCY_KEEPALIVE, "60s")]).expect("valid spec"),
+            command: vec!["sleep".into(), "60".into()],
+            env: vec![],
+            container: None,
+            instances: vec![],
+            socket_activation: true,
+        }
+    }
+
+    struct Scratch(std::path::PathBuf);
+
+    impl Drop for Scratch {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    fn pools() -> (Arc<Pools>, Scratch) {
+        let dir = std::env::temp_dir().join(format!("wavelink-pool-{}-{}", std::process::id(), fastrand::u32(..)));
+        let state = Arc::new(StateDir::open(&dir).expect("state dir"));
+        let first = 20_000 + fastrand::u16(..20_000);
+        let runtime =
+            ProcessRuntime::new(None, None, PortRange::new(first, first + 100).expect("ports")).expect("runtime");
+        let metrics = Arc::new(WaveletMetrics::new("process").expect("metrics"));
+        (Pools::new(Arc::new(Runtime::Process(runtime)), state, metrics, 8), Scratch(dir))
+    }
+
+    fn wait_for(what: &str, mut done: impl FnMut() -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !done() {
+            assert!(Instant::now() < deadline, "timed out waiting for {what}");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_removed_functions_busy_instance_is_destroyed_when_its_request_ends() {
+        let (pools, _scratch) = pools();
+        pools.apply(vec![def("busy"), def("idle")]);
+        let busy = pools.function(&def("busy").id).expect("pool");
+        let idle = pools.function(&def("idle").id).expect("pool");
+        let lease = pools.acquire(&busy).await.expect("an instance");
+        drop(pools.acquire(&idle).await.expect("an instance"));
+        assert_eq!(pools.live(), 2);
+
+        pools.apply(vec![]);
+        wait_for("the idle instance destroyed", || pools.live() == 1);
+        pools.reap(true);
+        assert_eq!(pools.live(), 1, "the busy instance serves on");
+        assert_eq!(pools.in_flight(), 1, "and counts for a drain");
+        drop(lease);
+        pools.reap(false);
+        wait_for("the busy instance destroyed once idle", || pools.live() == 0);
+        pools.reap(false);
+        assert!(pools.every_pool().is_empty(), "the removed function is forgotten");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_function_back_before_its_busy_instance_ends_keeps_it() {
+        let (pools, _scratch) = pools();
+        pools.apply(vec![def("back")]);
+        let pool = pools.function(&def("back").id).expect("pool");
+        let lease = pools.acquire(&pool).await.expect("an instance");
+        pools.apply(vec![]);
+        pools.apply(vec![def("back")]);
+        let returned = pools.function(&def("back").id).expect("pool");
+        assert!(Arc::ptr_eq(&pool, &returned), "the same pool, with its instance");
+        drop(lease);
+        pools.reap(false);
+        assert_eq!(pools.live(), 1, "kept for its keepalive like any idle instance");
+        pools.destroy_all();
+        assert_eq!(pools.live(), 0);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn shutdown_destroys_busy_instances_of_removed_functions_too() {
+        let (pools, _scratch) = pools();
+        pools.apply(vec![def("gone")]);
+        let pool = pools.function(&def("gone").id).expect("pool");
+        let lease = pools.acquire(&pool).await.expect("an instance");
+        let pid = lease.ei.pid;
+        pools.apply(vec![]);
+        pools.destroy_all();
+        assert_eq!(pools.live(), 0);
+        assert!(!std::path::Path::new(&format!("/proc/{pid}")).exists(), "the process is gone");
+        drop(lease);
     }
 }
