@@ -340,6 +340,34 @@ fn a_crash_looping_function_backs_off_counts_its_failures_and_leaves_no_zombie()
     }
 }
 
+#[test]
+fn what_an_instance_leaves_behind_is_in_its_cgroup_dies_with_it_and_is_reaped() {
+    // The instance starts a process in a session of its own (out of its process group) before
+    // it serves.
+    let command = format!("[\"sh\", \"-c\", \"setsid sleep 300 & exec {}\"]", env!("CARGO_BIN_EXE_wavelink-fn"));
+    let f = function_with_command("escape", &command, "wavelink.dev/emergency-keepalive: 1s", "");
+    let stack = Stack::new(&f.yaml, &[4]);
+    let wavelet = stack.start_wavelet(0);
+    assert_eq!(send(stack.wavelets[0].0, &f.direct("/")).unwrap().status, 200);
+    let log = stack.wavelet_log(0);
+    if !log.contains("instances get a memory cgroup") {
+        let reason = log.lines().find(|l| l.contains("memory limits disabled")).unwrap_or("no reason logged");
+        eprintln!("skipped: memory cgroups are not writable here ({reason})");
+        return;
+    }
+    wait_within("the instance and the process it started", Duration::from_secs(10), || {
+        processes_with_env(&f.marker).len() == 2
+    });
+    for pid in processes_with_env(&f.marker) {
+        let cgroup = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap_or_default();
+        assert!(cgroup.contains("wavelink-instances/"), "pid {pid} is outside the instance's cgroup: {cgroup}");
+    }
+    // Idle past its keepalive, the instance is destroyed, and what it left behind with it.
+    wait_for_no_instances(&f.marker, Duration::from_secs(20));
+    wait_within("no zombie child of the Wavelet", Duration::from_secs(5), || zombie_children(wavelet.pid()) == 0);
+    assert!(stack.wavelet_metric(0, "wavelink_wavelet_orphans_reaped_total") >= 1.0, "the orphan was reaped");
+}
+
 /// Children of `parent` that exited and were not reaped.
 fn zombie_children(parent: u32) -> usize {
     let Ok(entries) = std::fs::read_dir("/proc") else { return 0 };

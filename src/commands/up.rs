@@ -108,7 +108,15 @@ pub fn start(exe: &Path, argv: &[String], extra: &[(String, String)]) -> anyhow:
         .filter(|(k, _)| !extra.iter().any(|(e, _)| e == k))
         .collect();
     env.extend_from_slice(extra);
-    let plan = Plan { program: exe, args: argv, env: &env, listen_fd: None, credentials: None, die_with_parent: true };
+    let plan = Plan {
+        program: exe,
+        args: argv,
+        env: &env,
+        listen_fd: None,
+        credentials: None,
+        die_with_parent: true,
+        cgroup_procs: None,
+    };
     Ok(spawn(&plan)?)
 }
 

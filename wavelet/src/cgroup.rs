@@ -91,20 +91,16 @@ impl Cgroups {
     }
 
     /// Moves the process into a cgroup of its own (a kept one, or a new one).
-    pub fn attach(&self, pid: u32) -> Result<Cgroup, String> {
+    /// An empty instance cgroup with the memory limit: a kept one, or a new one. The instance
+    /// moves itself in before it executes anything ([`Cgroup::procs`]).
+    pub fn take(&self) -> Result<Cgroup, String> {
         let kept = self.free.lock().pop();
-        let cgroup = match kept {
-            Some(cgroup) => cgroup,
-            None => self.create()?,
-        };
-        if let Err(e) = fs::write(cgroup.path.join("cgroup.procs"), pid.to_string()) {
-            cgroup.remove();
-            return Err(format!("moving pid {pid} into its cgroup: {e}"));
+        match kept {
+            Some(cgroup) => Ok(cgroup),
+            None => self.create(),
         }
-        Ok(cgroup)
     }
 
-    /// Takes back the cgroup of a destroyed instance: kept for the next one once empty.
     pub fn release(&self, cgroup: Cgroup) {
         let empty = fs::read_to_string(cgroup.path.join("cgroup.procs")).is_ok_and(|procs| procs.trim().is_empty());
         if empty {
@@ -147,6 +143,24 @@ fn remove_departed_wavelets(shared: &Path) {
 }
 
 impl Cgroup {
+    /// The file a process writes its pid (or "0", itself) to, to join the cgroup.
+    pub fn procs(&self) -> PathBuf {
+        self.path.join("cgroup.procs")
+    }
+
+    /// SIGKILL to every process left in the cgroup: `cgroup.kill` on v2 (Linux 5.14+), else
+    /// each listed process (a process forking meanwhile may escape this one round; the cgroup
+    /// is then not reused but removed once empty).
+    pub fn kill_all(&self, version: Version) {
+        if version == Version::V2 && fs::write(self.path.join("cgroup.kill"), "1").is_ok() {
+            return;
+        }
+        let Ok(procs) = fs::read_to_string(self.procs()) else { return };
+        for pid in procs.lines().filter_map(|l| l.trim().parse::<i32>().ok()) {
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
+        }
+    }
+
     /// Removes the cgroup once its processes are gone (briefly retried: killed processes may
     /// take a moment to leave).
     pub fn remove(self) {

@@ -13,10 +13,37 @@ use wavelink_core::{FunctionDef, FunctionId};
 use crate::containerd::netns::NetnsConnector;
 use crate::containerd::{Container, ContainerError, ContainerdRuntime, StartPhases};
 use crate::runtime::{Launch, Process, ProcessRuntime, SpawnError};
+use crate::state::StateDir;
 
 pub enum Runtime {
     Process(ProcessRuntime),
     Containerd(ContainerdRuntime),
+}
+
+/// An instance started for a caller that may no longer be waiting: destroyed unless claimed.
+struct Unclaimed {
+    instance: Option<Instance>,
+    runtime: Arc<Runtime>,
+    state: Arc<StateDir>,
+}
+
+impl Unclaimed {
+    fn claim(mut self) -> Instance {
+        self.instance.take().expect("claimed once")
+    }
+}
+
+impl Drop for Unclaimed {
+    fn drop(&mut self) {
+        if let Some(instance) = self.instance.take() {
+            tracing::debug!(
+                instance = instance.id(),
+                "an instance started for a request that went away; destroying it"
+            );
+            let (state, id) = (self.state.clone(), instance.id().to_owned());
+            self.runtime.destroy_then(instance, move || state.forget(&id));
+        }
+    }
 }
 
 /// A running instance of either runtime.
@@ -50,16 +77,35 @@ impl Runtime {
         }
     }
 
-    pub async fn start(&self, def: &Arc<FunctionDef>) -> Result<Instance, StartError> {
-        match self {
-            Runtime::Process(runtime) => {
-                let launch = Launch {
-                    function: &def.id,
-                    command: &def.command,
-                    env: &def.env,
-                    socket_activation: def.socket_activation,
-                };
-                Ok(Instance::Process(runtime.spawn(&launch)?))
+    /// Starts an instance. A process is started on a blocking thread and recorded in `state`
+    /// there: clone/exec, its cgroup and the state log are system calls and file writes that
+    /// would stall every request of this worker thread. Should the caller stop waiting (its
+    /// request went away), the instance nobody took is destroyed, not left running.
+    pub async fn start(
+        self: &Arc<Self>,
+        def: &Arc<FunctionDef>,
+        state: &Arc<StateDir>,
+    ) -> Result<Instance, StartError> {
+        match self.as_ref() {
+            Runtime::Process(_) => {
+                let (runtime, def, state) = (self.clone(), def.clone(), state.clone());
+                let started = tokio::task::spawn_blocking(move || {
+                    let Runtime::Process(process_runtime) = runtime.as_ref() else { unreachable!("matched above") };
+                    let launch = Launch {
+                        function: &def.id,
+                        command: &def.command,
+                        env: &def.env,
+                        socket_activation: def.socket_activation,
+                    };
+                    let process = process_runtime.spawn(&launch)?;
+                    if let Err(e) = state.record(&process, &def.id.to_string()) {
+                        tracing::warn!(instance = %process.id, error = %e,
+                                       "could not record the instance; a crash would orphan it");
+                    }
+                    Ok::<_, SpawnError>(Unclaimed { instance: Some(Instance::Process(process)), runtime, state })
+                });
+                let unclaimed = started.await.map_err(|e| SpawnError::Thread(e.to_string()))??;
+                Ok(unclaimed.claim())
             }
             Runtime::Containerd(runtime) => Ok(Instance::Container(runtime.start(def.clone()).await?)),
         }

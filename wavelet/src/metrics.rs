@@ -61,6 +61,7 @@ pub struct WaveletMetrics {
     phases: HistogramVec,
     pub full: IntCounter,
     pub live_total: IntGauge,
+    pub orphans_reaped: IntCounter,
 }
 
 impl WaveletMetrics {
@@ -122,6 +123,10 @@ impl WaveletMetrics {
         let full =
             IntCounter::new("wavelink_wavelet_full_total", "Requests turned away at the node-wide instance cap")?;
         let live_total = IntGauge::new("wavelink_wavelet_instances", "Emergency Instances alive on this node")?;
+        let orphans_reaped = IntCounter::new(
+            "wavelink_wavelet_orphans_reaped_total",
+            "Exited processes that instances left behind, reaped by the Wavelet (their subreaper)",
+        )?;
         for collector in [
             Box::new(spawned.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(reused.clone()),
@@ -134,6 +139,7 @@ impl WaveletMetrics {
             Box::new(phases.clone()),
             Box::new(full.clone()),
             Box::new(live_total.clone()),
+            Box::new(orphans_reaped.clone()),
         ] {
             registry.register(collector)?;
         }
@@ -150,6 +156,7 @@ impl WaveletMetrics {
             phases,
             full,
             live_total,
+            orphans_reaped,
         })
     }
 

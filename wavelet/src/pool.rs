@@ -371,7 +371,7 @@ impl Pools {
         // The place is given back unless an instance takes it, also when this future is dropped
         // while a container starts (the runtime removes a container nobody took).
         let place = NodePlace(Some(self.live.as_ref()));
-        let instance = match self.runtime.start(&def).await {
+        let instance = match self.runtime.start(&def, &self.state).await {
             Ok(instance) => {
                 place.keep();
                 instance
@@ -387,11 +387,6 @@ impl Pools {
                 return Err(e.into());
             }
         };
-        if let Instance::Process(process) = &instance
-            && let Err(e) = self.state.record(process, &def.id.to_string())
-        {
-            warn!(instance = %process.id, error = %e, "could not record the instance; a crash would orphan it");
-        }
         if let Some(phases) = instance.phases() {
             self.metrics.observe_phases(&phases);
         }
@@ -427,6 +422,7 @@ impl Pools {
         if full_scan {
             let defs = self.functions.load().iter().map(|(id, pool)| (id.clone(), pool.def.load_full())).collect();
             self.runtime.maintain(&defs);
+            self.reap_orphans();
         }
         for pool in self.functions.load().values() {
             let keepalive_ms = pool.def.load().spec.emergency_keepalive.as_millis() as u64;
@@ -438,6 +434,24 @@ impl Pools {
         }
         if !departed.is_empty() {
             self.departed.lock().retain(|pool| !pool.instances.lock().is_empty());
+        }
+    }
+
+    /// Reaps exited children that are not instances: what instances started and left behind
+    /// (the Wavelet is their subreaper, or PID 1 of its container), which would otherwise stay
+    /// zombies for as long as the Wavelet runs. Instances are reaped by their own bookkeeping.
+    fn reap_orphans(&self) {
+        if !matches!(*self.runtime, Runtime::Process(_)) {
+            return;
+        }
+        let instances: std::collections::HashSet<u32> =
+            self.every_pool().iter().flat_map(|p| p.instances()).map(|ei| ei.pid).collect();
+        for child in crate::procfs::children(std::process::id()) {
+            let zombie = crate::procfs::stat(child).is_some_and(|s| s.state == 'Z');
+            if zombie && !instances.contains(&child) && crate::spawn::wait(child, false).is_some() {
+                self.metrics.orphans_reaped.inc();
+                tracing::debug!(pid = child, "reaped a process an instance left behind");
+            }
         }
     }
 

@@ -64,6 +64,8 @@ pub enum SpawnError {
     NotListening(Duration),
     #[error("the instance exited before it listened on its PORT")]
     ExitedEarly,
+    #[error("the thread starting the instance failed: {0}")]
+    Thread(String),
 }
 
 /// A running instance.
@@ -279,6 +281,7 @@ impl ProcessRuntime {
             listen_fd: launch.socket_activation.then(|| listener.as_raw_fd()),
             credentials: self.run_as.as_ref().map(|r| (r.uid, r.gid)),
             die_with_parent: self.die_with_parent,
+            cgroup_procs: None,
         };
         if !launch.socket_activation {
             // The instance binds the port itself.
@@ -292,15 +295,24 @@ impl ProcessRuntime {
     }
 
     fn start(&self, plan: &Plan<'_>, id: String, addr: SocketAddr) -> Result<Process, SpawnError> {
-        let pid = spawn::spawn(plan)
-            .map_err(|source| SpawnError::Exec { program: plan.program.display().to_string(), source })?;
-        let cgroup = self.cgroups.as_ref().and_then(|cgroups| match cgroups.attach(pid) {
+        let cgroup = self.cgroups.as_ref().and_then(|cgroups| match cgroups.take() {
             Ok(cgroup) => Some(cgroup),
             Err(e) => {
                 warn!(instance = %id, error = %e, "no memory limit for this instance");
                 None
             }
         });
+        let procs = cgroup.as_ref().map(|c| c.procs());
+        let plan = Plan { cgroup_procs: procs.as_deref(), ..*plan };
+        let pid = match spawn::spawn(&plan) {
+            Ok(pid) => pid,
+            Err(source) => {
+                if let (Some(cgroup), Some(cgroups)) = (cgroup, &self.cgroups) {
+                    cgroups.release(cgroup);
+                }
+                return Err(SpawnError::Exec { program: plan.program.display().to_string(), source });
+            }
+        };
         let start_ticks = start_ticks(pid).unwrap_or(0);
         Ok(Process { id, pid, addr, started: Instant::now(), start_ticks, cgroup, child: true, reaped: false })
     }
@@ -319,6 +331,8 @@ impl ProcessRuntime {
             }
         }
         if let (Some(cgroup), Some(cgroups)) = (process.cgroup.take(), &self.cgroups) {
+            // Whatever the instance started that left its process group dies with it.
+            cgroup.kill_all(cgroups.version());
             cgroups.release(cgroup);
         }
     }

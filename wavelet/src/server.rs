@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use pingora_core::server::ShutdownSignalWatch;
-use tracing::info;
+use tracing::{info, warn};
 use wavelink_server::assembly::{Assembly, Bounds};
 use wavelink_server::connections::ConnectionLimits;
 use wavelink_server::health::{Health, ProbeToken};
@@ -64,7 +64,15 @@ impl Wavelet {
     pub fn new(settings: WaveletSettings) -> Result<Self, WaveletError> {
         let (process, state) = prepare("ei", &settings.runtime)?;
         let runtime = match &settings.containerd {
-            None => Runtime::Process(process),
+            None => {
+                // What an instance starts and leaves behind becomes the Wavelet's child, to be
+                // killed with the instance's cgroup and reaped (`Pools::reap`), rather than
+                // init's, unseen.
+                if let Err(e) = nix::sys::prctl::set_child_subreaper(true) {
+                    warn!(error = %e, "cannot become the subreaper of instances' processes");
+                }
+                Runtime::Process(process)
+            }
             Some(containerd) => {
                 let owner = owner_id(settings.node_name.as_deref(), &settings.runtime.state_dir);
                 let memory = settings.runtime.memory_max;

@@ -33,6 +33,9 @@ pub struct Plan<'a> {
     /// SIGKILL when the parent dies (Emergency Instances, a stack's components); a Regular
     /// Instance of the local backend outlives a controller that crashes, as a pod would.
     pub die_with_parent: bool,
+    /// The `cgroup.procs` file the child moves itself into before anything else, so that
+    /// nothing it runs or starts is ever outside its limits.
+    pub cgroup_procs: Option<&'a Path>,
 }
 
 /// Child stack size: the child only makes system calls.
@@ -47,6 +50,8 @@ struct Child {
     listen_fd: RawFd,
     credentials: Option<(libc::uid_t, libc::gid_t)>,
     die_with_parent: bool,
+    /// NUL-terminated path, or null.
+    cgroup_procs: *const libc::c_char,
     parent: libc::pid_t,
     mask: libc::sigset_t,
     err: c_int,
@@ -68,6 +73,7 @@ pub fn spawn(plan: &Plan<'_>) -> io::Result<u32> {
     let pointers = |strings: &[CString]| {
         strings.iter().map(|s| s.as_ptr()).chain(std::iter::once(std::ptr::null())).collect::<Vec<_>>()
     };
+    let cgroup_procs = plan.cgroup_procs.map(|path| CString::new(path.as_os_str().as_bytes())).transpose()?;
     let dev_null = std::fs::File::options().read(true).write(true).open("/dev/null")?;
     let mut stack = vec![0u8; STACK_SIZE];
     let mut child = Child {
@@ -78,6 +84,7 @@ pub fn spawn(plan: &Plan<'_>) -> io::Result<u32> {
         listen_fd: plan.listen_fd.unwrap_or(-1),
         credentials: plan.credentials,
         die_with_parent: plan.die_with_parent,
+        cgroup_procs: cgroup_procs.as_ref().map_or(std::ptr::null(), |c| c.as_ptr()),
         // SAFETY: getpid has no preconditions.
         parent: unsafe { libc::getpid() },
         // SAFETY: an all-zero sigset_t is a valid (empty) set; it is overwritten below.
@@ -140,6 +147,14 @@ extern "C" fn child_main(arg: *mut c_void) -> c_int {
                 // refuses glibc's internal signals, which is fine.
                 libc::sigaction(signal, &default, std::ptr::null_mut());
             }
+        }
+        if !child.cgroup_procs.is_null() {
+            // "0" is the writing process itself (cgroup v1 and v2).
+            let fd = libc::open(child.cgroup_procs, libc::O_WRONLY | libc::O_CLOEXEC);
+            if fd < 0 || libc::write(fd, b"0".as_ptr() as *const c_void, 1) != 1 {
+                return fail(child);
+            }
+            libc::close(fd);
         }
         if libc::setpgid(0, 0) < 0 || libc::dup2(child.dev_null, 0) < 0 || libc::dup2(child.dev_null, 1) < 0 {
             return fail(child);
@@ -231,6 +246,7 @@ mod tests {
             listen_fd,
             credentials: None,
             die_with_parent: true,
+            cgroup_procs: None,
         };
         let pid = spawn(&plan).expect("spawn");
         let status = wait(pid, true).expect("exited");
@@ -256,6 +272,7 @@ mod tests {
             listen_fd: Some(listener.as_raw_fd()),
             credentials: None,
             die_with_parent: true,
+            cgroup_procs: None,
         };
         let pid = spawn(&plan).unwrap();
         let read_fds = || -> std::collections::BTreeMap<String, String> {
@@ -298,6 +315,7 @@ mod tests {
                 listen_fd: None,
                 credentials: None,
                 die_with_parent: true,
+                cgroup_procs: None,
             };
             let error = spawn(&plan).expect_err(program);
             assert_eq!(error.kind(), io::ErrorKind::NotFound, "{program}: {error}");
@@ -311,6 +329,7 @@ mod tests {
             listen_fd: None,
             credentials: None,
             die_with_parent: true,
+            cgroup_procs: None,
         };
         let error = spawn(&plan).expect_err("not executable");
         std::fs::remove_file(&not_executable).unwrap();
@@ -332,6 +351,7 @@ mod tests {
             listen_fd: None,
             credentials: Some((65534, 65534)),
             die_with_parent: true,
+            cgroup_procs: None,
         };
         let pid = spawn(&plan).unwrap();
         let status = wait(pid, true).unwrap();

@@ -196,52 +196,69 @@ impl Inner {
         }
     }
 
+    /// Files a started instance with its function, not ready yet; returns it and, unless it was
+    /// handed its listening socket, where to wait for it to listen.
+    fn file(
+        &self,
+        function: &mut LocalFunction,
+        def: &FunctionDef,
+        instance: Instance,
+    ) -> (Arc<LocalRi>, Option<wavelink_wavelet::instance::Reach>) {
+        self.metrics.regular_started.with_label_values(&[&def.id.to_string()]).inc();
+        // Only an instance that was handed its listening socket takes connections at once.
+        let handed_socket = matches!(instance, Instance::Process(_)) && def.socket_activation;
+        let reach = (!handed_socket).then(|| instance.reach());
+        let ri = Arc::new(LocalRi {
+            id: instance.id().to_owned(),
+            born: self.next_born.fetch_add(1, SeqCst),
+            memory_sampled: Mutex::new(Instant::now()),
+            addr: instance.addr(),
+            ready: AtomicBool::new(false),
+            retiring: AtomicBool::new(false),
+            process: Mutex::new(Some(instance)),
+        });
+        function.instances.push(ri.clone());
+        (ri, reach)
+    }
+
     /// Starts one RI (off the lock: a container takes a while) and makes it routable once the
     /// modelled pod start, counted from when it was asked for, has passed.
     async fn start(self: Arc<Self>, def: Arc<FunctionDef>, asked: Instant) {
         let id = def.id.clone();
-        let started = self.runtime.start(&def).await;
-        let (ri, reach) = {
+        // A process RI is recorded in the state log as it starts (so a crash does not orphan it).
+        let started = self.runtime.start(&def, &self.state).await;
+        let filed = {
             let mut functions = self.functions.lock();
             // Read under the lock shutdown drains the instances with, so an instance is either
-            // filed before the drain or destroyed here: never left behind.
-            if self.stopping.load(SeqCst) {
-                drop(functions);
-                if let Ok(instance) = started {
-                    let runtime = self.runtime.clone();
-                    let _ = tokio::task::spawn_blocking(move || runtime.destroy(instance)).await;
+            // filed before the drain or destroyed below: never left behind. So is one whose
+            // function left meanwhile.
+            match functions.get_mut(&id).filter(|_| !self.stopping.load(SeqCst)) {
+                None => Err(started.ok()),
+                Some(function) => {
+                    function.starting = function.starting.saturating_sub(1);
+                    match started {
+                        Ok(instance) => Ok(self.file(function, &def, instance)),
+                        Err(e) => {
+                            warn!(function = %id, error = %e, "starting a Regular Instance failed");
+                            return;
+                        }
+                    }
+                }
+            }
+        };
+        let (ri, reach) = match filed {
+            Ok(filed) => filed,
+            Err(unwanted) => {
+                if let Some(instance) = unwanted {
+                    let (runtime, state) = (self.runtime.clone(), self.state.clone());
+                    let _ = tokio::task::spawn_blocking(move || {
+                        let id = instance.id().to_owned();
+                        runtime.destroy(instance);
+                        state.forget(&id);
+                    })
+                    .await;
                 }
                 return;
-            }
-            let Some(function) = functions.get_mut(&id) else { return };
-            function.starting = function.starting.saturating_sub(1);
-            match started {
-                Ok(instance) => {
-                    if let Instance::Process(process) = &instance
-                        && let Err(e) = self.state.record(process, &id.to_string())
-                    {
-                        warn!(error = %e, "could not record the RI; a crash would orphan it");
-                    }
-                    self.metrics.regular_started.with_label_values(&[&id.to_string()]).inc();
-                    // Only an instance that was handed its listening socket takes connections at once.
-                    let handed_socket = matches!(instance, Instance::Process(_)) && def.socket_activation;
-                    let reach = (!handed_socket).then(|| instance.reach());
-                    let ri = Arc::new(LocalRi {
-                        id: instance.id().to_owned(),
-                        born: self.next_born.fetch_add(1, SeqCst),
-                        memory_sampled: Mutex::new(Instant::now()),
-                        addr: instance.addr(),
-                        ready: AtomicBool::new(false),
-                        retiring: AtomicBool::new(false),
-                        process: Mutex::new(Some(instance)),
-                    });
-                    function.instances.push(ri.clone());
-                    (ri, reach)
-                }
-                Err(e) => {
-                    warn!(function = %id, error = %e, "starting a Regular Instance failed");
-                    return;
-                }
             }
         };
         // The modelled cluster manager's pod start; and, like a readiness probe, the instance
