@@ -31,13 +31,14 @@ bench-deps:
 
 # Benchmarks measure; they are not tests. Results go to docs/benchmarks.md by hand.
 bench: build bench-deps
-	$(CARGO) build --release --locked -p wavelink-proxy --example bare_pingora
+	$(CARGO) build --release --locked -p wavelink-proxy --example bare_pingora --example route_table
 	bench/proxy.sh
 	bench/fn_startup.py
 	bench/ei.py
 	@if [ "$$(id -u)" = 0 ]; then bench/ei_containerd.py; else echo "bench/ei_containerd.py skipped: containerd needs root"; fi
 	bench/load.sh
 	bench/soak.py
+	bench/functions_scale.py
 
 # The headline experiment: every scaling mode side by side on one trace (docs/benchmarks.md).
 experiment: build

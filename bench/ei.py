@@ -27,6 +27,7 @@ import sys
 import tempfile
 import time
 
+from benchlib import free_port, wait_ready
 from spawnbench import spawn_to_response
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -37,24 +38,6 @@ N = int(os.environ.get("N", "200"))
 DURATION = int(os.environ.get("DURATION", "5"))
 
 
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_ready(admin_port, what):
-    deadline = time.time() + 30
-    while time.time() < deadline:
-        try:
-            with socket.create_connection(("127.0.0.1", admin_port), timeout=1) as s:
-                s.sendall(b"GET /readyz HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
-                if s.recv(64).startswith(b"HTTP/1.1 200"):
-                    return
-        except OSError:
-            pass
-        time.sleep(0.05)
-    sys.exit(f"{what} did not become ready")
 
 
 def first_byte(port, request):

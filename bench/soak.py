@@ -13,12 +13,13 @@ within 2x of the idle figure) is printed beside the result, not asserted.
 import http.client
 import json
 import os
-import socket
 import subprocess
 import sys
 import tempfile
 import threading
 import time
+
+from benchlib import free_port, rss_kib, wait_ready
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BIN = os.environ.get("WAVELINK_BIN", os.path.join(ROOT, "target", "release", "wavelink"))
@@ -26,29 +27,7 @@ BURST, STEADY, IDLE = (int(os.environ.get(k, d)) for k, d in (("BURST", "60"), (
 HOST = "soak.default.example.com"
 
 
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
-
-def rss_kib(pid):
-    with open(f"/proc/{pid}/status") as f:
-        return next(int(line.split()[1]) for line in f if line.startswith("VmRSS:"))
-
-
-def wait_ready(port, what, limit=30):
-    deadline = time.time() + limit
-    while time.time() < deadline:
-        try:
-            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=1)
-            conn.request("GET", "/readyz")
-            if conn.getresponse().status == 200:
-                return
-        except OSError:
-            pass
-        time.sleep(0.1)
-    sys.exit(f"{what} not ready")
 
 
 class Tally:

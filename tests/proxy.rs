@@ -278,3 +278,54 @@ fn metrics_count_requests_by_function_track_and_status_class() {
         send(proxy.admin, "POST /stats HTTP/1.1\r\nHost: a\r\nContent-Length: 0\r\nConnection: close\r\n\r\n").unwrap();
     assert_eq!(wrong_method.status, 405);
 }
+
+#[test]
+fn an_idle_function_has_no_series_or_samples_until_its_first_request() {
+    let a = start_fn("a");
+    let list = format!("[\"{}\"]", a.addr);
+    let proxy = start_proxy(&format!(
+        "  - {{ name: hello, instances: {list} }}\n  - {{ name: idle, instances: {list} }}\n  - {{ name: other, instances: {list} }}\n"
+    ));
+    let metrics = admin_get(&proxy, "/metrics").unwrap().text();
+    assert!(!metrics.contains("function=\""), "series before any traffic:\n{metrics}");
+    let active = |since: u64| -> Vec<String> {
+        let stats = admin_get(&proxy, &format!("/stats?since={since}")).unwrap();
+        let stats: serde_json::Value = serde_json::from_slice(&stats.body).expect("JSON");
+        stats["functions"].as_array().unwrap().iter().map(|f| f["name"].as_str().unwrap().to_owned()).collect()
+    };
+    assert!(active(0).is_empty(), "no function was active");
+    assert_eq!(
+        admin_get(&proxy, "/stats").unwrap().json()["functions"].as_array().unwrap().len(),
+        3,
+        "all, unfiltered"
+    );
+    assert_eq!(admin_get(&proxy, "/stats?since=soon").unwrap().status, 400);
+
+    let before = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64;
+    for _ in 0..3 {
+        assert_eq!(get(proxy.listen, HOST, "/").unwrap().status, 200);
+    }
+    assert_eq!(get(proxy.listen, "other.default.example.com", "/?status=503").unwrap().status, 503);
+    let metrics = admin_get(&proxy, "/metrics").unwrap().text();
+    for line in [
+        r#"wavelink_requests_total{code="2xx",function="default/hello",track="regular"} 3"#,
+        r#"wavelink_requests_total{code="5xx",function="default/other",track="regular"} 1"#,
+        r#"wavelink_instances{function="default/hello",track="regular"} 1"#,
+    ] {
+        assert!(metrics.contains(line), "missing {line}\n{metrics}");
+    }
+    assert!(!metrics.contains("default/idle"), "the idle function has no series:\n{metrics}");
+
+    // Once their second is sampled, the two functions (and only they) are listed since then,
+    // with their arrivals.
+    wait_until("the requests' second is sampled", || active(before).len() == 2);
+    assert_eq!(active(before), ["hello", "other"]);
+    let stats = admin_get(&proxy, &format!("/stats?since={before}")).unwrap().json();
+    let arrivals: u64 =
+        stats["functions"][0]["samples"].as_array().unwrap().iter().map(|s| s["arrivals"].as_u64().unwrap()).sum();
+    assert_eq!(arrivals, 3);
+    // A scraper that has read the newest interval gets nothing more for idle seconds.
+    let newest = stats["intervals"].as_array().unwrap().last().unwrap().as_u64().unwrap();
+    let later: Vec<String> = active(newest);
+    assert!(later.iter().all(|name| name != "idle"), "{later:?}");
+}

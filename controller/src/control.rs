@@ -6,7 +6,7 @@
 //! restarted controller carries on from it) and know which proxies' data is missing: a proxy
 //! that cannot be read makes the summed demand a lower bound, which may scale up but never down.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -49,6 +49,13 @@ struct FunctionControl {
     missing: Vec<(SocketAddr, u64)>,
     failures: u32,
     retry_at: Option<Instant>,
+}
+
+/// What the proxies covered of one window: milliseconds missing per proxy, and the seconds some
+/// proxy reported.
+struct WindowCoverage {
+    missing: Vec<(SocketAddr, u64)>,
+    reported: BTreeSet<u64>,
 }
 
 pub struct Controller {
@@ -118,7 +125,13 @@ impl Controller {
         let proxies = self.backend.proxies().unwrap_or_else(|| self.proxies.clone());
         self.coverage.lock().expect(&proxies);
         for proxy in &proxies {
-            let stats = client::call(*proxy, http::Method::GET, "/stats", None, SCRAPE_TIMEOUT)
+            // After the first read, only what is new: functions active since then, so a round
+            // costs in proportion to active functions, not configured ones.
+            let path = match self.coverage.lock().newest(*proxy) {
+                Some(since) => format!("/stats?since={since}"),
+                None => "/stats".to_owned(),
+            };
+            let stats = client::call(*proxy, http::Method::GET, &path, None, SCRAPE_TIMEOUT)
                 .await
                 .map_err(|e| e.to_string())
                 .and_then(|body| serde_json::from_slice::<ProxyStats>(&body).map_err(|e| e.to_string()));
@@ -167,17 +180,24 @@ impl Controller {
         self.metrics.leader.set(i64::from(leader));
         let now_ms = unix_now_ms();
         let now = now_ms / 1000;
+        // What the proxies reported depends on the window only: worked out once per window, not
+        // once per function (thousands share a few windows).
+        let mut coverage_by_window: HashMap<u64, Arc<WindowCoverage>> = HashMap::new();
         for function in managed {
             let label = function.id.to_string();
             let window = function.spec.window.as_secs();
-            let from_ms = now_ms.saturating_sub(window * 1000);
-            let (missing, reported) = {
-                let coverage = self.coverage.lock();
-                (
-                    coverage.missing(from_ms, now_ms.saturating_sub(SCRAPE_LAG_MS)),
-                    coverage.reported_seconds(from_ms, now_ms),
-                )
-            };
+            let covered = coverage_by_window
+                .entry(window)
+                .or_insert_with(|| {
+                    let from_ms = now_ms.saturating_sub(window * 1000);
+                    let coverage = self.coverage.lock();
+                    Arc::new(WindowCoverage {
+                        missing: coverage.missing(from_ms, now_ms.saturating_sub(SCRAPE_LAG_MS)),
+                        reported: coverage.reported_seconds(from_ms, now_ms),
+                    })
+                })
+                .clone();
+            let (missing, reported) = (covered.missing.clone(), &covered.reported);
             let (decision, retry_blocked) = {
                 let mut functions = self.functions.lock();
                 let control = functions.entry(function.id.clone()).or_default();

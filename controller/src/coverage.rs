@@ -70,6 +70,12 @@ impl Coverage {
         self.proxies.values().flat_map(|c| c.ends.range(from_ms..=to_ms).map(|end| end / 1000)).collect()
     }
 
+    /// The end of the newest interval `proxy` reported: its next scrape needs only what came
+    /// after (`/stats?since=`), every function's samples up to it having been read.
+    pub fn newest(&self, proxy: SocketAddr) -> Option<u64> {
+        self.proxies.get(&proxy).and_then(|c| c.ends.last().copied())
+    }
+
     /// Milliseconds since each proxy's newest reported interval (`None`: never heard from).
     pub fn ages(&self, now_ms: u64) -> Vec<(SocketAddr, Option<u64>)> {
         self.proxies.iter().map(|(addr, c)| (*addr, c.ends.last().map(|end| now_ms.saturating_sub(*end)))).collect()

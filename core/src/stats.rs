@@ -37,7 +37,7 @@ pub struct FunctionStats {
     pub completed: TrackCounts,
     /// Requests answered 503 because no slot came in time or the queue was full.
     pub rejected_overload: u64,
-    /// Oldest first, at most 60.
+    /// Oldest first, the last minute's; intervals in which the function was idle have none.
     pub samples: Vec<Sample>,
 }
 
@@ -72,6 +72,15 @@ pub struct Sample {
     pub total: Concurrency,
     /// Requests that arrived during the interval.
     pub arrivals: u64,
+}
+
+impl Sample {
+    /// Nothing arrived, ran or waited: the same as no sample (a reported interval without a
+    /// function's sample is zero demand), so a proxy keeps and sends none for it.
+    pub fn is_idle(&self) -> bool {
+        let idle = |c: &Concurrency| c.peak == 0 && c.avg == 0.0;
+        self.arrivals == 0 && [&self.regular, &self.emergency, &self.queued, &self.total].into_iter().all(idle)
+    }
 }
 
 /// A function the proxy does not serve because its configuration is invalid.

@@ -5,7 +5,7 @@
 //! | GET | `/healthz` | the process is alive |
 //! | GET | `/readyz` | the client listener accepts and the proxy is not draining |
 //! | GET | `/metrics` | Prometheus text |
-//! | GET | `/stats` | JSON [`ProxyStats`]: a minute of one-second concurrency samples per function |
+//! | GET | `/stats` | JSON [`ProxyStats`]: a minute of one-second concurrency samples per function; `?since=<ms>`: only what is newer, for active functions |
 //! | GET | `/v1/functions` | functions with their hosts, specs and instances |
 //! | GET | `/v1/wavelets` | the Wavelets overflow spills to, with requests in flight on each |
 //! | GET | `/v1/functions/{ns}/{name}/instances` | a function's Regular Instances, draining ones too |
@@ -46,7 +46,10 @@ impl ServeHttp for AdminApi {
             (&Method::GET, ["healthz"]) => text(StatusCode::OK, "ok\n"),
             (&Method::GET, ["readyz"]) => health(self.health.ready(), self.health.reason()),
             (&Method::GET, ["metrics"]) => self.metrics(),
-            (&Method::GET, ["stats"]) => json(StatusCode::OK, &self.stats()),
+            (&Method::GET, ["stats"]) => match stats_since(session.req_header().uri.query()) {
+                Ok(since) => json(StatusCode::OK, &self.stats(since)),
+                Err(message) => text(StatusCode::BAD_REQUEST, &message),
+            },
             (&Method::GET, ["v1", "functions"]) => json(StatusCode::OK, &self.function_list()),
             (&Method::GET, ["v1", "wavelets"]) => json(StatusCode::OK, &self.wavelet_list()),
             (&Method::GET, ["v1", "functions", namespace, name, "instances"]) => match self.find(namespace, name) {
@@ -81,6 +84,14 @@ impl ServeHttp for AdminApi {
     }
 }
 
+/// `since=<ms since the epoch>` of a `/stats` query, if given.
+fn stats_since(query: Option<&str>) -> Result<Option<u64>, String> {
+    let Some(value) = query.into_iter().flat_map(|q| q.split('&')).find_map(|pair| pair.strip_prefix("since=")) else {
+        return Ok(None);
+    };
+    value.parse().map(Some).map_err(|_| format!("since={value:?}: expected milliseconds since the Unix epoch\n"))
+}
+
 impl AdminApi {
     /// The function, or the status and message to answer with.
     fn find(&self, namespace: &str, name: &str) -> Result<Arc<FunctionState>, (StatusCode, String)> {
@@ -89,22 +100,42 @@ impl AdminApi {
     }
 
     fn metrics(&self) -> Response<Vec<u8>> {
+        // Series exist only for functions that had traffic (the others cost nothing here).
         for f in self.router.functions() {
-            f.metrics.regular_in_flight.set(i64::from(f.load.regular.now()));
-            f.metrics.emergency_in_flight.set(i64::from(f.load.emergency.now()));
-            f.metrics.queued.set(i64::from(f.queued()));
+            if let Some(metrics) = f.metrics_if_used() {
+                metrics.regular_in_flight.set(i64::from(f.load.regular.now()));
+                metrics.emergency_in_flight.set(i64::from(f.load.emergency.now()));
+                metrics.queued.set(i64::from(f.queued()));
+                metrics.regular_instances.set(f.routing().regular.len() as i64);
+            }
         }
         metrics(self.router.metrics().encode())
     }
 
-    fn stats(&self) -> ProxyStats {
-        let functions = self
-            .router
-            .functions()
+    /// Every function; with `since` (ms since the epoch), only those with samples after it or
+    /// requests now, and only those samples: what a scraper that saw up to `since` lacks, so
+    /// its size follows the active functions, not the configured ones.
+    fn stats(&self, since: Option<u64>) -> ProxyStats {
+        // Intervals first: every function's sample of a listed interval was closed before the
+        // interval was listed, so it is in the functions read below, and a scraper that takes
+        // the newest interval as its next `since` misses nothing.
+        let sampled = self.router.sampled();
+        let intervals = sampled.ends();
+        let table = self.router.table();
+        let functions = table
+            .functions
             .iter()
-            .map(|f| {
+            .filter_map(|f| {
+                let samples = match since {
+                    None => f.stats.lock().samples(),
+                    Some(since) => f.stats.lock().samples_after(since),
+                };
+                let busy = f.load.total.now() > 0;
+                if since.is_some() && samples.is_empty() && !busy {
+                    return None;
+                }
                 let routing = f.routing();
-                FunctionStats {
+                Some(FunctionStats {
                     namespace: f.id.namespace.clone(),
                     name: f.id.name.clone(),
                     scaling_mode: routing.spec.scaling_mode.as_str().to_owned(),
@@ -115,13 +146,13 @@ impl AdminApi {
                         queued: u64::from(f.queued()),
                     },
                     completed: TrackCounts {
-                        regular: f.metrics.completed(Track::Regular),
-                        emergency: f.metrics.completed(Track::Emergency),
+                        regular: f.metrics_if_used().map_or(0, |m| m.completed(Track::Regular)),
+                        emergency: f.metrics_if_used().map_or(0, |m| m.completed(Track::Emergency)),
                         queued: 0,
                     },
-                    rejected_overload: f.metrics.rejected_overload(),
-                    samples: f.stats.lock().samples(),
-                }
+                    rejected_overload: f.metrics_if_used().map_or(0, |m| m.rejected_overload()),
+                    samples,
+                })
             })
             .collect();
         let rejected = self
@@ -130,11 +161,10 @@ impl AdminApi {
             .into_iter()
             .map(|r| RejectedStats { function: r.function, error: r.error })
             .collect();
-        let sampled = self.router.sampled();
         ProxyStats {
             sample_interval_ms: SAMPLE_INTERVAL.as_millis() as u64,
             started_unix_ms: sampled.started_unix_ms,
-            intervals: sampled.ends(),
+            intervals,
             functions,
             rejected,
         }

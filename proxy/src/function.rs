@@ -13,8 +13,8 @@
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering::Relaxed, Ordering::SeqCst};
+use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
 use arc_swap::ArcSwap;
@@ -27,7 +27,7 @@ use wavelink_core::spec::{ScalingMode, Track};
 
 use crate::instance::{Instance, PeerSettings, reserve_any};
 use crate::links::Links;
-use crate::metrics::{FunctionMetrics, Rejection};
+use crate::metrics::{FunctionMetrics, ProxyMetrics, Rejection};
 use crate::stats::StatsWindow;
 use crate::wavelets::WaveletTarget;
 
@@ -71,6 +71,11 @@ impl LoadGauge {
 
     pub fn now(&self) -> u32 {
         self.now.load(SeqCst)
+    }
+
+    /// The highest level since the sampler last took it.
+    pub fn peak(&self) -> u32 {
+        self.peak.load(Relaxed)
     }
 
     /// The peak since the previous call; the next interval starts at the current level.
@@ -120,7 +125,11 @@ pub struct FunctionState {
     pub id: FunctionId,
     /// `namespace/name`, the `function` label.
     pub label: String,
-    pub metrics: FunctionMetrics,
+    /// Lower-case `<name>.<namespace>.<domain>`, the key of the route table (built once).
+    pub host: Arc<str>,
+    /// Created with the function's first request: an idle function has no metric series.
+    metrics: OnceLock<FunctionMetrics>,
+    registry: Arc<ProxyMetrics>,
     pub load: FunctionLoad,
     routing: ArcSwap<Routing>,
     /// FIFO of requests waiting for a slot; tickets are increasing, so it is sorted by ticket.
@@ -140,17 +149,20 @@ pub struct FunctionState {
 impl FunctionState {
     pub fn new(
         id: FunctionId,
+        host: Arc<str>,
         spec: FunctionSpec,
         instances: &[SocketAddr],
-        metrics: FunctionMetrics,
+        registry: Arc<ProxyMetrics>,
         peer_settings: PeerSettings,
         links: Arc<Links>,
     ) -> Arc<Self> {
         let regular = dedup(instances).map(|addr| Arc::new(Instance::new(addr, peer_settings))).collect();
-        let state = Arc::new(FunctionState {
+        Arc::new(FunctionState {
             label: id.to_string(),
+            host,
             id,
-            metrics,
+            metrics: OnceLock::new(),
+            registry,
             load: FunctionLoad::default(),
             routing: ArcSwap::from_pointee(Routing { spec: Arc::new(spec), regular }),
             waiters: Mutex::new(VecDeque::new()),
@@ -160,9 +172,17 @@ impl FunctionState {
             stats: Mutex::new(StatsWindow::default()),
             links,
             last_poke: AtomicU64::new(0),
-        });
-        state.metrics.regular_instances.set(state.routing.load().regular.len() as i64);
-        state
+        })
+    }
+
+    /// The function's metric handles, its series created on first use.
+    pub fn metrics(&self) -> &FunctionMetrics {
+        self.metrics.get_or_init(|| self.registry.for_function(&self.label))
+    }
+
+    /// The metric handles if the function ever had traffic.
+    pub fn metrics_if_used(&self) -> Option<&FunctionMetrics> {
+        self.metrics.get()
     }
 
     pub fn routing(&self) -> arc_swap::Guard<Arc<Routing>> {
@@ -204,11 +224,11 @@ impl FunctionState {
         let ticket = {
             let mut waiters = self.waiters.lock();
             if waiters.len() >= spec.queue_depth as usize {
-                self.metrics.record_rejection(Rejection::QueueFull);
+                self.metrics().record_rejection(Rejection::QueueFull);
                 return Err(Rejection::QueueFull);
             }
             if !self.links.try_enqueue() {
-                self.metrics.record_rejection(Rejection::ProxyQueueFull);
+                self.metrics().record_rejection(Rejection::ProxyQueueFull);
                 return Err(Rejection::ProxyQueueFull);
             }
             let ticket = self.next_ticket.fetch_add(1, Relaxed);
@@ -225,13 +245,13 @@ impl FunctionState {
             self.links.poke(&self.id, routing.regular.len() as u32 + waiting, &self.last_poke);
         }
         let outcome = tokio::time::timeout(wait, receive).await;
-        self.metrics.queue_wait.observe(ticket.since.elapsed().as_secs_f64());
+        self.metrics().queue_wait.observe(ticket.since.elapsed().as_secs_f64());
         match outcome {
             Ok(Ok(slot)) => Ok(slot),
             // The sender is only dropped unsent when the queue itself goes away.
             Ok(Err(_)) | Err(_) => {
                 drop(ticket);
-                self.metrics.record_rejection(Rejection::QueueTimeout);
+                self.metrics().record_rejection(Rejection::QueueTimeout);
                 Err(Rejection::QueueTimeout)
             }
         }
@@ -298,6 +318,13 @@ impl FunctionState {
         drop(undelivered);
     }
 
+    /// Whether the Regular Instances are exactly `addrs` (in order, duplicates aside): a sync
+    /// that lists them again changes nothing and costs no new routing snapshot.
+    pub fn has_instances(&self, addrs: &[SocketAddr]) -> bool {
+        let routing = self.routing.load();
+        routing.regular.len() <= addrs.len() && dedup(addrs).map(Some).eq(routing.regular.iter().map(|i| Some(i.addr)))
+    }
+
     /// Replaces the Regular Instances. Kept addresses keep their in-flight counts; removed ones
     /// get no new requests and finish the ones they have. Waiters get the new capacity at once.
     pub fn set_instances(self: &Arc<Self>, addrs: &[SocketAddr]) -> InstanceChange {
@@ -321,7 +348,6 @@ impl FunctionState {
         let removed: Vec<Arc<Instance>> =
             current.regular.iter().filter(|old| !regular.iter().any(|new| new.addr == old.addr)).cloned().collect();
         let change = InstanceChange { added: regular.len() - kept, removed: removed.len(), kept };
-        self.metrics.regular_instances.set(regular.len() as i64);
         self.routing.store(Arc::new(Routing { spec: current.spec.clone(), regular }));
         draining.extend(removed.into_iter().filter(|i| i.in_flight() > 0));
         drop(draining);
@@ -470,7 +496,7 @@ mod tests {
         let wavelet_addrs: Vec<SocketAddr> =
             (0..wavelets).map(|i| SocketAddr::from(([127, 0, 0, 2], 21_000 + i))).collect();
         let links = Arc::new(Links::new(crate::wavelets::Wavelets::new(&wavelet_addrs, settings)));
-        FunctionState::new(id, spec, &addrs, metrics.for_function("default/f"), settings, links)
+        FunctionState::new(id, "f.default.example.com".into(), spec, &addrs, Arc::new(metrics), settings, links)
     }
 
     #[test]
@@ -631,7 +657,7 @@ mod tests {
             assert_eq!(f.acquire().await.err(), Some(Rejection::QueueTimeout));
             assert_eq!(started.elapsed(), Duration::from_millis(500));
             assert_eq!(f.queued(), 0);
-            assert_eq!(f.metrics.rejected_overload(), 1);
+            assert_eq!(f.metrics().rejected_overload(), 1);
         });
     }
 

@@ -15,13 +15,16 @@ use crate::links::Links;
 use crate::metrics::ProxyMetrics;
 use crate::wavelets::Wavelets;
 
+/// Functions added or removed at once that are logged one by one; beyond, one summary line.
+const LOGGED_CHANGES: usize = 20;
+
 /// One immutable snapshot of all routes.
 #[derive(Default)]
-struct RouteTable {
+pub struct RouteTable {
     /// Lower-case `<name>.<namespace>.<domain>`.
-    by_host: HashMap<Box<str>, Arc<FunctionState>, RandomState>,
+    by_host: HashMap<Arc<str>, Arc<FunctionState>, RandomState>,
     /// Sorted by id, for listings.
-    functions: Vec<Arc<FunctionState>>,
+    pub functions: Vec<Arc<FunctionState>>,
     rejected: Vec<RejectedFunction>,
 }
 
@@ -108,6 +111,11 @@ impl Router {
         table.functions.binary_search_by(|f| f.id.cmp(id)).ok().map(|i| table.functions[i].clone())
     }
 
+    /// The current snapshot, to go through every function without copying the list.
+    pub fn table(&self) -> arc_swap::Guard<Arc<RouteTable>> {
+        self.table.load()
+    }
+
     pub fn functions(&self) -> Vec<Arc<FunctionState>> {
         self.table.load().functions.clone()
     }
@@ -136,26 +144,34 @@ impl Router {
     fn apply_defs(&self, defs: Vec<FunctionDef>, rejected: Vec<RejectedFunction>, replace_instances: bool) {
         let old = self.table.load_full();
         let mut functions = Vec::with_capacity(defs.len());
+        let mut added = 0usize;
         for def in defs {
-            let existing = old.functions.iter().find(|f| f.id == def.id).cloned();
+            // The table is sorted by id: finding each function is a binary search, so a sync of
+            // every function costs n log n, not n².
+            let existing = old.functions.binary_search_by(|f| f.id.cmp(&def.id)).ok().map(|i| old.functions[i].clone());
             let state = match existing {
                 Some(state) => {
                     if *state.spec() != def.spec {
                         state.set_spec(def.spec);
                     }
-                    if replace_instances || !def.instances.is_empty() {
+                    if (replace_instances || !def.instances.is_empty()) && !state.has_instances(&def.instances) {
                         state.set_instances(&def.instances);
                     }
                     state
                 }
                 None => {
-                    info!(function = %def.id, instances = def.instances.len(), "serving function");
-                    let metrics = self.metrics.for_function(&def.id.to_string());
+                    added += 1;
+                    // One line per function for a handful; thousands get the summary below.
+                    if added <= LOGGED_CHANGES {
+                        info!(function = %def.id, instances = def.instances.len(), "serving function");
+                    }
+                    let host = Arc::from(def.id.host(&self.domain));
                     FunctionState::new(
                         def.id,
+                        host,
                         def.spec,
                         &def.instances,
-                        metrics,
+                        self.metrics.clone(),
                         self.peer_settings,
                         self.links.clone(),
                     )
@@ -164,15 +180,33 @@ impl Router {
             functions.push(state);
         }
         functions.sort_by(|a, b| a.id.cmp(&b.id));
-        for gone in old.functions.iter().filter(|f| !functions.iter().any(|n| n.id == f.id)) {
-            info!(function = %gone.id, "no longer serving function");
-            self.metrics.forget_function(&gone.label);
+        functions.dedup_by(|a, b| a.id == b.id);
+        // The same functions (a cluster event that changed some instances or specs, applied in
+        // place above): the table stands as it is, with no host map rebuilt.
+        let same_functions = functions.len() == old.functions.len()
+            && functions.iter().zip(old.functions.iter()).all(|(new, old)| Arc::ptr_eq(new, old));
+        if same_functions && rejected == old.rejected {
+            return;
+        }
+        let kept = |id: &FunctionId| functions.binary_search_by(|f| f.id.cmp(id)).is_ok();
+        let mut removed = 0usize;
+        for gone in old.functions.iter().filter(|f| !kept(&f.id)) {
+            removed += 1;
+            if removed <= LOGGED_CHANGES {
+                info!(function = %gone.id, "no longer serving function");
+            }
+            if gone.metrics_if_used().is_some() {
+                self.metrics.forget_function(&gone.label);
+            }
+        }
+        if added > LOGGED_CHANGES || removed > LOGGED_CHANGES {
+            info!(served = functions.len(), added, removed, "functions changed");
         }
         for r in rejected.iter().filter(|r| !old.rejected.contains(r)) {
             error!(function = %r.function, error = %r.error, "function rejected");
         }
         self.metrics.functions_rejected.set(rejected.len() as i64);
-        let by_host = functions.iter().map(|f| (f.id.host(&self.domain).into_boxed_str(), f.clone())).collect();
+        let by_host = functions.iter().map(|f| (f.host.clone(), f.clone())).collect();
         self.table.store(Arc::new(RouteTable { by_host, functions, rejected }));
     }
 }
@@ -238,5 +272,35 @@ mod tests {
         assert_eq!(names, ["alpha", "zeta"]);
         assert!(router.function(&FunctionId::new("default", "zeta").unwrap()).is_some());
         assert!(router.function(&FunctionId::new("default", "beta").unwrap()).is_none());
+    }
+
+    #[test]
+    fn an_active_function_loses_nothing_when_thousands_of_others_come_and_go() {
+        let router = router();
+        let many = |range: std::ops::Range<u32>| -> Vec<FunctionDef> {
+            range.map(|i| def(&format!("f{i:05}"), "1")).collect()
+        };
+        router.sync(many(0..2000), vec![]);
+        let active = router.lookup("f01000.default.example.com").unwrap();
+        let slot = active.try_acquire().unwrap();
+        let _used = active.metrics();
+        // Half the others leave, as many new ones come; the active one stays.
+        router.sync(many(1000..3000), vec![]);
+        let again = router.lookup("f01000.default.example.com").unwrap();
+        assert!(Arc::ptr_eq(&active, &again), "same state: slots, queue, counters, samples");
+        assert_eq!(again.load.regular.now(), 1);
+        assert!(again.metrics_if_used().is_some());
+        assert!(router.lookup("f00999.default.example.com").is_none());
+        assert!(router.lookup("f02999.default.example.com").is_some());
+        assert_eq!(router.functions().len(), 2000);
+        drop(slot);
+        assert_eq!(router.requests_in_progress(), 0);
+    }
+
+    #[test]
+    fn a_duplicate_definition_is_served_once() {
+        let router = router();
+        router.sync(vec![def("a", "1"), def("a", "2")], vec![]);
+        assert_eq!(router.functions().len(), 1);
     }
 }

@@ -380,7 +380,7 @@ impl ProxyHttp for Ingress {
         ctx.slot = None;
         if let Some(function) = &ctx.function {
             let status = session.response_written().map(|r| r.status.as_u16());
-            function.metrics.record(ctx.track, status, ctx.arrived.elapsed().as_secs_f64());
+            function.metrics().record(ctx.track, status, ctx.arrived.elapsed().as_secs_f64());
         }
     }
 }
@@ -429,7 +429,7 @@ fn rejection_message(function: &FunctionState, rejection: Rejection) -> String {
 fn eject_instance(ctx: &RequestCtx) {
     if let (Some(instance), Some(function)) = (ctx.slot.as_ref().and_then(|slot| slot.instance()), &ctx.function) {
         let (_, backoff) = instance.health.fail();
-        function.metrics.ejections.inc();
+        function.metrics().ejections.inc();
         tracing::debug!(function = %function.id, instance = %instance.addr, ?backoff, "instance ejected");
     }
 }

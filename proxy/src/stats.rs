@@ -69,15 +69,33 @@ impl StatsWindow {
         };
         (self.regular_sum, self.emergency_sum, self.queued_sum, self.total_sum, self.ticks) = (0, 0, 0, 0, 0);
         let Close::At { end_unix_ms } = close else { return };
-        if self.samples.len() == KEEP_SAMPLES {
+        let oldest_kept = end_unix_ms.saturating_sub(KEEP_SAMPLES as u64 * SAMPLE_INTERVAL.as_millis() as u64);
+        while self.samples.front().is_some_and(|s| s.end_unix_ms <= oldest_kept) {
             self.samples.pop_front();
         }
-        self.samples.push_back(Sample { end_unix_ms, ..sample });
+        if !sample.is_idle() {
+            self.samples.push_back(Sample { end_unix_ms, ..sample });
+        } else if self.samples.is_empty() && self.samples.capacity() > 0 {
+            // Idle for a minute: the window's memory goes back.
+            self.samples = VecDeque::new();
+        }
+    }
+
+    /// Whether nothing ran, waited or arrived since the interval began: every level was zero
+    /// all along (the total's peak restarts at its level when an interval closes), so a
+    /// sub-sample of zeros can be skipped without taking the lock.
+    fn nothing_since_close(f: &FunctionState) -> bool {
+        f.load.total.now() == 0 && f.load.total.peak() == 0 && f.load.arrivals.load(Relaxed) == 0
     }
 
     /// Closed samples, oldest first.
     pub fn samples(&self) -> Vec<Sample> {
         self.samples.iter().copied().collect()
+    }
+
+    /// Closed samples of intervals that ended after `since_unix_ms`, oldest first.
+    pub fn samples_after(&self, since_unix_ms: u64) -> Vec<Sample> {
+        self.samples.iter().filter(|s| s.end_unix_ms > since_unix_ms).copied().collect()
     }
 }
 
@@ -120,16 +138,20 @@ impl SampledIntervals {
 
 /// Takes one sub-sample of every function, and closes the interval when `close` is given.
 pub fn sample_all(router: &Router, close: Option<Close>) {
-    for f in router.functions() {
+    for f in router.table().functions.iter() {
         if f.queued() > 0 {
             // Capacity that came back on its own (a Wavelet's "full" mark or an instance's
             // ejection expired) reaches waiters within a sub-sample.
             f.wake_waiters();
         }
+        // Most of many functions are idle: a sub-sample costs them three atomic loads.
+        if close.is_none() && StatsWindow::nothing_since_close(f) {
+            continue;
+        }
         let mut window = f.stats.lock();
-        window.tick(&f);
+        window.tick(f);
         if let Some(close) = close {
-            window.close(&f, close);
+            window.close(f, close);
         }
     }
     if let Some(Close::At { end_unix_ms }) = close {
@@ -240,20 +262,33 @@ mod tests {
     }
 
     #[test]
-    fn only_the_last_minute_is_kept() {
+    fn only_the_last_minute_is_kept_and_idle_seconds_have_no_sample() {
         let (router, f) = router_with_one_function();
-        for second in 0..(KEEP_SAMPLES as u64 + 5) {
+        for second in 1..=(KEEP_SAMPLES as u64 + 5) {
+            // A request arrives in every other second.
+            if second % 2 == 0 {
+                f.load.arrived();
+                f.load.left();
+            }
             sample_all(&router, Some(Close::At { end_unix_ms: second * 1000 }));
         }
-        let samples = f.stats.lock().samples();
-        assert_eq!(samples.len(), KEEP_SAMPLES);
-        assert_eq!(samples[0].end_unix_ms, 5_000);
-        assert_eq!(router.sampled().ends().first(), Some(&5_000));
+        let ends: Vec<u64> = f.stats.lock().samples().iter().map(|s| s.end_unix_ms).collect();
+        assert_eq!(ends, (6..=65).filter(|s| s % 2 == 0).map(|s| s * 1000).collect::<Vec<_>>());
+        assert_eq!(router.sampled().ends().first(), Some(&6_000), "every interval is listed");
+        assert_eq!(f.stats.lock().samples_after(60_000).len(), 2, "seconds 62 and 64");
+        // A minute without requests: nothing left, and the window's memory is back.
+        for second in 66..=130 {
+            sample_all(&router, Some(Close::At { end_unix_ms: second * 1000 }));
+        }
+        assert!(f.stats.lock().samples().is_empty());
+        assert_eq!(f.stats.lock().samples.capacity(), 0);
     }
 
     #[test]
     fn an_interval_spanning_a_stall_is_dropped_with_its_peak() {
         let (router, f) = router_with_one_function();
+        f.load.arrived();
+        f.load.left();
         sample_all(&router, Some(Close::At { end_unix_ms: 1_000 }));
         // Sixteen requests whose clients left while the proxy was stopped: they end soon
         // after it resumes, within the interval that spans the stall...
@@ -265,11 +300,11 @@ mod tests {
             f.load.left();
         }
         sample_all(&router, Some(Close::Stalled));
-        // ...which is not reported, and its peak is not carried into the next second.
-        sample_all(&router, Some(Close::At { end_unix_ms: 95_000 }));
+        // ...which is not reported, and its peak is not carried into the next second (idle: no
+        // sample at all).
+        sample_all(&router, Some(Close::At { end_unix_ms: 2_000 }));
         let samples = f.stats.lock().samples();
-        assert_eq!(samples.iter().map(|s| s.end_unix_ms).collect::<Vec<_>>(), [1_000, 95_000]);
-        assert_eq!(samples[1].total.peak, 0, "{:?}", samples[1]);
-        assert_eq!(router.sampled().ends(), [1_000, 95_000]);
+        assert_eq!(samples.iter().map(|s| s.end_unix_ms).collect::<Vec<_>>(), [1_000]);
+        assert_eq!(router.sampled().ends(), [1_000, 2_000]);
     }
 }
