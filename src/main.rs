@@ -1,15 +1,14 @@
 //! `wavelink`: one binary for every WaveLink component and tool.
-#![forbid(unsafe_code)]
+// Unsafe only in `allocator`, one FFI call with no preconditions.
+#![deny(unsafe_code)]
 
+mod allocator;
 mod commands;
 mod logging;
 
 use clap::{Parser, Subcommand};
 use logging::LogFormat;
 use wavelink_loadtest::workload::FnArgs;
-
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 /// WaveLink: a dual-track serverless platform for Kubernetes.
 ///

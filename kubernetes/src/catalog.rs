@@ -125,6 +125,49 @@ impl Catalog {
     }
 }
 
+/// The annotation `kubectl apply` keeps: a whole copy of the object as last applied.
+const LAST_APPLIED: &str = "kubectl.kubernetes.io/last-applied-configuration";
+
+/// Drops what WaveLink never reads from a watched Deployment, before it is cached: managed
+/// fields, the last-applied copy, status conditions, and the pod template's volumes, init
+/// containers, scheduling rules and probes. What [`function_of`] reads stays (labels,
+/// annotations, replicas, ready replicas, each container's image, command, args, env, working
+/// directory, security contexts and resources), as does what an Event names (namespace, name,
+/// uid, resource version).
+pub fn slim_deployment(deployment: &mut Deployment) {
+    slim_meta(&mut deployment.metadata);
+    if let Some(status) = deployment.status.as_mut() {
+        status.conditions = None;
+    }
+    let Some(spec) = deployment.spec.as_mut() else { return };
+    spec.template.metadata = None;
+    let Some(pod) = spec.template.spec.as_mut() else { return };
+    pod.volumes = None;
+    pod.init_containers = None;
+    pod.affinity = None;
+    pod.tolerations = None;
+    pod.topology_spread_constraints = None;
+    for container in &mut pod.containers {
+        container.liveness_probe = None;
+        container.readiness_probe = None;
+        container.startup_probe = None;
+        container.volume_mounts = None;
+        container.lifecycle = None;
+    }
+}
+
+/// The same for an EndpointSlice: its endpoints and ports are what is read.
+pub fn slim_slice(slice: &mut EndpointSlice) {
+    slim_meta(&mut slice.metadata);
+}
+
+fn slim_meta(meta: &mut k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) {
+    meta.managed_fields = None;
+    if let Some(annotations) = meta.annotations.as_mut() {
+        annotations.remove(LAST_APPLIED);
+    }
+}
+
 /// `None` when the Deployment is not a function (no `wavelink.dev/function` label).
 pub fn function_of(deployment: &Deployment) -> Option<Result<ClusterFunction, RejectedFunction>> {
     let meta = &deployment.metadata;
@@ -323,6 +366,31 @@ mod tests {
         assert_eq!(f.def.command, ["wavelink", "fn"]);
         assert_eq!((f.replicas, f.ready), (3, 2));
         assert!(function_of(&deployment("plain", None, &[])).is_none());
+    }
+
+    #[test]
+    fn a_slimmed_deployment_reads_as_the_same_function_and_is_smaller() {
+        use k8s_openapi::api::core::v1::{Probe, Volume};
+        use k8s_openapi::apimachinery::pkg::apis::meta::v1::ManagedFieldsEntry;
+        let mut d = deployment("full", Some("full"), &[(keys::CONTAINER_CONCURRENCY, "4"), (LAST_APPLIED, "{...}")]);
+        d.metadata.managed_fields =
+            Some(vec![ManagedFieldsEntry { manager: Some("kubectl".into()), ..Default::default() }]);
+        let pod = d.spec.as_mut().and_then(|s| s.template.spec.as_mut()).unwrap();
+        pod.volumes = Some(vec![Volume { name: "data".into(), ..Default::default() }]);
+        pod.containers[0].image = Some("app:1".into());
+        pod.containers[0].readiness_probe = Some(Probe { period_seconds: Some(5), ..Default::default() });
+        let before = function_of(&d).unwrap().unwrap();
+        let size = |d: &Deployment| serde_json::to_vec(d).unwrap().len();
+        let full_size = size(&d);
+        slim_deployment(&mut d);
+        let after = function_of(&d).unwrap().unwrap();
+        assert_eq!(format!("{before:?}"), format!("{after:?}"));
+        assert!(size(&d) < full_size);
+        assert!(d.metadata.annotations.as_ref().unwrap().get(LAST_APPLIED).is_none());
+        assert_eq!(
+            d.metadata.annotations.as_ref().unwrap().get(keys::CONTAINER_CONCURRENCY).map(String::as_str),
+            Some("4")
+        );
     }
 
     #[test]

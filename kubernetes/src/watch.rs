@@ -16,7 +16,7 @@ use tokio::sync::watch;
 use tracing::{debug, warn};
 use wavelink_core::spec::FUNCTION_LABEL;
 
-use crate::catalog::{Catalog, NamespacedName, SERVICE_NAME_LABEL, ready_endpoints};
+use crate::catalog::{Catalog, NamespacedName, SERVICE_NAME_LABEL, ready_endpoints, slim_deployment, slim_slice};
 
 /// Coalesces bursts of watch events (a rollout touches many slices) into one refresh.
 const SETTLE: Duration = Duration::from_millis(50);
@@ -41,12 +41,17 @@ impl ClusterView {
         let (notify, changes) = watch::channel(0u64);
         let deployment_events = reflector::reflector(
             deployments_writer,
-            watcher(deployments_api, watcher::Config::default().labels(FUNCTION_LABEL)).default_backoff(),
+            // Cached slimmed: what is never read costs no memory per function.
+            watcher(deployments_api, watcher::Config::default().labels(FUNCTION_LABEL))
+                .modify(slim_deployment)
+                .default_backoff(),
         )
         .map(|event| event.map(|_| ()).map_err(|e| ("deployments", e)));
         let slice_events = reflector::reflector(
             slices_writer,
-            watcher(slices_api, watcher::Config::default().labels(SERVICE_NAME_LABEL)).default_backoff(),
+            watcher(slices_api, watcher::Config::default().labels(SERVICE_NAME_LABEL))
+                .modify(slim_slice)
+                .default_backoff(),
         )
         .map(|event| event.map(|_| ()).map_err(|e| ("endpointslices", e)));
         let drive = async move {

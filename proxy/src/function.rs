@@ -127,8 +127,9 @@ pub struct FunctionState {
     pub label: String,
     /// Lower-case `<name>.<namespace>.<domain>`, the key of the route table (built once).
     pub host: Arc<str>,
-    /// Created with the function's first request: an idle function has no metric series.
-    metrics: OnceLock<FunctionMetrics>,
+    /// Created with the function's first request: an idle function has no metric series
+    /// (and holds no room for their handles).
+    metrics: OnceLock<Box<FunctionMetrics>>,
     registry: Arc<ProxyMetrics>,
     pub load: FunctionLoad,
     routing: ArcSwap<Routing>,
@@ -177,12 +178,12 @@ impl FunctionState {
 
     /// The function's metric handles, its series created on first use.
     pub fn metrics(&self) -> &FunctionMetrics {
-        self.metrics.get_or_init(|| self.registry.for_function(&self.label))
+        self.metrics.get_or_init(|| Box::new(self.registry.for_function(&self.label)))
     }
 
     /// The metric handles if the function ever had traffic.
     pub fn metrics_if_used(&self) -> Option<&FunctionMetrics> {
-        self.metrics.get()
+        self.metrics.get().map(|m| m.as_ref())
     }
 
     pub fn routing(&self) -> arc_swap::Guard<Arc<Routing>> {
@@ -433,7 +434,7 @@ impl SlotGuard {
     /// Where to send the request.
     pub fn peer(&self) -> &HttpPeer {
         match &self.slot {
-            Slot::Regular(instance) => &instance.peer,
+            Slot::Regular(instance) => instance.peer(),
             Slot::Emergency(wavelet) => &wavelet.peer,
         }
     }

@@ -1,6 +1,7 @@
 //! One upstream instance, its slot counter and its passive health ([`crate::health`]).
 
 use std::net::SocketAddr;
+use std::sync::OnceLock;
 use std::time::Duration;
 
 use pingora_core::upstreams::peer::HttpPeer;
@@ -12,8 +13,10 @@ use wavelink_core::backoff::FailureRecord;
 /// slot guards of requests on it, so a removed instance lives until its last request finishes.
 pub struct Instance {
     pub addr: SocketAddr,
-    /// Built once: the request path clones it instead of building a peer per request.
-    pub peer: HttpPeer,
+    /// Built at the first request (most instances of thousands of idle functions never get
+    /// one), then cloned by the request path instead of building a peer per request.
+    peer: OnceLock<Box<HttpPeer>>,
+    connect_timeout: Duration,
     /// Requests holding a slot on this instance.
     slots: SlotCounter,
     /// Ejected after a failure, for a back-off.
@@ -38,9 +41,21 @@ impl Default for PeerSettings {
 
 impl Instance {
     pub fn new(addr: SocketAddr, settings: PeerSettings) -> Self {
-        let mut peer = HttpPeer::new(addr, false, String::new());
-        peer.options.connection_timeout = Some(settings.connect_timeout);
-        Instance { addr, peer, slots: SlotCounter::default(), health: crate::health::new_record() }
+        Instance {
+            addr,
+            peer: OnceLock::new(),
+            connect_timeout: settings.connect_timeout,
+            slots: SlotCounter::default(),
+            health: crate::health::new_record(),
+        }
+    }
+
+    pub fn peer(&self) -> &HttpPeer {
+        self.peer.get_or_init(|| {
+            let mut peer = HttpPeer::new(self.addr, false, String::new());
+            peer.options.connection_timeout = Some(self.connect_timeout);
+            Box::new(peer)
+        })
     }
 
     pub fn in_flight(&self) -> u32 {

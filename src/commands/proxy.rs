@@ -57,8 +57,13 @@ pub fn run(args: ProxyArgs) -> anyhow::Result<()> {
         return check_config(&config);
     }
     let proxy = Proxy::from_config(&config).context("setting up the proxy")?;
+    // The routing table has what it needs: the parsed config (thousands of functions, perhaps)
+    // is not kept for the proxy's lifetime.
+    let kubernetes = config.kubernetes.take();
+    drop(config);
+    crate::allocator::release_unused();
     // Kept alive while the proxy runs: it feeds the routing table.
-    let _cluster = match &config.kubernetes {
+    let _cluster = match &kubernetes {
         Some(settings) => Some(follow_cluster(&proxy, settings)?),
         None => None,
     };

@@ -410,11 +410,13 @@ impl Inner {
                     continue;
                 }
             };
+            // By name: a scan per function would cost functions² comparisons with thousands.
+            let listed: HashMap<&str, &ProxyFunction> = listing.iter().map(|f| (f.function.as_str(), f)).collect();
             for id in &ids {
                 let Some(mut want) = self.ready_addrs(id) else { continue };
                 let label = id.to_string();
                 // A function the proxy does not know (rejected there) is left alone.
-                let Some(has) = listing.iter().find(|f| f.function == label) else { continue };
+                let Some(has) = listed.get(label.as_str()) else { continue };
                 let mut has: Vec<SocketAddr> =
                     has.instances.iter().filter(|i| !i.draining).map(|i| i.address).collect();
                 want.sort();
