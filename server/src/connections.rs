@@ -7,7 +7,8 @@
 //! connection's stream: the first byte of a request header arms a deadline, the service marks
 //! the header received ([`header_received`], from `early_request_filter`) and the request over
 //! ([`request_done`], from `logging`); a read still waiting for the header at the deadline fails,
-//! and Pingora closes the connection.
+//! and Pingora closes the connection. This is HTTP/1's framing: an HTTP/2 connection (not served
+//! yet) carries many requests at once and would need its own rule (its handshake's deadline).
 
 use std::fmt;
 use std::future::Future;
