@@ -151,7 +151,7 @@ impl FunctionState {
     pub fn new(
         id: FunctionId,
         host: Arc<str>,
-        spec: FunctionSpec,
+        spec: Arc<FunctionSpec>,
         instances: &[SocketAddr],
         registry: Arc<ProxyMetrics>,
         peer_settings: PeerSettings,
@@ -165,7 +165,7 @@ impl FunctionState {
             metrics: OnceLock::new(),
             registry,
             load: FunctionLoad::default(),
-            routing: ArcSwap::from_pointee(Routing { spec: Arc::new(spec), regular }),
+            routing: ArcSwap::from_pointee(Routing { spec, regular }),
             waiters: Mutex::new(VecDeque::new()),
             next_ticket: AtomicU64::new(0),
             draining: Mutex::new(Vec::new()),
@@ -358,9 +358,9 @@ impl FunctionState {
 
     /// Replaces the spec (for example after an annotation change); capacity changes apply to new
     /// reservations at once.
-    pub fn set_spec(self: &Arc<Self>, spec: FunctionSpec) {
+    pub fn set_spec(self: &Arc<Self>, spec: Arc<FunctionSpec>) {
         let current = self.routing.load_full();
-        self.routing.store(Arc::new(Routing { spec: Arc::new(spec), regular: current.regular.clone() }));
+        self.routing.store(Arc::new(Routing { spec, regular: current.regular.clone() }));
         self.dispatch();
     }
 
@@ -497,7 +497,15 @@ mod tests {
         let wavelet_addrs: Vec<SocketAddr> =
             (0..wavelets).map(|i| SocketAddr::from(([127, 0, 0, 2], 21_000 + i))).collect();
         let links = Arc::new(Links::new(crate::wavelets::Wavelets::new(&wavelet_addrs, settings)));
-        FunctionState::new(id, "f.default.example.com".into(), spec, &addrs, Arc::new(metrics), settings, links)
+        FunctionState::new(
+            id,
+            "f.default.example.com".into(),
+            Arc::new(spec),
+            &addrs,
+            Arc::new(metrics),
+            settings,
+            links,
+        )
     }
 
     #[test]

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use ahash::RandomState;
 use arc_swap::ArcSwap;
 use tracing::{error, info};
-use wavelink_core::{FunctionDef, FunctionId, RejectedFunction};
+use wavelink_core::{FunctionDef, FunctionId, FunctionSpec, RejectedFunction};
 
 use crate::function::FunctionState;
 use crate::instance::PeerSettings;
@@ -145,14 +145,22 @@ impl Router {
         let old = self.table.load_full();
         let mut functions = Vec::with_capacity(defs.len());
         let mut added = 0usize;
+        // Functions mostly share a handful of specs (the defaults, a team's settings): equal
+        // ones in a row share one copy.
+        let mut shared_spec: Option<Arc<FunctionSpec>> = None;
         for def in defs {
+            let spec = match shared_spec.take() {
+                Some(previous) if *previous == def.spec => previous,
+                _ => Arc::new(def.spec),
+            };
+            shared_spec = Some(spec.clone());
             // The table is sorted by id: finding each function is a binary search, so a sync of
             // every function costs n log n, not n².
             let existing = old.functions.binary_search_by(|f| f.id.cmp(&def.id)).ok().map(|i| old.functions[i].clone());
             let state = match existing {
                 Some(state) => {
-                    if *state.spec() != def.spec {
-                        state.set_spec(def.spec);
+                    if *state.spec() != *spec {
+                        state.set_spec(spec);
                     }
                     if (replace_instances || !def.instances.is_empty()) && !state.has_instances(&def.instances) {
                         state.set_instances(&def.instances);
@@ -169,7 +177,7 @@ impl Router {
                     FunctionState::new(
                         def.id,
                         host,
-                        def.spec,
+                        spec,
                         &def.instances,
                         self.metrics.clone(),
                         self.peer_settings,
@@ -295,6 +303,18 @@ mod tests {
         assert_eq!(router.functions().len(), 2000);
         drop(slot);
         assert_eq!(router.requests_in_progress(), 0);
+    }
+
+    #[test]
+    fn functions_with_equal_specs_share_one_copy_and_a_changed_one_gets_its_own() {
+        let router = router();
+        router.sync(vec![def("a", "1"), def("b", "1"), def("c", "2")], vec![]);
+        let spec = |name: &str| router.lookup(&format!("{name}.default.example.com")).unwrap().spec();
+        assert!(Arc::ptr_eq(&spec("a"), &spec("b")));
+        assert!(!Arc::ptr_eq(&spec("b"), &spec("c")));
+        router.sync(vec![def("a", "1"), def("b", "3"), def("c", "2")], vec![]);
+        assert_eq!(spec("a").container_concurrency, 1);
+        assert_eq!(spec("b").container_concurrency, 3);
     }
 
     #[test]
