@@ -90,7 +90,6 @@ impl Cgroups {
         Ok(Cgroup { path })
     }
 
-    /// Moves the process into a cgroup of its own (a kept one, or a new one).
     /// An empty instance cgroup with the memory limit: a kept one, or a new one. The instance
     /// moves itself in before it executes anything ([`Cgroup::procs`]).
     pub fn take(&self) -> Result<Cgroup, String> {
@@ -101,8 +100,9 @@ impl Cgroups {
         }
     }
 
+    /// Takes back the cgroup of a destroyed instance: kept for the next one once empty.
     pub fn release(&self, cgroup: Cgroup) {
-        let empty = fs::read_to_string(cgroup.path.join("cgroup.procs")).is_ok_and(|procs| procs.trim().is_empty());
+        let empty = fs::read_to_string(cgroup.procs()).is_ok_and(|procs| procs.trim().is_empty());
         if empty {
             self.free.lock().push(cgroup);
         } else {

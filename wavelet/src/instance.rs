@@ -40,10 +40,16 @@ impl Drop for Unclaimed {
                 instance = instance.id(),
                 "an instance started for a request that went away; destroying it"
             );
-            let (state, id) = (self.state.clone(), instance.id().to_owned());
-            self.runtime.destroy_then(instance, move || state.forget(&id));
+            self.runtime.destroy_then(instance, &self.state, || {});
         }
     }
+}
+
+/// A process and the state log record [`Runtime::start`] wrote for it go together.
+fn destroy_recorded(runtime: &ProcessRuntime, process: Process, state: &StateDir) {
+    let id = process.id.clone();
+    runtime.destroy(process);
+    state.forget(&id);
 }
 
 /// A running instance of either runtime.
@@ -112,12 +118,12 @@ impl Runtime {
     }
 
     /// Destroys the instance whole, then calls `done`: a process at once (this blocks briefly,
-    /// so call it off the request path), a container from the containerd runtime's tasks, many
-    /// at a time.
-    pub fn destroy_then(&self, instance: Instance, done: impl FnOnce() + Send + 'static) {
+    /// so call it off the request path) and its record in `state` with it (as [`Self::start`]
+    /// wrote it), a container from the containerd runtime's tasks, many at a time.
+    pub fn destroy_then(&self, instance: Instance, state: &StateDir, done: impl FnOnce() + Send + 'static) {
         match (self, instance) {
             (Runtime::Process(runtime), Instance::Process(process)) => {
-                runtime.destroy(process);
+                destroy_recorded(runtime, process, state);
                 done();
             }
             (Runtime::Containerd(runtime), Instance::Container(container)) => runtime.destroy_then(container, done),
@@ -125,10 +131,11 @@ impl Runtime {
         }
     }
 
-    /// Destroys the instance whole, and returns once it is gone.
-    pub fn destroy(&self, instance: Instance) {
+    /// Destroys the instance whole (a process's record in `state` with it), and returns once it
+    /// is gone.
+    pub fn destroy(&self, instance: Instance, state: &StateDir) {
         match (self, instance) {
-            (Runtime::Process(runtime), Instance::Process(process)) => runtime.destroy(process),
+            (Runtime::Process(runtime), Instance::Process(process)) => destroy_recorded(runtime, process, state),
             (Runtime::Containerd(runtime), Instance::Container(container)) => runtime.destroy(container),
             _ => unreachable!("an instance is always destroyed by the runtime that started it"),
         }

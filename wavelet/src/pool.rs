@@ -532,15 +532,9 @@ impl Pools {
             return;
         };
         doomed.ei.account_memory(&doomed.pool.metrics.memory);
-        let id = instance.id().to_owned();
-        let recorded = matches!(instance, Instance::Process(_));
-        let (state, live, metrics, destroying) =
-            (self.state.clone(), self.live.clone(), self.metrics.clone(), self.destroying.clone());
+        let (live, metrics, destroying) = (self.live.clone(), self.metrics.clone(), self.destroying.clone());
         let Doomed { pool, reason, .. } = doomed;
-        self.runtime.destroy_then(instance, move || {
-            if recorded {
-                state.forget(&id);
-            }
+        self.runtime.destroy_then(instance, &self.state, move || {
             live.release();
             pool.metrics.live.dec();
             pool.metrics.destroyed(reason);

@@ -53,18 +53,15 @@ pub fn pids() -> Vec<u32> {
 /// The children of `pid` now: from each of its threads' `children` list, else (a kernel
 /// without `CONFIG_PROC_CHILDREN`) from every process's parent.
 pub fn children(pid: u32) -> Vec<u32> {
-    let listed = fs::read_dir(format!("/proc/{pid}/task")).ok().map(|tasks| {
-        tasks
-            .flatten()
-            .filter_map(|task| fs::read_to_string(task.path().join("children")).ok())
-            .flat_map(|list| list.split_whitespace().filter_map(|p| p.parse::<u32>().ok()).collect::<Vec<_>>())
-            .collect::<Vec<_>>()
-    });
-    let supported = fs::metadata(format!("/proc/{pid}/task/{pid}/children")).is_ok();
-    match listed {
-        Some(children) if supported => children,
-        _ => pids().into_iter().filter(|&child| stat(child).is_some_and(|s| s.ppid == pid)).collect(),
-    }
+    let tasks = match fs::read_dir(format!("/proc/{pid}/task")) {
+        Ok(tasks) if fs::metadata(format!("/proc/{pid}/task/{pid}/children")).is_ok() => tasks,
+        _ => return pids().into_iter().filter(|&child| stat(child).is_some_and(|s| s.ppid == pid)).collect(),
+    };
+    tasks
+        .flatten()
+        .filter_map(|task| fs::read_to_string(task.path().join("children")).ok())
+        .flat_map(|list| list.split_whitespace().filter_map(|p| p.parse::<u32>().ok()).collect::<Vec<_>>())
+        .collect()
 }
 
 /// Clock ticks per second, the unit of [`ProcStat`]'s times.

@@ -251,12 +251,7 @@ impl Inner {
             Err(unwanted) => {
                 if let Some(instance) = unwanted {
                     let (runtime, state) = (self.runtime.clone(), self.state.clone());
-                    let _ = tokio::task::spawn_blocking(move || {
-                        let id = instance.id().to_owned();
-                        runtime.destroy(instance);
-                        state.forget(&id);
-                    })
-                    .await;
+                    let _ = tokio::task::spawn_blocking(move || runtime.destroy(instance, &state)).await;
                 }
                 return;
             }
@@ -323,16 +318,12 @@ impl Inner {
         let process = ri.process.lock().take();
         if let Some(process) = process {
             self.account_memory(id, ri, process.rss_bytes());
-            let (runtime, state, rid) = (self.runtime.clone(), self.state.clone(), ri.id.clone());
+            let (runtime, state) = (self.runtime.clone(), self.state.clone());
             // SIGKILL and reaping, or containerd's calls, block: off the runtime's threads.
             self.pending.fetch_add(1, SeqCst);
             let backend = self.clone();
             std::thread::spawn(move || {
-                let recorded = matches!(process, Instance::Process(_));
-                runtime.destroy(process);
-                if recorded {
-                    state.forget(&rid);
-                }
+                runtime.destroy(process, &state);
                 backend.pending.fetch_sub(1, SeqCst);
             });
         }
@@ -441,13 +432,9 @@ impl Inner {
                 self.pending.fetch_sub(1, SeqCst);
                 continue;
             };
-            let (state, backend, id) = (self.state.clone(), self.clone(), instance.id().to_owned());
-            let recorded = matches!(instance, Instance::Process(_));
+            let backend = self.clone();
             // Containers are removed many at a time; a process is killed at once.
-            self.runtime.destroy_then(instance, move || {
-                if recorded {
-                    state.forget(&id);
-                }
+            self.runtime.destroy_then(instance, &self.state, move || {
                 backend.pending.fetch_sub(1, SeqCst);
             });
         }
