@@ -17,6 +17,15 @@ fn function_yaml(annotations: &str, instances: &[&FnInstance]) -> String {
     format!("  - name: hello\n    annotations: {{ {annotations} }}\n    instances: [{}]\n", list.join(", "))
 }
 
+/// The proxy's `/metrics`, after checking that it has each of `lines`.
+fn assert_metric_lines(proxy: &ProxyUnderTest, lines: &[&str]) -> String {
+    let metrics = admin_get(proxy, "/metrics").unwrap().text();
+    for line in lines {
+        assert!(metrics.contains(line), "missing {line}\n{metrics}");
+    }
+    metrics
+}
+
 /// Sends `n` requests at once, each on its own connection.
 fn burst(addr: std::net::SocketAddr, n: usize, path: &str) -> Vec<(HttpResponse, Duration)> {
     burst_with(addr, HOST, path, n, "")
@@ -259,17 +268,17 @@ fn metrics_count_requests_by_function_track_and_status_class() {
     assert_eq!(get(proxy.listen, HOST, "/?status=502").unwrap().status, 502);
     assert_eq!(get(proxy.listen, "other.default.example.com", "/").unwrap().status, 404);
 
-    let metrics = admin_get(&proxy, "/metrics").unwrap().text();
-    for line in [
-        r#"wavelink_requests_total{code="2xx",function="default/hello",track="regular"} 1"#,
-        r#"wavelink_requests_total{code="5xx",function="default/hello",track="regular"} 1"#,
-        r#"wavelink_request_duration_seconds_count{function="default/hello",track="regular"} 2"#,
-        r#"wavelink_instances{function="default/hello",track="regular"} 1"#,
-        "wavelink_unknown_host_requests_total 1",
-        "wavelink_functions_rejected 0",
-    ] {
-        assert!(metrics.contains(line), "missing {line}\n{metrics}");
-    }
+    assert_metric_lines(
+        &proxy,
+        &[
+            r#"wavelink_requests_total{code="2xx",function="default/hello",track="regular"} 1"#,
+            r#"wavelink_requests_total{code="5xx",function="default/hello",track="regular"} 1"#,
+            r#"wavelink_request_duration_seconds_count{function="default/hello",track="regular"} 2"#,
+            r#"wavelink_instances{function="default/hello",track="regular"} 1"#,
+            "wavelink_unknown_host_requests_total 1",
+            "wavelink_functions_rejected 0",
+        ],
+    );
     let functions = admin_get(&proxy, "/v1/functions").unwrap();
     let functions: serde_json::Value = serde_json::from_slice(&functions.body).unwrap();
     assert_eq!(functions[0]["host"], HOST);
@@ -306,14 +315,14 @@ fn an_idle_function_has_no_series_or_samples_until_its_first_request() {
         assert_eq!(get(proxy.listen, HOST, "/").unwrap().status, 200);
     }
     assert_eq!(get(proxy.listen, "other.default.example.com", "/?status=503").unwrap().status, 503);
-    let metrics = admin_get(&proxy, "/metrics").unwrap().text();
-    for line in [
-        r#"wavelink_requests_total{code="2xx",function="default/hello",track="regular"} 3"#,
-        r#"wavelink_requests_total{code="5xx",function="default/other",track="regular"} 1"#,
-        r#"wavelink_instances{function="default/hello",track="regular"} 1"#,
-    ] {
-        assert!(metrics.contains(line), "missing {line}\n{metrics}");
-    }
+    let metrics = assert_metric_lines(
+        &proxy,
+        &[
+            r#"wavelink_requests_total{code="2xx",function="default/hello",track="regular"} 3"#,
+            r#"wavelink_requests_total{code="5xx",function="default/other",track="regular"} 1"#,
+            r#"wavelink_instances{function="default/hello",track="regular"} 1"#,
+        ],
+    );
     assert!(!metrics.contains("default/idle"), "the idle function has no series:\n{metrics}");
 
     // Once their second is sampled, the two functions (and only they) are listed since then,

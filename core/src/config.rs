@@ -199,7 +199,7 @@ pub struct ProxyConfig {
     /// is answered 503 with `Retry-After` and closed. Keep it below the open-files limit, which
     /// the proxy raises to its hard limit at start.
     #[serde(default = "default_max_connections")]
-    pub max_connections: usize,
+    pub max_connections: u32,
     /// Time for a whole request header from its first byte (nginx's `client_header_timeout`);
     /// a slower client's connection is closed. 0: no bound.
     #[serde(default = "default_header_timeout", deserialize_with = "duration_field")]
@@ -234,7 +234,7 @@ fn default_threads() -> usize {
 fn default_max_queued() -> u32 {
     10_000
 }
-fn default_max_connections() -> usize {
+fn default_max_connections() -> u32 {
     20_000
 }
 fn default_header_timeout() -> Duration {

@@ -101,7 +101,7 @@ impl AdminApi {
 
     fn metrics(&self) -> Response<Vec<u8>> {
         // Series exist only for functions that had traffic (the others cost nothing here).
-        for f in self.router.functions() {
+        for f in self.router.table().functions.iter() {
             if let Some(metrics) = f.metrics_if_used() {
                 metrics.regular_in_flight.set(i64::from(f.load.regular.now()));
                 metrics.emergency_in_flight.set(i64::from(f.load.emergency.now()));

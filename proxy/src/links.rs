@@ -2,12 +2,13 @@
 //! asks for Regular Instances in `sync` mode. Shared by the router and every function.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering::Relaxed, Ordering::SeqCst};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering::Relaxed};
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 use tracing::debug;
 use wavelink_core::FunctionId;
+use wavelink_core::slots::SlotCounter;
 
 use crate::wavelets::Wavelets;
 
@@ -23,7 +24,7 @@ pub struct Links {
     epoch: Instant,
     /// Requests waiting for a slot, every function together, and the most allowed: one bound
     /// on what queued connections cost the proxy, whatever each function's queue-depth.
-    queued: AtomicU32,
+    queued: SlotCounter,
     pub max_queued: AtomicU32,
 }
 
@@ -33,20 +34,19 @@ impl Links {
             wavelets: ArcSwap::from_pointee(wavelets),
             controllers: ArcSwap::from_pointee(Vec::new()),
             epoch: Instant::now(),
-            queued: AtomicU32::new(0),
+            queued: SlotCounter::default(),
             max_queued: AtomicU32::new(u32::MAX),
         }
     }
 
     /// Takes a place in the proxy-wide queue; false when it is full.
     pub fn try_enqueue(&self) -> bool {
-        let max = self.max_queued.load(Relaxed);
-        self.queued.fetch_update(SeqCst, SeqCst, |n| (n < max).then_some(n + 1)).is_ok()
+        self.queued.try_reserve(self.max_queued.load(Relaxed))
     }
 
     /// Gives a place in the proxy-wide queue back.
     pub fn dequeued(&self) {
-        self.queued.fetch_sub(1, SeqCst);
+        self.queued.release();
     }
 
     /// `sync` mode: asks the controller for `want` Regular Instances now, without waiting for

@@ -15,7 +15,7 @@ use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -31,6 +31,7 @@ use pingora_proxy::Session;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::time::Sleep;
 use tracing::warn;
+use wavelink_core::slots::SlotCounter;
 
 /// How long a refused connection is given to take its 503.
 const REFUSAL_DEADLINE: Duration = Duration::from_secs(1);
@@ -42,7 +43,7 @@ Content-Length: 38\r\nConnection: close\r\n\r\ntoo many client connections, try 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ConnectionLimits {
     /// Open client connections beyond this are answered 503 with `Retry-After` and closed.
-    pub max_connections: usize,
+    pub max_connections: u32,
     /// From the first byte of a request header to its last; 0: no bound.
     pub header_timeout: Duration,
 }
@@ -56,14 +57,14 @@ impl Default for ConnectionLimits {
 /// What the bounds did, for metrics.
 #[derive(Debug, Default)]
 pub struct ConnectionCounters {
-    open: AtomicUsize,
+    open: SlotCounter,
     refused: AtomicU64,
     header_timeouts: AtomicU64,
 }
 
 impl ConnectionCounters {
     pub fn open(&self) -> u64 {
-        self.open.load(Ordering::Relaxed) as u64
+        u64::from(self.open.get())
     }
     pub fn refused(&self) -> u64 {
         self.refused.load(Ordering::Relaxed)
@@ -90,16 +91,14 @@ impl<A> Guarded<A> {
 struct Admitted(Arc<ConnectionCounters>);
 
 impl Admitted {
-    fn admit(counters: &Arc<ConnectionCounters>, max: usize) -> Option<Admitted> {
-        let admitted =
-            counters.open.fetch_update(Ordering::AcqRel, Ordering::Acquire, |open| (open < max).then_some(open + 1));
-        admitted.ok().map(|_| Admitted(counters.clone()))
+    fn admit(counters: &Arc<ConnectionCounters>, max: u32) -> Option<Admitted> {
+        counters.open.try_reserve(max).then(|| Admitted(counters.clone()))
     }
 }
 
 impl Drop for Admitted {
     fn drop(&mut self) {
-        self.0.open.fetch_sub(1, Ordering::AcqRel);
+        self.0.open.release();
     }
 }
 
@@ -157,9 +156,9 @@ async fn refuse(mut stream: Stream) {
 /// Raises this process's open-files soft limit towards what `max_connections` need (each client
 /// connection may hold an upstream one too), as far as the hard limit allows; says so if it
 /// stays short, since accepts beyond the limit fail with no answer at all.
-pub fn raise_open_files_limit(max_connections: usize) {
+pub fn raise_open_files_limit(max_connections: u32) {
     use nix::sys::resource::{Resource, getrlimit, setrlimit};
-    let wanted = (max_connections as u64).saturating_mul(2).saturating_add(1024);
+    let wanted = u64::from(max_connections).saturating_mul(2).saturating_add(1024);
     let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) else { return };
     let raised = wanted.min(hard);
     let soft = if raised > soft && setrlimit(Resource::RLIMIT_NOFILE, raised, hard).is_ok() { raised } else { soft };
