@@ -30,7 +30,8 @@ COPY . .
 RUN cargo build --release --locked --bin wavelink
 
 FROM debian:bookworm-slim
-RUN apt-get update && apt-get install -y --no-install-recommends ca-certificates && rm -rf /var/lib/apt/lists/*
+# nftables: the Wavelet's rules for Emergency Instances' egress (--egress=nat), applied once at start.
+RUN apt-get update && apt-get install -y --no-install-recommends ca-certificates nftables && rm -rf /var/lib/apt/lists/*
 COPY --from=build /src/target/release/wavelink /usr/local/bin/wavelink
 # A fixed, unprivileged user (the manifests run every container as 65532).
 USER 65532:65532

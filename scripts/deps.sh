@@ -4,7 +4,8 @@
 #   scripts/deps.sh            # build prerequisites (cmake for Pingora's zlib-ng, protoc for
 #                              # containerd's gRPC API)
 #   scripts/deps.sh test       # also what the tests run: containerd, runc and ctr for the
-#                              # containerd runtime, busybox for a shell inside test images
+#                              # containerd runtime, busybox for a shell inside test images,
+#                              # ip and nft for instances' egress (and its test's namespaces)
 #   scripts/deps.sh bench      # also the baselines the benchmarks compare against
 #
 # Idempotent and quiet when everything is present, so `make up` / `make test` can always run it.
@@ -13,8 +14,8 @@ set -euo pipefail
 need_cmds=(cmake cc curl protoc)
 need_pkgs=(cmake build-essential curl protobuf-compiler)
 if [ "${1:-}" = test ] || [ "${1:-}" = bench ]; then
-  need_cmds+=(containerd runc ctr busybox)
-  need_pkgs+=(containerd runc containerd busybox-static)
+  need_cmds+=(containerd runc ctr busybox ip nft)
+  need_pkgs+=(containerd runc containerd busybox-static iproute2 nftables)
 fi
 if [ "${1:-}" = bench ]; then
   need_cmds+=(wrk nginx haproxy perf crun)

@@ -6,6 +6,9 @@
 mod support;
 
 use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
@@ -267,4 +270,192 @@ fn while_containerd_is_down_the_wavelet_answers_unavailable_at_once_and_recovers
     // Containers the Wavelet could not remove during the outage are removed now: what is left
     // is the prepared ones (two by default).
     wait_until("nothing left from the outage", || containerd.containers().len() <= 2);
+}
+
+/// Two network namespaces this test creates, named `wlt-<nonce>-node` and `-up`: "node" stands
+/// for the Wavelet pod's own namespace, "up" for the network beyond it (a server at
+/// 192.0.2.2, TEST-NET-1), joined by a veth pair. Deleted on drop.
+struct TestNetwork {
+    node: String,
+    up: String,
+}
+
+impl TestNetwork {
+    fn create() -> TestNetwork {
+        let tag = format!("wlt-{:06x}", nonce() & 0xff_ffff);
+        let network = TestNetwork { node: format!("{tag}-node"), up: format!("{tag}-up") };
+        let (node, up) = (network.node.as_str(), network.up.as_str());
+        for args in [
+            vec!["netns", "add", node],
+            vec!["netns", "add", up],
+            vec!["-n", node, "link", "set", "lo", "up"],
+            vec!["-n", up, "link", "set", "lo", "up"],
+            vec!["-n", node, "link", "add", "up0", "type", "veth", "peer", "name", "eth0", "netns", up],
+            vec!["-n", node, "address", "add", "192.0.2.1/30", "dev", "up0"],
+            vec!["-n", node, "link", "set", "up0", "up"],
+            vec!["-n", up, "address", "add", "192.0.2.2/30", "dev", "eth0"],
+            vec!["-n", up, "link", "set", "eth0", "up"],
+        ] {
+            let out = std::process::Command::new("ip").args(&args).output().expect("running ip");
+            assert!(out.status.success(), "ip {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr));
+        }
+        network
+    }
+
+    /// Moves the calling thread (and what it starts from now on) into namespace `name`.
+    fn enter(name: &str) {
+        let ns = std::fs::File::open(format!("/run/netns/{name}")).expect("netns file");
+        nix::sched::setns(ns, nix::sched::CloneFlags::CLONE_NEWNET).expect("setns");
+    }
+
+    fn run(&self, namespace: &str, args: &[&str]) -> String {
+        let out = std::process::Command::new("ip").args(["netns", "exec", namespace]).args(args).output();
+        let out = out.expect("ip netns exec");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+}
+
+impl Drop for TestNetwork {
+    fn drop(&mut self) {
+        for name in [&self.node, &self.up] {
+            let _ = std::process::Command::new("ip").args(["netns", "delete", name]).status();
+        }
+    }
+}
+
+/// A server beyond the node that answers every connection with the address it came from.
+fn start_upstream(network: &TestNetwork, stop: Arc<AtomicBool>) -> u16 {
+    let (port_tx, port_rx) = std::sync::mpsc::channel();
+    let up = network.up.clone();
+    std::thread::spawn(move || {
+        TestNetwork::enter(&up);
+        let listener = std::net::TcpListener::bind("192.0.2.2:0").expect("bind upstream");
+        let _ = port_tx.send(listener.local_addr().expect("addr").port());
+        answer_with_peer_address(listener, stop);
+    });
+    port_rx.recv_timeout(PATIENCE).expect("upstream port")
+}
+
+/// Answers each connection to `listener` with `from <its source address>` until `stop` (or
+/// five minutes).
+fn answer_with_peer_address(listener: std::net::TcpListener, stop: Arc<AtomicBool>) {
+    use std::io::{Read, Write};
+    listener.set_nonblocking(true).expect("nonblocking");
+    let deadline = Instant::now() + Duration::from_secs(300);
+    while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
+        match listener.accept() {
+            Ok((mut stream, peer)) => {
+                let _ = stream.set_nonblocking(false);
+                let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
+                let mut request = [0u8; 1024];
+                let _ = stream.read(&mut request);
+                let body = format!("from {}", peer.ip());
+                let _ = write!(stream, "HTTP/1.0 200 OK\r\nContent-Length: {}\r\n\r\n{body}", body.len());
+            }
+            Err(_) => std::thread::sleep(Duration::from_millis(10)),
+        }
+    }
+}
+
+#[test]
+fn with_egress_an_instance_reaches_the_network_beyond_the_node_but_not_the_wavelet_nor_another_instance() {
+    let Some(containerd) = containerd("containerd egress") else { return };
+    let missing = ["ip", "nft"].into_iter().find(|tool| wavelink_wavelet::containerd::private::which(tool).is_none());
+    if let Some(tool) = missing {
+        eprintln!("SKIPPED containerd egress: `{tool}` is not installed (scripts/deps.sh installs it)");
+        return;
+    }
+    let network = TestNetwork::create();
+    let stop = Arc::new(AtomicBool::new(false));
+    let upstream = start_upstream(&network, stop.clone());
+    // Everything else runs in the "node" namespace: a thread of its own enters it, and what it
+    // starts (Wavelet, proxy, their sockets) is there too.
+    let node = network.node.clone();
+    let stop_node = stop.clone();
+    let outcome = std::thread::spawn(move || {
+        TestNetwork::enter(&node);
+        egress_scenario(&containerd, upstream, stop_node)
+    })
+    .join();
+    stop.store(true, Ordering::Relaxed);
+    if let Err(panic) = outcome {
+        std::panic::resume_unwind(panic);
+    }
+    let links = network.run(&network.node, &["ip", "-o", "link"]);
+    assert!(!links.contains(": wl"), "an instance's link outlived it: {links}");
+    let tables = network.run(&network.node, &["nft", "list", "tables"]);
+    assert!(!tables.contains("wavelink"), "the rules outlived the Wavelet: {tables}");
+}
+
+fn egress_scenario(containerd: &TestContainerd, upstream: u16, stop: Arc<AtomicBool>) {
+    let (yaml, host, _) = image_function(
+        containerd,
+        IMAGE,
+        "wavelink.dev/container-concurrency: \"1\", wavelink.dev/emergency-keepalive: 60s",
+    );
+    let stack = Stack::new(&yaml, &[8]);
+    let mut args = containerd.wavelet_args();
+    args.extend(["--egress".into(), "nat".into(), "--prepared".into(), "0".into()]);
+    let mut wavelet = stack.start_wavelet_with(0, &args);
+    let _proxy = stack.start_proxy();
+    // A port of the node's on every address, as the Wavelet's own would be in its pod.
+    let node_listener = std::net::TcpListener::bind("0.0.0.0:0").expect("bind a node port");
+    let node_port = node_listener.local_addr().expect("addr").port();
+    std::thread::spawn(move || answer_with_peer_address(node_listener, stop));
+    let node_answers = get(SocketAddr::from(([127, 0, 0, 1], node_port)), "node", "/").expect("the node port answers");
+    assert_eq!(node_answers.status, 200);
+
+    let results = burst_with(stack.proxy_listen, &host, "/?sleep=500", 2, "");
+    let ids: Vec<String> =
+        results.iter().map(|(r, _)| r.header("x-wavelink-instance").expect("instance id").to_owned()).collect();
+    assert_ne!(ids[0], ids[1], "two instances");
+    let sh = |id: &str, script: &str| {
+        let out = containerd.exec(id, &["/bin/busybox", "sh", "-c", script]);
+        let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        (out.status.code(), text)
+    };
+    let fetch = |id: &str, url: &str| sh(id, &format!("/bin/busybox timeout 5 /bin/busybox wget -q -O - {url}"));
+    let address = |id: &str| {
+        let (_, said) = sh(id, "/bin/busybox ip -o -4 address show dev eth0");
+        let inet = said.split_whitespace().skip_while(|w| *w != "inet").nth(1).map(str::to_owned);
+        inet.unwrap_or_else(|| panic!("no address on eth0: {said}"))
+    };
+    let (a, b) = (&ids[0], &ids[1]);
+    let (a_cidr, b_cidr) = (address(a), address(b));
+    assert!(a_cidr.ends_with("/31") && b_cidr.ends_with("/31"), "{a_cidr} {b_cidr}");
+    let b_ip = b_cidr.trim_end_matches("/31");
+    let (_, routes) = sh(a, "/bin/busybox ip -4 route");
+    let gateway = routes.split_whitespace().skip_while(|w| *w != "via").nth(1).map(str::to_owned);
+    let gateway = gateway.unwrap_or_else(|| panic!("no default route: {routes}"));
+
+    // Beyond the node: reached, and seen coming from the node's address (masqueraded).
+    let (code, said) = fetch(a, &format!("http://192.0.2.2:{upstream}/"));
+    assert_eq!(code, Some(0), "the instance cannot reach the network beyond the node: {said}");
+    assert_eq!(said.trim(), "from 192.0.2.1", "not masqueraded behind the node's address");
+
+    // Not the node's own ports, by any of its addresses; not the neighbour.
+    for target in [format!("192.0.2.1:{node_port}"), format!("{gateway}:{node_port}"), format!("{b_ip}:8080")] {
+        let (code, said) = fetch(a, &format!("http://{target}/"));
+        assert_ne!(code, Some(0), "{target} is reachable from inside an instance: {said}");
+    }
+    // The neighbour does listen there: from its own namespace it answers.
+    assert_eq!(fetch(b, "http://127.0.0.1:8080/").0, Some(0), "the neighbour serves on 8080");
+
+    // Name servers as the Wavelet has them.
+    let (_, resolv) = sh(a, "/bin/busybox cat /etc/resolv.conf");
+    let wavelet_resolv = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
+    for server in wavelet_resolv.lines().filter(|l| l.starts_with("nameserver")) {
+        assert!(resolv.contains(server), "{server:?} missing from the instance's resolv.conf: {resolv}");
+    }
+    // Each instance's link is in the node's namespace while it lives.
+    let links = std::process::Command::new("ip").args(["-o", "link"]).output().expect("ip link");
+    let links = String::from_utf8_lossy(&links.stdout).into_owned();
+    assert!(links.matches(": wl").count() >= 2, "{links}");
+
+    wavelet.signal(nix::sys::signal::Signal::SIGTERM);
+    assert!(wavelet.wait_timeout(PATIENCE).is_some_and(|s| s.success()), "{}", stack.wavelet_log(0));
+    wait_until("the instances' links are gone with them", || {
+        let links = std::process::Command::new("ip").args(["-o", "link"]).output().expect("ip link");
+        !String::from_utf8_lossy(&links.stdout).contains(": wl")
+    });
 }

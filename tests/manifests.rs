@@ -222,7 +222,7 @@ fn the_dockerfile_builds_the_binary_the_way_make_build_does() {
     let user = runtime.lines().find_map(|l| l.strip_prefix("USER ")).expect("USER");
     assert!(!user.starts_with("0") && !user.starts_with("root"), "runs as {user}");
     // The manifests run the image as that user; only the Wavelet runs as root (containerd's
-    // socket is root's), with every capability dropped but the two it needs.
+    // socket is root's), with every capability dropped but the three it needs.
     for (file, value) in documents() {
         let pod = &value["spec"]["template"]["spec"];
         if let Some(user_id) = pod["securityContext"]["runAsUser"].as_i64() {
@@ -234,7 +234,11 @@ fn the_dockerfile_builds_the_binary_the_way_make_build_does() {
                 assert_eq!(container["name"], "wavelet", "{file}: only the Wavelet runs as root");
                 assert_eq!(security["allowPrivilegeEscalation"], false, "{file}");
                 assert_eq!(security["capabilities"]["drop"], serde_json::json!(["ALL"]), "{file}");
-                assert_eq!(security["capabilities"]["add"], serde_json::json!(["SYS_ADMIN", "SYS_PTRACE"]), "{file}");
+                assert_eq!(
+                    security["capabilities"]["add"],
+                    serde_json::json!(["SYS_ADMIN", "SYS_PTRACE", "NET_ADMIN"]),
+                    "{file}"
+                );
                 assert!(security.get("privileged").is_none_or(|p| p == false), "{file}: not privileged");
             } else if !pod["securityContext"]["runAsUser"].is_i64() {
                 panic!("{file}: container {} sets no user", container["name"]);

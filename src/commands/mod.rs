@@ -14,6 +14,7 @@ use std::time::Duration;
 use anyhow::Context;
 use wavelink_core::LocalConfig;
 use wavelink_wavelet::containerd::ContainerdSettings;
+use wavelink_wavelet::containerd::egress::Ipv4Cidr;
 use wavelink_wavelet::setup::RuntimeSettings;
 
 pub fn load_config(path: &Path) -> anyhow::Result<LocalConfig> {
@@ -118,6 +119,24 @@ pub struct ContainerdArgs {
     /// cold start is only a task start; 0 disables.
     #[arg(long, default_value_t = 2, value_name = "N")]
     pub prepared: u32,
+    /// Outbound network of container instances: `none` (loopback only; they reach nothing) or
+    /// `nat` (a veth pair each, routed and masqueraded through the Wavelet's own network
+    /// namespace, so they reach what its pod reaches, but not the Wavelet or each other; needs
+    /// CAP_NET_ADMIN there and `nft`). See docs/operations.md.
+    #[arg(long, env = "WAVELINK_EGRESS", default_value = "none", value_name = "MODE")]
+    pub egress: EgressMode,
+    /// Addresses for instances' links with --egress=nat, a /31 each; seen only inside the
+    /// Wavelet's namespace (traffic leaves with its address), so any prefix not otherwise
+    /// routed from there will do.
+    #[arg(long, default_value = "198.18.0.0/16", value_name = "CIDR")]
+    pub egress_cidr: Ipv4Cidr,
+}
+
+/// Outbound network of container instances.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum EgressMode {
+    None,
+    Nat,
 }
 
 impl ContainerdArgs {
@@ -130,6 +149,7 @@ impl ContainerdArgs {
             runc_binary: self.oci_runtime.clone(),
             cgroup_parent: self.cgroup_parent.clone(),
             prepared_per_function: self.prepared,
+            egress: (self.egress == EgressMode::Nat).then_some(self.egress_cidr),
             ..ContainerdSettings::default()
         })
     }

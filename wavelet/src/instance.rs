@@ -180,6 +180,7 @@ impl Runtime {
     pub fn shutdown(&self) {
         if let Runtime::Containerd(runtime) = self {
             runtime.destroy_prepared();
+            runtime.close_network();
         }
     }
 }

@@ -115,7 +115,8 @@ impl WaveletMetrics {
             HistogramOpts::new(
                 "wavelink_emergency_start_phase_seconds",
                 "Time of each phase of starting a container instance (image, snapshot, container, task_create, \
-                 task_start; the first four are not on the request path for prepared instances)",
+                 network with --egress=nat, task_start; all but task_start are off the request path for \
+                 prepared instances)",
             )
             .buckets(START_BUCKETS.to_vec()),
             &["phase", "prepared"],
@@ -168,9 +169,14 @@ impl WaveletMetrics {
             ("snapshot", phases.snapshot),
             ("container", phases.container),
             ("task_create", phases.task_create),
+            ("network", phases.network),
             ("task_start", phases.task_start),
         ];
         for (phase, took) in observed {
+            // Without egress there is no network phase.
+            if phase == "network" && took.is_zero() {
+                continue;
+            }
             // A prepared instance did its first phases ahead of time; only what ran now counts.
             if phases.prepared && phase != "task_start" {
                 continue;

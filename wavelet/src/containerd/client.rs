@@ -14,6 +14,8 @@ use containerd_client::tonic::metadata::MetadataValue;
 use containerd_client::tonic::transport::Channel;
 use containerd_client::tonic::{self, Request};
 
+use super::egress::Ipv4Cidr;
+
 /// How the Wavelet uses containerd.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ContainerdSettings {
@@ -32,6 +34,9 @@ pub struct ContainerdSettings {
     pub prepared_per_function: u32,
     /// How long an image pull may take.
     pub pull_timeout: Duration,
+    /// Outbound network for instances, NAT through the Wavelet's namespace from links in this
+    /// prefix (egress.rs); `None`: loopback only.
+    pub egress: Option<Ipv4Cidr>,
 }
 
 impl Default for ContainerdSettings {
@@ -45,6 +50,7 @@ impl Default for ContainerdSettings {
             cgroup_parent: "/wavelink".to_owned(),
             prepared_per_function: 2,
             pull_timeout: Duration::from_secs(300),
+            egress: None,
         }
     }
 }
@@ -67,6 +73,8 @@ pub enum ConnectError {
     Version { socket: PathBuf, message: String },
     #[error("removing containers left by a previous run: {0}")]
     Orphans(String),
+    #[error("setting up instances' egress: {0}")]
+    Egress(String),
 }
 
 impl Containerd {

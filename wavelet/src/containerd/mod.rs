@@ -14,6 +14,7 @@
 //! the Wavelet's request threads only await the results.
 
 pub mod client;
+pub mod egress;
 pub mod image;
 pub mod netns;
 pub mod private;
@@ -42,6 +43,7 @@ use wavelink_core::spec::FUNCTION_LABEL;
 use wavelink_core::{FunctionDef, FunctionId};
 
 pub use client::{ConnectError, Containerd, ContainerdSettings};
+use egress::{Egress, EgressError};
 use image::{ImageError, ImageInfo};
 use netns::{HostNetns, NetnsConnector};
 use spec::{Limits, Network};
@@ -63,6 +65,8 @@ pub struct StartPhases {
     pub container: Duration,
     pub task_create: Duration,
     pub task_start: Duration,
+    /// Its egress link, route and resolv.conf (with `--egress=nat`).
+    pub network: Duration,
     /// The instance came from the prepared pool: only the task start was on the request path.
     pub prepared: bool,
 }
@@ -104,6 +108,8 @@ pub enum ContainerError {
     Unreachable { step: &'static str, message: String },
     #[error("reaching the instance's network namespace: {0}")]
     Netns(std::io::Error),
+    #[error("the instance's egress: {0}")]
+    Egress(#[from] EgressError),
 }
 
 impl ContainerError {
@@ -157,6 +163,8 @@ struct Inner {
     host_network: Option<PortRange>,
     owner: String,
     default_memory: Option<u64>,
+    /// Instances' outbound network, when enabled (never with the host network).
+    egress: Option<Egress>,
     images: Mutex<HashMap<String, ImageState>>,
     prepared: Mutex<HashMap<FunctionId, Vec<Prepared>>>,
     /// Preparations under way per function, so a burst does not start a preparation per request.
@@ -200,6 +208,13 @@ impl ContainerdRuntime {
         let (client, version) = runtime.block_on(Containerd::connect(settings))?;
         let host_netns =
             HostNetns::current().map_err(|e| ConnectError::Version { socket, message: format!("own netns: {e}") })?;
+        let egress = match client.settings.egress {
+            Some(cidr) if host_network.is_none() => {
+                let opened = runtime.block_on(Egress::open(cidr, host_netns.clone()));
+                Some(opened.map_err(|e| ConnectError::Egress(e.to_string()))?)
+            }
+            _ => None,
+        };
         let inner = Arc::new(Inner {
             client,
             host_netns,
@@ -207,6 +222,7 @@ impl ContainerdRuntime {
             host_network,
             owner,
             default_memory,
+            egress,
             images: Mutex::new(HashMap::new()),
             prepared: Mutex::new(HashMap::new()),
             preparing: Mutex::new(HashMap::new()),
@@ -342,6 +358,13 @@ impl ContainerdRuntime {
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
         });
+    }
+
+    /// Removes the egress rules (shutdown, after the instances).
+    pub fn close_network(&self) {
+        if let Some(egress) = &self.inner.egress {
+            egress.close();
+        }
     }
 
     /// Images that cannot be used now (their normalised name, and why), for reporting where
@@ -549,7 +572,8 @@ impl Inner {
         let lease = LeaseCreateRequest { id: format!("{id}-create"), labels: labels.clone() };
         let lease = self.client.leases().create(self.client.request(lease)).await.map_err(rpc("lease create"))?;
         let lease = lease.into_inner().lease.map(|l| l.id).unwrap_or_default();
-        let created = self.create_in_lease(&id, port, &lease, labels, &image, &spec, phases).await;
+        let namespace = &def.id.namespace;
+        let created = self.create_in_lease(&id, port, namespace, &lease, labels, &image, &spec, phases).await;
         let delete = LeaseDeleteRequest { id: lease, sync: false };
         if let Err(e) = self.client.leases().delete(self.client.request(delete)).await {
             warn!(instance = %id, error = %e.message(), "could not delete a creation lease");
@@ -562,6 +586,7 @@ impl Inner {
         &self,
         id: &str,
         port: u16,
+        namespace: &str,
         lease: &str,
         labels: HashMap<String, String>,
         image: &ImageInfo,
@@ -628,6 +653,14 @@ impl Inner {
                 }
             },
         };
+        if let Some(egress) = &self.egress {
+            let step = Instant::now();
+            if let Err(e) = egress.attach(&id, pid, namespace).await {
+                self.remove(&id).await;
+                return Err(e.into());
+            }
+            phases.network = step.elapsed();
+        }
         Ok(Container {
             id,
             pid,
@@ -674,6 +707,8 @@ impl Inner {
         if again {
             warn!(instance = %id, "containerd does not answer; removing the container later");
             self.unremoved.lock().push(id.to_owned());
+        } else if let Some(egress) = &self.egress {
+            egress.release(id);
         }
     }
 

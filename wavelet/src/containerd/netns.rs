@@ -1,15 +1,16 @@
 //! Reaching an instance inside its own network namespace.
 //!
 //! Each container gets a new network namespace holding only `lo` (runc creates it and brings
-//! `lo` up), so it can reach nothing: not the node, not the Wavelet, not other instances. The
+//! `lo` up), so by default it can reach nothing: not the node, not the Wavelet, not other
+//! instances. The
 //! Wavelet reaches it by creating its connection's socket *inside* that namespace (a socket
 //! stays in the namespace it was created in) and connecting to the instance's port on that
-//! namespace's loopback. No veth, no address, no route, no iptables: nothing to allocate on the
-//! request path, nothing to leak when an instance dies.
+//! namespace's loopback: nothing is routed to an instance, whether or not it has egress
+//! (egress.rs), so nothing else can reach it.
 
 use std::fs::File;
 use std::net::SocketAddr;
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -27,6 +28,23 @@ impl HostNetns {
     pub fn current() -> std::io::Result<Arc<HostNetns>> {
         Ok(Arc::new(HostNetns(File::open("/proc/thread-self/ns/net")?.into())))
     }
+
+    /// Runs `make` with the calling thread inside network namespace `target`, then returns here:
+    /// what `make` creates (a socket, a netlink connection) stays in `target`.
+    ///
+    /// `setns` switches only the calling thread, and nothing else runs on it between the two
+    /// calls (`make` is synchronous). Failing to switch back would leave a worker thread of the
+    /// Wavelet inside an instance's namespace, where every later socket it made would be wrong:
+    /// that is not survivable, so the process aborts.
+    pub fn within<T>(&self, target: BorrowedFd<'_>, make: impl FnOnce() -> T) -> std::io::Result<T> {
+        setns(target, CloneFlags::CLONE_NEWNET)?;
+        let made = make();
+        if let Err(e) = setns(self.0.as_fd(), CloneFlags::CLONE_NEWNET) {
+            tracing::error!(error = %e, "cannot return to the Wavelet's network namespace; aborting");
+            std::process::abort();
+        }
+        Ok(made)
+    }
 }
 
 /// Connects into one instance's network namespace.
@@ -43,20 +61,16 @@ impl NetnsConnector {
         Ok(NetnsConnector { instance, host })
     }
 
+    /// The instance's network namespace.
+    pub fn netns(&self) -> BorrowedFd<'_> {
+        self.instance.as_fd()
+    }
+
     /// A TCP socket created inside the instance's namespace.
-    ///
-    /// `setns` switches only the calling thread, and nothing else runs on it between the two
-    /// calls (there is no `.await` in between). Failing to switch back would leave a worker
-    /// thread of the Wavelet inside an instance's namespace, where every later socket it made
-    /// would be wrong: that is not survivable, so the process aborts.
     fn socket(&self) -> std::io::Result<socket2::Socket> {
-        setns(self.instance.as_fd(), CloneFlags::CLONE_NEWNET)?;
-        let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, Some(socket2::Protocol::TCP));
-        if let Err(e) = setns(self.host.0.as_fd(), CloneFlags::CLONE_NEWNET) {
-            tracing::error!(error = %e, "cannot return to the Wavelet's network namespace; aborting");
-            std::process::abort();
-        }
-        let socket = socket?;
+        let socket = self.host.within(self.instance.as_fd(), || {
+            socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, Some(socket2::Protocol::TCP))
+        })??;
         socket.set_nonblocking(true)?;
         socket.set_tcp_nodelay(true)?;
         Ok(socket)
