@@ -13,6 +13,8 @@ drift hits every path alike:
      is only a task start; the pool is refilled in the background;
    - containerd runtime with --prepared 0: image, snapshot, container, task create and start
      all on the request path;
+   - the same with --egress nat: each instance's veth pair, addresses, route and resolv.conf
+     on the request path too (with prepared instances they are made in the background);
    - the `process` runtime, the same binary as a process group (bench/ei.py's path);
    - baseline: `ctr run --rm` of the same image running `wavelink-fn --version` (create, start,
      the program's run, wait and delete: what a plain container start costs from a client).
@@ -21,7 +23,9 @@ drift hits every path alike:
 3. Start rate: wrk against the Wavelet (keepalive 0, so every request starts and destroys a
    container), instances per second. Goal: at least 100/s on 2 cores.
 
-Needs root (containerd). It measures; it asserts nothing.
+Needs root (containerd). Runs in a network namespace of its own (`unshare --net`), so its
+ports and the egress stack's links and rules never touch the machine's network. It measures;
+it asserts nothing.
 """
 import os
 import re
@@ -39,6 +43,7 @@ N = int(os.environ.get("N", "100"))
 DURATION = int(os.environ.get("DURATION", "10"))
 IMAGE = "localhost/wavelink-fn-bench:1"
 NAMESPACE = "wavelink-bench"
+PHASES = ("image", "snapshot", "container", "task_create", "network", "task_start")
 
 
 class Containerd:
@@ -130,7 +135,7 @@ functions:
     def phases(self):
         """Mean ms per start phase, from the Wavelet's histogram."""
         means = {}
-        for phase in ("image", "snapshot", "container", "task_create", "task_start"):
+        for phase in PHASES:
             for prepared in ("false", "true"):
                 labels = f'{{phase="{phase}",prepared="{prepared}",runtime="containerd"}}'
                 total = metric(self.wavelet_admin, f"wavelink_emergency_start_phase_seconds_sum{labels}")
@@ -152,7 +157,11 @@ functions:
 def main():
     if os.geteuid() != 0:
         sys.exit("containerd needs root")
-    for tool in ("containerd", "ctr", "runc", "wrk"):
+    if os.environ.get("WAVELINK_BENCH_NETNS") != "1":
+        os.environ["WAVELINK_BENCH_NETNS"] = "1"
+        os.execvp("unshare", ["unshare", "--net", "--", sys.executable, *sys.argv])
+    subprocess.run(["ip", "link", "set", "lo", "up"], check=True)
+    for tool in ("containerd", "ctr", "runc", "wrk", "nft"):
         if not shutil.which(tool):
             sys.exit(f"missing {tool}: `make bench` installs it (scripts/deps.sh bench)")
     for binary in (BIN, FN_BIN):
@@ -165,22 +174,25 @@ def main():
     try:
         stacks["prepared"] = Stack(directory, "prepared", runtime)
         stacks["unprepared"] = Stack(directory, "unprepared", [*runtime, "--prepared", "0"])
+        stacks["egress"] = Stack(directory, "egress", [*runtime, "--prepared", "0", "--egress", "nat"])
         stacks["process"] = Stack(directory, "process", [])
         request = b"GET / HTTP/1.1\r\nHost: cold.default.example.com\r\nConnection: close\r\n\r\n"
-        runs = {"ctr": [], "prepared": [], "unprepared": [], "process": []}
+        runs = {"ctr": [], "prepared": [], "unprepared": [], "egress": [], "process": []}
         for i in range(-3, N):  # three rounds of warm-up (page cache, image config), then N
             samples = {
                 "ctr": containerd.run_rm(i + 3),
                 "prepared": first_byte(stacks["prepared"].proxy, request),
                 "unprepared": first_byte(stacks["unprepared"].proxy, request),
+                "egress": first_byte(stacks["egress"].proxy, request),
                 "process": first_byte(stacks["process"].proxy, request),
             }
             if i >= 0:
                 for kind, seconds in samples.items():
                     runs[kind].append(seconds)
             time.sleep(0.1)  # a refill of the prepared pool per request, as between bursts
-        phases = {kind: stacks[kind].phases() for kind in ("prepared", "unprepared")}
+        phases = {kind: stacks[kind].phases() for kind in ("prepared", "unprepared", "egress")}
         stacks.pop("unprepared").stop()
+        stacks.pop("egress").stop()
         stacks.pop("process").stop()
         rate = stacks["prepared"].start_rate()
     finally:
@@ -199,17 +211,19 @@ def main():
         "ctr": "`ctr run --rm` of the image (`wavelink-fn --version`)",
         "prepared": "EI cold start, containerd, prepared instances (default)",
         "unprepared": "EI cold start, containerd, `--prepared 0`",
+        "egress": "EI cold start, containerd, `--prepared 0 --egress nat`",
         "process": "EI cold start, `process` runtime",
     }
     for kind, label in labels.items():
         p50, p99 = pct(runs[kind], 0.5), pct(runs[kind], 0.99)
         print(f"| {label} | {p50:.1f} | {p99:.1f} | {p50 / c50:.2f}x | {p99 / c99:.2f}x |")
     print()
-    print("| start phase (Wavelet histogram) | prepared: mean ms | count | --prepared 0: mean ms | count |")
-    print("|---|---|---|---|---|")
-    for phase in ("image", "snapshot", "container", "task_create", "task_start"):
+    print("| start phase (Wavelet histogram) | prepared: mean ms | count | --prepared 0: mean ms | count "
+          "| --prepared 0 --egress nat: mean ms | count |")
+    print("|---|---|---|---|---|---|---|")
+    for phase in PHASES:
         cells = []
-        for kind in ("prepared", "unprepared"):
+        for kind in ("prepared", "unprepared", "egress"):
             # A prepared start records only its task start on the request path (prepared="true");
             # its other phases ran in the background and show as prepared="false" refills.
             found = phases[kind].get((phase, "true")) or phases[kind].get((phase, "false"))
