@@ -11,6 +11,8 @@ use wavelink_kubernetes::{ClusterView, NamespacedName};
 
 /// Longest wait for the first list of Deployments and EndpointSlices.
 const FIRST_LIST_TIMEOUT: Duration = Duration::from_secs(30);
+/// How often the Kubernetes thread returns freed memory to the system.
+const RELEASE_INTERVAL: Duration = Duration::from_secs(30);
 
 pub struct Cluster {
     pub runtime: tokio::runtime::Runtime,
@@ -41,6 +43,15 @@ impl Cluster {
         })?;
         let scope = settings.namespace.as_deref().unwrap_or("all namespaces");
         info!(scope, functions = view.catalog().functions.len(), "watching the cluster");
+        // Lists arrive as pages of whole objects, parsed on this runtime's one worker and dropped
+        // once projected: hand what they used back now and then, or the allocator keeps the
+        // high-water mark of the last (re)list (tens of megabytes with 10,000 functions).
+        runtime.spawn(async {
+            loop {
+                crate::allocator::release_unused();
+                tokio::time::sleep(RELEASE_INTERVAL).await;
+            }
+        });
         Ok(Cluster { runtime, client, view })
     }
 

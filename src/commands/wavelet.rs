@@ -84,7 +84,7 @@ pub fn run(args: WaveletArgs) -> anyhow::Result<()> {
             let cluster = Cluster::connect(settings)?;
             let pools = wavelet.pools().clone();
             cluster.follow(move |view| {
-                pools.apply(view.catalog().functions.into_iter().map(|f| f.def).collect());
+                pools.apply(view.catalog().functions.iter().map(|f| f.def.clone()).collect());
                 warn_unreachable(&pools);
             });
             let reporter = report_image_failures(&cluster, wavelet.pools().clone(), node);
@@ -98,6 +98,8 @@ pub fn run(args: WaveletArgs) -> anyhow::Result<()> {
             }
             wavelet.pools().apply(functions);
             warn_unreachable(wavelet.pools());
+            // What parsing thousands of functions used goes back to the system (as in the proxy).
+            crate::allocator::release_unused();
             None
         }
     };
@@ -124,13 +126,13 @@ fn report_image_failures(cluster: &Cluster, pools: Arc<Pools>, node: String) -> 
             }
             let catalog = view.catalog();
             for (function, why) in failures {
-                let Some(deployment) =
-                    catalog.function(&function).and_then(|f| view.deployment(&function.namespace, &f.deployment))
+                let Some(object) = catalog
+                    .function(&function)
+                    .and_then(|f| view.deployment_reference(&function.namespace, &f.deployment))
                 else {
                     continue;
                 };
                 let note = format!("node {node} cannot start Emergency Instances of {function}: {why}");
-                let object = kube::Resource::object_ref(deployment.as_ref(), &());
                 if let Err(e) = events.report(&object, REASON_IMAGE, "StartEmergencyInstance", &note).await {
                     tracing::warn!(%function, error = %e, "could not leave an Event about the image");
                 }

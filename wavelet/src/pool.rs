@@ -8,9 +8,9 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::SeqCst};
 use std::sync::mpsc;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
@@ -91,13 +91,20 @@ impl Ei {
 pub struct FunctionPool {
     pub id: FunctionId,
     pub def: ArcSwap<FunctionDef>,
-    pub metrics: FunctionMetrics,
+    /// Its series, made when it first has an instance: a function that never spills to this
+    /// node costs no metric series (10,000 configured functions, a few dozen bursting).
+    metrics: OnceLock<Box<FunctionMetrics>>,
+    registry: Arc<WaveletMetrics>,
     instances: Mutex<Vec<Arc<Ei>>>,
     /// Instances that died before serving, for the crash-loop back-off.
     crashes: CrashLoop,
 }
 
 impl FunctionPool {
+    pub fn metrics(&self) -> &FunctionMetrics {
+        self.metrics.get_or_init(|| Box::new(self.registry.for_function(&self.id.to_string())))
+    }
+
     pub fn instances(&self) -> Vec<Arc<Ei>> {
         self.instances.lock().clone()
     }
@@ -310,7 +317,8 @@ impl Pools {
                 }
                 None => Arc::new(FunctionPool {
                     id: def.id.clone(),
-                    metrics: self.metrics.for_function(&def.id.to_string()),
+                    metrics: OnceLock::new(),
+                    registry: self.metrics.clone(),
                     def: ArcSwap::from_pointee(def),
                     instances: Mutex::new(Vec::new()),
                     crashes: CrashLoop::default(),
@@ -353,7 +361,7 @@ impl Pools {
                     ei.slots.release();
                     continue;
                 }
-                pool.metrics.reused.inc();
+                pool.metrics().reused.inc();
                 return Ok(Lease { pools: self.clone(), pool: pool.clone(), ei: ei.clone(), cold: false });
             }
         }
@@ -379,7 +387,7 @@ impl Pools {
             Err(e) => {
                 drop(place);
                 if !e.is_unavailable() {
-                    pool.metrics.spawn_failures.inc();
+                    pool.metrics().spawn_failures.inc();
                     let (in_a_row, backoff) = pool.crashes.record(Some(e.to_string()));
                     warn!(function = %def.id, error = %e, in_a_row, ?backoff,
                           "starting an Emergency Instance failed; no new one until the back-off passes");
@@ -409,8 +417,8 @@ impl Pools {
             process: Mutex::new(Some(instance)),
         });
         pool.instances.lock().push(ei.clone());
-        pool.metrics.spawned.inc();
-        pool.metrics.live.inc();
+        pool.metrics().spawned.inc();
+        pool.metrics().live.inc();
         self.metrics.live_total.inc();
         Ok(Lease { pools: self.clone(), pool: pool.clone(), ei, cold: true })
     }
@@ -465,7 +473,7 @@ impl Pools {
                     self.retire(pool, &ei, DestroyReason::Exited);
                     continue;
                 }
-                ei.account_memory(&pool.metrics.memory);
+                ei.account_memory(&pool.metrics().memory);
             }
             match keepalive_ms {
                 None => self.retire_if_idle(pool, &ei, DestroyReason::Removed),
@@ -485,7 +493,7 @@ impl Pools {
     pub fn discard(&self, lease: Lease) {
         if lease.cold {
             let (in_a_row, backoff) = lease.pool.crashes.record(None);
-            lease.pool.metrics.spawn_failures.inc();
+            lease.pool.metrics().spawn_failures.inc();
             // One line per death, and deaths are spaced by the back-off: no flood.
             warn!(function = %lease.pool.id, instance = %lease.ei.id, in_a_row, ?backoff,
                   "an Emergency Instance died before it served; no new one until the back-off passes");
@@ -531,13 +539,13 @@ impl Pools {
             self.destroying.fetch_sub(1, SeqCst);
             return;
         };
-        doomed.ei.account_memory(&doomed.pool.metrics.memory);
+        doomed.ei.account_memory(&doomed.pool.metrics().memory);
         let (live, metrics, destroying) = (self.live.clone(), self.metrics.clone(), self.destroying.clone());
         let Doomed { pool, reason, .. } = doomed;
         self.runtime.destroy_then(instance, &self.state, move || {
             live.release();
-            pool.metrics.live.dec();
-            pool.metrics.destroyed(reason);
+            pool.metrics().live.dec();
+            pool.metrics().destroyed(reason);
             metrics.live_total.dec();
             destroying.fetch_sub(1, SeqCst);
         });
@@ -609,6 +617,26 @@ mod tests {
             assert!(Instant::now() < deadline, "timed out waiting for {what}");
             std::thread::sleep(Duration::from_millis(10));
         }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_function_has_metric_series_only_once_it_has_had_an_instance() {
+        let (pools, _scratch) = pools();
+        pools.apply(vec![def("spills"), def("never")]);
+        let series = |name: &str| {
+            let text = String::from_utf8(pools.metrics.encode().expect("encode")).expect("utf-8");
+            text.lines().filter(|l| !l.starts_with('#') && l.contains(&format!("function=\"default/{name}\""))).count()
+        };
+        assert_eq!((series("spills"), series("never")), (0, 0), "configured functions cost no series");
+        let spills = pools.function(&def("spills").id).expect("pool");
+        drop(pools.acquire(&spills).await.expect("an instance"));
+        assert!(series("spills") > 0, "its first instance brings its series");
+        let text = String::from_utf8(pools.metrics.encode().expect("encode")).expect("utf-8");
+        let spawned = "wavelink_emergency_instances_spawned_total{function=\"default/spills\",runtime=\"process\"} 1";
+        assert!(text.contains(spawned), "{text}");
+        assert_eq!(series("never"), 0);
+        pools.apply(vec![]);
+        wait_for("the instance destroyed", || pools.live() == 0);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -201,7 +201,7 @@ impl ProxyHttp for WaveletProxy {
         response.remove_header(WAVELET_HEADER);
         if let (Some(since), Some(pool)) = (ctx.cold_since.take(), &ctx.pool) {
             pool.started_fine();
-            pool.metrics.first_byte.observe(since.elapsed().as_secs_f64());
+            pool.metrics().first_byte.observe(since.elapsed().as_secs_f64());
         }
         Ok(())
     }
@@ -210,7 +210,7 @@ impl ProxyHttp for WaveletProxy {
         connections::request_done(session);
         ctx.lease = None;
         if let Some(pool) = &ctx.pool {
-            pool.metrics.record_request(session.response_written().map(|r| r.status.as_u16()));
+            pool.metrics().record_request(session.response_written().map(|r| r.status.as_u16()));
         }
     }
 }

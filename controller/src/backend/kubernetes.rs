@@ -49,8 +49,13 @@ impl Backend for KubernetesBackend {
             .view
             .catalog()
             .functions
-            .into_iter()
-            .map(|f| ManagedFunction { id: f.def.id, spec: f.def.spec, replicas: f.replicas, ready: f.ready })
+            .iter()
+            .map(|f| ManagedFunction {
+                id: f.def.id.clone(),
+                spec: f.def.spec.clone(),
+                replicas: f.replicas,
+                ready: f.ready,
+            })
             .collect())
     }
 
@@ -66,7 +71,7 @@ impl Backend for KubernetesBackend {
         if !self.is_leader() {
             return Vec::new();
         }
-        let rejected = self.view.catalog().rejected;
+        let rejected = self.view.catalog().rejected.clone();
         self.events.report(&rejected).await.iter().map(|e| api_error("create_event", e)).collect()
     }
 
