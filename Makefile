@@ -39,6 +39,7 @@ bench: build bench-deps
 	bench/load.sh
 	bench/soak.py
 	bench/functions_scale.py
+	@if [ -x ../shared/k8s-testenv/start.sh ]; then bench/functions_k8s.py; else echo "bench/functions_k8s.py skipped: no ../shared/k8s-testenv (a real apiserver) beside this checkout"; fi
 
 # The headline experiment: every scaling mode side by side on one trace (docs/benchmarks.md).
 experiment: build
