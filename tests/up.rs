@@ -167,3 +167,23 @@ fn in_sync_mode_a_request_without_a_slot_gets_a_regular_instance_at_once() {
         metric(up.controller_admin, &format!("wavelink_controller_pokes_total{{function=\"{}/work\"}}", up.namespace));
     assert!(pokes >= 1.0);
 }
+
+#[test]
+fn an_idle_function_the_controller_skips_is_scaled_again_as_soon_as_it_has_demand() {
+    // async: requests wait for RIs, so only the controller can serve this one.
+    let up = up(
+        "wavelink.dev/scaling-mode: async, wavelink.dev/container-concurrency: \"1\", wavelink.dev/window: 6s, \
+         wavelink.dev/initial-scale: \"0\", wavelink.dev/queue-timeout: 60s",
+        "200ms",
+    );
+    // After its initial phase (one window) with no demand and no RI, rounds skip it.
+    wait_within("the idle function at rest", Duration::from_secs(30), || {
+        metric(up.controller_admin, "wavelink_controller_functions_at_rest") == 1.0
+    });
+    assert_eq!(up.regular_instances().0, 0);
+
+    let response = get(up.proxy, &up.host(), "/").expect("a request to the idle function");
+    assert_eq!(response.status, 200, "{}", response.text());
+    assert_eq!(response.header("x-wavelink-track"), Some("regular"), "served by an RI the controller asked for");
+    assert!(up.regular_instances().0 >= 1);
+}

@@ -49,6 +49,8 @@ struct FunctionControl {
     missing: Vec<(SocketAddr, u64)>,
     failures: u32,
     retry_at: Option<Instant>,
+    /// What the last decision published (desired, ready), so a skipped one leaves true gauges.
+    published: Option<(u32, u32)>,
 }
 
 /// What the proxies covered of one window: milliseconds missing per proxy, and the seconds some
@@ -183,6 +185,7 @@ impl Controller {
         // What the proxies reported depends on the window only: worked out once per window, not
         // once per function (thousands share a few windows).
         let mut coverage_by_window: HashMap<u64, Arc<WindowCoverage>> = HashMap::new();
+        let mut at_rest = 0;
         for function in managed {
             let label = function.id.to_string();
             let window = function.spec.window.as_secs();
@@ -202,6 +205,18 @@ impl Controller {
                 let mut functions = self.functions.lock();
                 let control = functions.entry(function.id.clone()).or_default();
                 control.history.forget_before(now.saturating_sub(KEEP_SECONDS));
+                // Nothing to decide (no demand, at its floor, complete data now and last time,
+                // gauges already true): skipped, so idle functions cost a lookup per round.
+                let demand = control.history.has_since(now.saturating_sub(window + 1));
+                if missing.is_empty()
+                    && control.missing.is_empty()
+                    && control.retry_at.is_none()
+                    && control.published == Some((function.replicas, function.ready))
+                    && control.decider.at_rest(&function.spec, now, demand, function.replicas)
+                {
+                    at_rest += 1;
+                    continue;
+                }
                 let mut observations = control.history.since(now.saturating_sub(window + 1));
                 // A reported second without a sample of the function is a second of no demand.
                 let seen: HashSet<u64> = observations.iter().map(|o| o.second).collect();
@@ -222,6 +237,7 @@ impl Controller {
                 control.missing = missing;
                 control.last_reason = Some(decision.reason);
                 control.panic = decision.panic;
+                control.published = Some((decision.desired, function.ready));
                 let blocked = control.retry_at.is_some_and(|at| Instant::now() < at);
                 (decision, blocked)
             };
@@ -234,6 +250,7 @@ impl Controller {
                 self.write(&function, decision.desired).await;
             }
         }
+        self.metrics.at_rest.set(at_rest);
         match tokio::time::timeout(BACKEND_TIMEOUT, self.backend.maintain()).await {
             Ok(errors) => errors.iter().for_each(|e| self.api_error(e)),
             Err(_) => self.api_error(&BackendError::Timeout { operation: "maintain", after: BACKEND_TIMEOUT }),

@@ -33,6 +33,11 @@ impl History {
         merged.into_values().collect()
     }
 
+    /// Whether any proxy reported demand in a second after `since`.
+    pub fn has_since(&self, since: u64) -> bool {
+        self.per_proxy.values().any(|seconds| seconds.range(since + 1..).next().is_some())
+    }
+
     /// Forgets seconds up to `before` (and proxies with nothing left).
     pub fn forget_before(&mut self, before: u64) {
         for seconds in self.per_proxy.values_mut() {

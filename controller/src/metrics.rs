@@ -17,6 +17,8 @@ pub struct ControllerMetrics {
     pub scrape_errors: IntCounterVec,
     pub pokes: IntCounterVec,
     pub leader: IntGauge,
+    /// Functions the last round skipped: nothing to decide (`Decider::at_rest`).
+    pub at_rest: IntGauge,
     /// Local backend: RI processes started (cold starts on the standard track).
     pub regular_started: IntCounterVec,
     /// Local backend: resident memory of RIs integrated over their lifetime.
@@ -59,6 +61,10 @@ impl ControllerMetrics {
             &["function"],
         )?;
         let leader = IntGauge::new("wavelink_controller_leader", "1 while this controller may write")?;
+        let at_rest = IntGauge::new(
+            "wavelink_controller_functions_at_rest",
+            "Functions the last decision round skipped: no demand over their window, at their floor, nothing held",
+        )?;
         let regular_started = IntCounterVec::new(
             Opts::new("wavelink_regular_instances_started_total", "Regular Instances started (local backend)"),
             &["function"],
@@ -82,6 +88,7 @@ impl ControllerMetrics {
             Box::new(scrape_errors.clone()),
             Box::new(pokes.clone()),
             Box::new(leader.clone()),
+            Box::new(at_rest.clone()),
             Box::new(regular_started.clone()),
             Box::new(regular_memory.clone()),
         ] {
@@ -100,6 +107,7 @@ impl ControllerMetrics {
             scrape_errors,
             pokes,
             leader,
+            at_rest,
             regular_started,
             regular_memory,
         })

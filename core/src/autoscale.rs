@@ -238,6 +238,30 @@ impl Decider {
         decision
     }
 
+    /// Whether a decision now would change nothing and could be skipped: the function is past
+    /// its first decision and its initial phase, not panicking, at its floor (`min-scale`,
+    /// capped by `max-scale`) with nothing higher held for the scale-down delay, and has had
+    /// no demand over its stable window (`demand_in_window` false). Then [`Decider::decide`]
+    /// would answer `asked`. The controller skips such functions, so a round costs in
+    /// proportion to the functions with something to decide, not to all configured ones.
+    pub fn at_rest(&self, spec: &FunctionSpec, now: u64, demand_in_window: bool, asked: u32) -> bool {
+        // fast-only decides 0, always (and keeps no state to be at rest in).
+        if spec.scaling_mode == ScalingMode::FastOnly {
+            return asked == 0;
+        }
+        let Some(started) = self.started else { return false };
+        let stable_window = spec.window.as_secs().max(1);
+        let floor = bound(spec, 0);
+        let delay = spec.scale_down_delay.as_secs();
+        !demand_in_window
+            && asked == floor
+            // With a threshold of 0, no demand at all still counts as a panic.
+            && spec.panic_threshold_percentage > 0.0
+            && self.panic_since_trigger.is_none()
+            && !(self.initial_phase && now < started + stable_window)
+            && self.recent.iter().all(|&(at, desired)| desired <= floor || at + delay < now)
+    }
+
     /// The highest recommendation of the last `delay` (Knative's scale-down delay).
     fn hold_for_scale_down_delay(&mut self, delay: Duration, now: u64, desired: u32) -> u32 {
         self.recent.push_back((now, desired));
@@ -610,5 +634,44 @@ mod tests {
         let mut a = Observation::from_sample(&sample(2, 1));
         a.merge(&Observation::from_sample(&sample(4, 0)));
         assert_eq!(a, Observation { second: 100, peak: 7.0, avg: 7.0, arrivals: 6 });
+    }
+
+    #[test]
+    fn a_function_at_rest_is_decided_as_it_is_and_leaves_rest_with_demand() {
+        // Many runs of ticks with demand switched on and off; whenever the rule says "at rest",
+        // a decision would have kept the count (and new demand always ends the rest).
+        let specs = [
+            spec(&[]),
+            spec(&[(keys::MIN_SCALE, "2"), (keys::SCALE_DOWN_DELAY, "10s")]),
+            spec(&[(keys::MIN_SCALE, "1"), (keys::MAX_SCALE, "3"), (keys::INITIAL_SCALE, "2")]),
+            spec(&[(keys::SCALING_MODE, "fast-only")]),
+        ];
+        let mut rests = 0;
+        for (n, spec) in specs.iter().enumerate() {
+            let mut decider = Decider::default();
+            let mut asked = 0;
+            let mut observations = Vec::new();
+            for now in 1000..1400u64 {
+                // Demand in bursts: on for 20 s every 150 s (varying by spec).
+                let busy = (now + 40 * n as u64) % 150 < 20;
+                // A quiet second is reported as such (the controller fills them in).
+                let (peak, avg, arrivals) = if busy { (5.0, 4.0, 20) } else { (0.0, 0.0, 0) };
+                observations.push(Observation { second: now, peak, avg, arrivals });
+                let window = spec.window.as_secs();
+                let demand = observations.iter().any(|o| o.arrivals > 0 && o.second + window > now);
+                let rest = decider.at_rest(spec, now, demand, asked);
+                let decision = decider.decide(spec, tick(now, &observations, asked));
+                if rest {
+                    rests += 1;
+                    assert_eq!(decision.desired, asked, "spec {n}, t={now}: at rest but decided otherwise");
+                }
+                if busy && spec.scaling_mode != ScalingMode::FastOnly {
+                    assert!(!rest, "spec {n}, t={now}: demand is never rest");
+                }
+                asked = decision.desired;
+            }
+        }
+        assert!(rests > 500, "the rule applies in the quiet stretches ({rests})");
+        assert!(!Decider::default().at_rest(&spec(&[]), 1000, false, 0), "never before a first decision");
     }
 }
