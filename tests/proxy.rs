@@ -282,6 +282,17 @@ fn metrics_count_requests_by_function_track_and_status_class() {
     let functions = admin_get(&proxy, "/v1/functions").unwrap();
     let functions: serde_json::Value = serde_json::from_slice(&functions.body).unwrap();
     assert_eq!(functions[0]["host"], HOST);
+    // `?with-instances` leaves out functions without any (what a re-asserting controller reads).
+    let with_instances = || admin_get(&proxy, "/v1/functions?with-instances").unwrap().json();
+    assert_eq!(with_instances()[0]["function"], "default/hello");
+    let emptied = send(
+        proxy.admin,
+        "PUT /v1/functions/default/hello/instances HTTP/1.1\r\nHost: a\r\nContent-Length: 2\r\nConnection: close\r\n\r\n[]",
+    )
+    .unwrap();
+    assert!(emptied.status < 300, "{}", emptied.text());
+    wait_until("no function with instances", || with_instances().as_array().is_some_and(Vec::is_empty));
+    assert_eq!(admin_get(&proxy, "/v1/functions").unwrap().json().as_array().map(Vec::len), Some(1));
     assert_eq!(admin_get(&proxy, "/nope").unwrap().status, 404);
     let wrong_method =
         send(proxy.admin, "POST /stats HTTP/1.1\r\nHost: a\r\nContent-Length: 0\r\nConnection: close\r\n\r\n").unwrap();

@@ -6,7 +6,7 @@
 //! | GET | `/readyz` | the client listener accepts and the proxy is not draining |
 //! | GET | `/metrics` | Prometheus text |
 //! | GET | `/stats` | JSON [`ProxyStats`]: a minute of one-second concurrency samples per function; `?since=<ms>`: only what is newer, for active functions |
-//! | GET | `/v1/functions` | functions with their hosts, specs and instances |
+//! | GET | `/v1/functions` | functions with their hosts, specs and instances; `?with-instances`: only those that have some |
 //! | GET | `/v1/wavelets` | the Wavelets overflow spills to, with requests in flight on each |
 //! | GET | `/v1/functions/{ns}/{name}/instances` | a function's Regular Instances, draining ones too |
 //! | PUT | `/v1/functions/{ns}/{name}/instances` | replace them with a JSON list of `ip:port` |
@@ -50,7 +50,11 @@ impl ServeHttp for AdminApi {
                 Ok(since) => json(StatusCode::OK, &self.stats(since)),
                 Err(message) => text(StatusCode::BAD_REQUEST, &message),
             },
-            (&Method::GET, ["v1", "functions"]) => json(StatusCode::OK, &self.function_list()),
+            (&Method::GET, ["v1", "functions"]) => {
+                let query = session.req_header().uri.query().unwrap_or("");
+                let with_instances = query.split('&').any(|pair| pair == "with-instances");
+                json(StatusCode::OK, &self.function_list(with_instances))
+            }
             (&Method::GET, ["v1", "wavelets"]) => json(StatusCode::OK, &self.wavelet_list()),
             (&Method::GET, ["v1", "functions", namespace, name, "instances"]) => match self.find(namespace, name) {
                 Ok(f) => json(StatusCode::OK, &instance_list(&f)),
@@ -175,11 +179,15 @@ impl AdminApi {
         wavelets.targets().iter().map(|t| WaveletListing { address: t.addr, in_flight: t.in_flight() }).collect()
     }
 
-    fn function_list(&self) -> Vec<FunctionListing> {
+    /// Every function, or (`with_instances`) those with some instance, live or draining: what a
+    /// controller re-asserting instance lists needs to compare, with thousands of functions
+    /// almost all at zero.
+    fn function_list(&self, with_instances: bool) -> Vec<FunctionListing> {
         let domain = self.router.domain();
         self.router
             .functions()
             .iter()
+            .filter(|f| !with_instances || !f.routing().regular.is_empty() || !f.draining().is_empty())
             .map(|f| {
                 let spec = f.spec();
                 FunctionListing {

@@ -386,11 +386,25 @@ impl Inner {
     }
 
     /// Level-triggered: every proxy's list of each function's RIs is read (one call per proxy)
-    /// and put right where it differs from the ready RIs, whoever changed it.
+    /// and put right where it differs from the ready RIs, whoever changed it. Only functions
+    /// with RIs here or instances on the proxy can differ (the others agree on none), so both
+    /// sides list just those: a round costs in proportion to them, not to configured functions.
     async fn reassert(&self) {
-        let ids: Vec<FunctionId> = self.functions.lock().keys().cloned().collect();
+        let wanted: HashMap<String, (FunctionId, Vec<SocketAddr>)> = {
+            let functions = self.functions.lock();
+            functions
+                .iter()
+                .filter(|(_, f)| !f.instances.is_empty())
+                .map(|(id, f)| {
+                    let ready = f.instances.iter().filter(|ri| ri.ready.load(SeqCst) && !ri.retiring.load(SeqCst));
+                    let mut want: Vec<SocketAddr> = ready.map(|ri| ri.addr).collect();
+                    want.sort();
+                    (id.to_string(), (id.clone(), want))
+                })
+                .collect()
+        };
         for proxy in &self.proxies {
-            let listing = client::call(*proxy, http::Method::GET, "/v1/functions", None, ADMIN_TIMEOUT)
+            let listing = client::call(*proxy, http::Method::GET, "/v1/functions?with-instances", None, ADMIN_TIMEOUT)
                 .await
                 .map_err(|e| e.to_string())
                 .and_then(|body| serde_json::from_slice::<Vec<ProxyFunction>>(&body).map_err(|e| e.to_string()));
@@ -401,20 +415,32 @@ impl Inner {
                     continue;
                 }
             };
-            // By name: a scan per function would cost functions² comparisons with thousands.
-            let listed: HashMap<&str, &ProxyFunction> = listing.iter().map(|f| (f.function.as_str(), f)).collect();
-            for id in &ids {
-                let Some(mut want) = self.ready_addrs(id) else { continue };
-                let label = id.to_string();
-                // A function the proxy does not know (rejected there) is left alone.
-                let Some(has) = listed.get(label.as_str()) else { continue };
-                let mut has: Vec<SocketAddr> =
-                    has.instances.iter().filter(|i| !i.draining).map(|i| i.address).collect();
-                want.sort();
-                has.sort();
-                if want != has {
+            let listed: HashMap<&str, Vec<SocketAddr>> = listing
+                .iter()
+                .map(|f| {
+                    let mut has: Vec<SocketAddr> =
+                        f.instances.iter().filter(|i| !i.draining).map(|i| i.address).collect();
+                    has.sort();
+                    (f.function.as_str(), has)
+                })
+                .collect();
+            for (label, (id, want)) in &wanted {
+                let has = listed.get(label.as_str()).cloned().unwrap_or_default();
+                if *want != has {
                     info!(function = %id, proxy = %proxy, ?has, ?want, "a proxy's instances differ; putting them right");
-                    self.put(*proxy, id, &want).await;
+                    self.put(*proxy, id, want).await;
+                }
+            }
+            // Instances on the proxy of a function of ours that has no RI here.
+            for (label, has) in &listed {
+                if wanted.contains_key(*label) || has.is_empty() {
+                    continue;
+                }
+                let Some((namespace, name)) = label.split_once('/') else { continue };
+                let Ok(id) = FunctionId::new(namespace, name) else { continue };
+                if self.functions.lock().contains_key(&id) {
+                    info!(function = %id, proxy = %proxy, ?has, "a proxy routes to instances this controller did not start; removing them");
+                    self.put(*proxy, &id, &[]).await;
                 }
             }
         }
