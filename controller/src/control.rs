@@ -187,7 +187,6 @@ impl Controller {
         let mut coverage_by_window: HashMap<u64, Arc<WindowCoverage>> = HashMap::new();
         let mut at_rest = 0;
         for function in managed {
-            let label = function.id.to_string();
             let window = function.spec.window.as_secs();
             let covered = coverage_by_window
                 .entry(window)
@@ -203,7 +202,11 @@ impl Controller {
             let (missing, reported) = (covered.missing.clone(), &covered.reported);
             let (decision, retry_blocked) = {
                 let mut functions = self.functions.lock();
-                let control = functions.entry(function.id.clone()).or_default();
+                // Looked up before inserting: no key to copy for the thousands already known.
+                if !functions.contains_key(&function.id) {
+                    functions.insert(function.id.clone(), FunctionControl::default());
+                }
+                let Some(control) = functions.get_mut(&function.id) else { continue };
                 control.history.forget_before(now.saturating_sub(KEEP_SECONDS));
                 // Nothing to decide (no demand, at its floor, complete data now and last time,
                 // gauges already true): skipped, so idle functions cost a lookup per round.
@@ -241,6 +244,7 @@ impl Controller {
                 let blocked = control.retry_at.is_some_and(|at| Instant::now() < at);
                 (decision, blocked)
             };
+            let label = function.id.to_string();
             self.metrics.desired.with_label_values(&[&label]).set(i64::from(decision.desired));
             self.metrics.ready.with_label_values(&[&label]).set(i64::from(function.ready));
             self.metrics.panic.with_label_values(&[&label]).set(i64::from(decision.panic));
