@@ -304,8 +304,15 @@ impl Stack {
         let log = std::fs::File::create(self.dir.0.join("proxy.log")).expect("log file");
         let mut command = wavelink();
         command.args(["proxy", "--config"]).arg(&self.config).stdout(Stdio::null()).stderr(log);
-        let proc = Proc::spawn("proxy", &mut command);
-        wait_until("proxy ready", || ready(self.proxy_admin));
+        let mut proc = Proc::spawn("proxy", &mut command);
+        wait_until("proxy ready", || {
+            // A proxy that exited (a port taken between choosing and binding it) says why.
+            if let Ok(Some(status)) = proc.child.try_wait() {
+                let log = std::fs::read_to_string(self.dir.0.join("proxy.log")).unwrap_or_default();
+                panic!("the proxy exited ({status}) before it was ready:\n{log}");
+            }
+            ready(self.proxy_admin)
+        });
         proc
     }
 
