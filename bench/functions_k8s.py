@@ -125,8 +125,7 @@ def functions_listed(admin):
 
 
 def count_functions(admin):
-    listed = functions_listed(admin)
-    return len(listed.get("functions", listed) if isinstance(listed, dict) else listed)
+    return len(functions_listed(admin))
 
 
 def settled_rss(pids, seconds=3):

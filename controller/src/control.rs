@@ -202,11 +202,7 @@ impl Controller {
             let (missing, reported) = (covered.missing.clone(), &covered.reported);
             let (decision, retry_blocked) = {
                 let mut functions = self.functions.lock();
-                // Looked up before inserting: no key to copy for the thousands already known.
-                if !functions.contains_key(&function.id) {
-                    functions.insert(function.id.clone(), FunctionControl::default());
-                }
-                let Some(control) = functions.get_mut(&function.id) else { continue };
+                let control = functions.entry(function.id.clone()).or_default();
                 control.history.forget_before(now.saturating_sub(KEEP_SECONDS));
                 // Nothing to decide (no demand, at its floor, complete data now and last time,
                 // gauges already true): skipped, so idle functions cost a lookup per round.

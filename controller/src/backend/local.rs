@@ -61,6 +61,13 @@ struct LocalFunction {
     starting: u32,
 }
 
+impl LocalFunction {
+    /// Its RIs that take requests: ready and not retiring.
+    fn serving(&self) -> impl Iterator<Item = &Arc<LocalRi>> {
+        self.instances.iter().filter(|ri| ri.ready.load(SeqCst) && !ri.retiring.load(SeqCst))
+    }
+}
+
 /// A function as a proxy's `GET /v1/functions` lists it (the fields read here).
 #[derive(Deserialize)]
 struct ProxyFunction {
@@ -358,15 +365,7 @@ impl Inner {
     /// The function's ready RIs, the list every proxy should have.
     fn ready_addrs(&self, id: &FunctionId) -> Option<Vec<SocketAddr>> {
         let functions = self.functions.lock();
-        let function = functions.get(id)?;
-        Some(
-            function
-                .instances
-                .iter()
-                .filter(|ri| ri.ready.load(SeqCst) && !ri.retiring.load(SeqCst))
-                .map(|ri| ri.addr)
-                .collect(),
-        )
+        Some(functions.get(id)?.serving().map(|ri| ri.addr).collect())
     }
 
     /// Tells every proxy the function's ready RIs.
@@ -396,8 +395,7 @@ impl Inner {
                 .iter()
                 .filter(|(_, f)| !f.instances.is_empty())
                 .map(|(id, f)| {
-                    let ready = f.instances.iter().filter(|ri| ri.ready.load(SeqCst) && !ri.retiring.load(SeqCst));
-                    let mut want: Vec<SocketAddr> = ready.map(|ri| ri.addr).collect();
+                    let mut want: Vec<SocketAddr> = f.serving().map(|ri| ri.addr).collect();
                     want.sort();
                     (id.to_string(), (id.clone(), want))
                 })
@@ -496,8 +494,7 @@ impl Backend for LocalBackend {
                 id: f.def.id.clone(),
                 spec: f.def.spec.clone(),
                 replicas: f.target,
-                ready: f.instances.iter().filter(|ri| ri.ready.load(SeqCst) && !ri.retiring.load(SeqCst)).count()
-                    as u32,
+                ready: f.serving().count() as u32,
             })
             .collect();
         out.sort_by(|a, b| a.id.cmp(&b.id));
