@@ -204,6 +204,11 @@ pub struct ProxyConfig {
     /// a slower client's connection is closed. 0: no bound.
     #[serde(default = "default_header_timeout", deserialize_with = "duration_field")]
     pub header_timeout: Duration,
+    /// A function's metric series are dropped after it has had no request for this long, and
+    /// come back (from zero) with its next one, so thousands of mostly idle functions do not
+    /// keep thousands of series. 0: kept while the function is configured.
+    #[serde(default = "default_metrics_expiry", deserialize_with = "duration_field")]
+    pub metrics_expiry: Duration,
 }
 
 impl Default for ProxyConfig {
@@ -218,6 +223,7 @@ impl Default for ProxyConfig {
             max_queued: default_max_queued(),
             max_connections: default_max_connections(),
             header_timeout: default_header_timeout(),
+            metrics_expiry: default_metrics_expiry(),
         }
     }
 }
@@ -239,6 +245,9 @@ fn default_max_connections() -> u32 {
 }
 fn default_header_timeout() -> Duration {
     Duration::from_secs(60)
+}
+fn default_metrics_expiry() -> Duration {
+    Duration::from_secs(15 * 60)
 }
 fn default_keepalive_timeout() -> Duration {
     Duration::from_secs(75)

@@ -139,6 +139,7 @@ impl AdminApi {
                     return None;
                 }
                 let routing = f.routing();
+                let metrics = f.metrics_if_used();
                 Some(FunctionStats {
                     namespace: f.id.namespace.clone(),
                     name: f.id.name.clone(),
@@ -150,11 +151,11 @@ impl AdminApi {
                         queued: u64::from(f.queued()),
                     },
                     completed: TrackCounts {
-                        regular: f.metrics_if_used().map_or(0, |m| m.completed(Track::Regular)),
-                        emergency: f.metrics_if_used().map_or(0, |m| m.completed(Track::Emergency)),
+                        regular: metrics.as_ref().map_or(0, |m| m.completed(Track::Regular)),
+                        emergency: metrics.as_ref().map_or(0, |m| m.completed(Track::Emergency)),
                         queued: 0,
                     },
-                    rejected_overload: f.metrics_if_used().map_or(0, |m| m.rejected_overload()),
+                    rejected_overload: metrics.as_ref().map_or(0, |m| m.rejected_overload()),
                     samples,
                 })
             })

@@ -14,10 +14,10 @@
 use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering::Relaxed, Ordering::SeqCst};
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::Instant;
 
-use arc_swap::ArcSwap;
+use arc_swap::{ArcSwap, ArcSwapOption};
 use parking_lot::Mutex;
 use tokio::sync::oneshot;
 use wavelink_core::{FunctionId, FunctionSpec};
@@ -99,7 +99,8 @@ pub struct FunctionLoad {
 impl FunctionLoad {
     /// A request arrived (paired with [`Self::left`]).
     pub fn arrived(&self) {
-        self.arrivals.fetch_add(1, Relaxed);
+        // SeqCst: dropping idle metric series reads it to see a request that just arrived.
+        self.arrivals.fetch_add(1, SeqCst);
         self.total.inc();
     }
 
@@ -127,9 +128,11 @@ pub struct FunctionState {
     pub label: String,
     /// Lower-case `<name>.<namespace>.<domain>`, the key of the route table (built once).
     pub host: Arc<str>,
-    /// Created with the function's first request: an idle function has no metric series
-    /// (and holds no room for their handles).
-    metrics: OnceLock<Box<FunctionMetrics>>,
+    /// Created with the function's first request and dropped after `proxy.metrics-expiry`
+    /// without one: an idle function has no metric series (and holds no room for their handles).
+    metrics: ArcSwapOption<FunctionMetrics>,
+    /// Held to create or drop the series, so a request never records into dropped ones.
+    metrics_lifecycle: Mutex<()>,
     registry: Arc<ProxyMetrics>,
     pub load: FunctionLoad,
     routing: ArcSwap<Routing>,
@@ -162,7 +165,8 @@ impl FunctionState {
             label: id.to_string(),
             host,
             id,
-            metrics: OnceLock::new(),
+            metrics: ArcSwapOption::empty(),
+            metrics_lifecycle: Mutex::new(()),
             registry,
             load: FunctionLoad::default(),
             routing: ArcSwap::from_pointee(Routing { spec, regular }),
@@ -177,13 +181,42 @@ impl FunctionState {
     }
 
     /// The function's metric handles, its series created on first use.
-    pub fn metrics(&self) -> &FunctionMetrics {
-        self.metrics.get_or_init(|| Box::new(self.registry.for_function(&self.label)))
+    pub fn metrics(&self) -> Arc<FunctionMetrics> {
+        if let Some(metrics) = self.metrics.load_full() {
+            return metrics;
+        }
+        let _lifecycle = self.metrics_lifecycle.lock();
+        if let Some(metrics) = self.metrics.load_full() {
+            return metrics;
+        }
+        let metrics = Arc::new(self.registry.for_function(&self.label));
+        self.metrics.store(Some(metrics.clone()));
+        metrics
     }
 
-    /// The metric handles if the function ever had traffic.
-    pub fn metrics_if_used(&self) -> Option<&FunctionMetrics> {
-        self.metrics.get().map(|m| m.as_ref())
+    /// The metric handles if the function had traffic since its series were last dropped.
+    pub fn metrics_if_used(&self) -> Option<Arc<FunctionMetrics>> {
+        self.metrics.load_full()
+    }
+
+    /// Whether the function has metric series now (cheaper than taking the handles).
+    pub fn has_metrics(&self) -> bool {
+        self.metrics.load().is_some()
+    }
+
+    /// Drops the function's metric series unless a request arrived since the sampler last
+    /// closed an interval or is in flight: a request that took the handles before they were
+    /// dropped is seen here (it arrived first), so its counts never go to dropped series.
+    /// Returns whether they were dropped.
+    pub fn expire_metrics(&self) -> bool {
+        let _lifecycle = self.metrics_lifecycle.lock();
+        let Some(metrics) = self.metrics.swap(None) else { return false };
+        if self.load.total.now() > 0 || self.load.arrivals.load(SeqCst) > 0 {
+            self.metrics.store(Some(metrics));
+            return false;
+        }
+        self.registry.forget_function(&self.label);
+        true
     }
 
     pub fn routing(&self) -> arc_swap::Guard<Arc<Routing>> {

@@ -32,6 +32,8 @@ pub struct ProxySettings {
     pub keepalive_timeout: Duration,
     pub max_queued: u32,
     pub connections: ConnectionLimits,
+    /// Idle time after which a function's metric series are dropped (`None`: never).
+    pub metrics_expiry: Option<Duration>,
 }
 
 impl ProxySettings {
@@ -49,6 +51,7 @@ impl ProxySettings {
                 max_connections: config.proxy.max_connections,
                 header_timeout: config.proxy.header_timeout,
             },
+            metrics_expiry: Some(config.proxy.metrics_expiry).filter(|d| !d.is_zero()),
         }
     }
 }
@@ -123,7 +126,7 @@ impl Proxy {
         let assembly = Assembly::new(settings.threads, settings.grace_period)
             .proxy("wavelink proxy", ingress, settings.listen, settings.threads, bounds)
             .admin("wavelink admin", admin, settings.admin)
-            .background("stats sampler", StatsSampler { router: self.router.clone() })
+            .background("stats sampler", StatsSampler { router: self.router.clone(), metrics_expiry: self.settings.metrics_expiry })
             .readiness(self.health.clone(), settings.listen, self.probe_token.clone(), exit_if_listener_fails);
         info!(listen = %settings.listen, admin = %settings.admin, domain = %settings.domain,
               threads = settings.threads, "proxy starting");

@@ -16,7 +16,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use tracing::warn;
+use tracing::{debug, warn};
 
 use async_trait::async_trait;
 use pingora_core::server::ShutdownWatch;
@@ -43,6 +43,8 @@ pub struct StatsWindow {
     queued_sum: u64,
     total_sum: u64,
     ticks: u64,
+    /// End of the last interval with any activity (0: none since the proxy started).
+    last_active_unix_ms: u64,
 }
 
 impl StatsWindow {
@@ -74,6 +76,7 @@ impl StatsWindow {
             self.samples.pop_front();
         }
         if !sample.is_idle() {
+            self.last_active_unix_ms = end_unix_ms;
             self.samples.push_back(Sample { end_unix_ms, ..sample });
         } else if self.samples.is_empty() && self.samples.capacity() > 0 {
             // Idle for a minute: the window's memory goes back.
@@ -136,8 +139,9 @@ impl SampledIntervals {
     }
 }
 
-/// Takes one sub-sample of every function, and closes the interval when `close` is given.
-pub fn sample_all(router: &Router, close: Option<Close>) {
+/// Takes one sub-sample of every function, and closes the interval when `close` is given; then
+/// drops the metric series of functions idle for `metrics_expiry` (`None`: never).
+pub fn sample_all(router: &Router, close: Option<Close>, metrics_expiry: Option<Duration>) {
     for f in router.table().functions.iter() {
         if f.queued() > 0 {
             // Capacity that came back on its own (a Wavelet's "full" mark or an instance's
@@ -150,8 +154,15 @@ pub fn sample_all(router: &Router, close: Option<Close>) {
         }
         let mut window = f.stats.lock();
         window.tick(f);
-        if let Some(close) = close {
-            window.close(f, close);
+        let Some(close) = close else { continue };
+        window.close(f, close);
+        if let (Close::At { end_unix_ms }, Some(expiry)) = (close, metrics_expiry) {
+            let idle_since = window.last_active_unix_ms;
+            drop(window);
+            let expired = idle_since > 0 && end_unix_ms.saturating_sub(idle_since) >= expiry.as_millis() as u64;
+            if expired && f.has_metrics() && f.expire_metrics() {
+                debug!(function = %f.id, idle = ?Duration::from_millis(end_unix_ms - idle_since), "metric series dropped after idling");
+            }
         }
     }
     if let Some(Close::At { end_unix_ms }) = close {
@@ -166,6 +177,8 @@ fn unix_ms() -> u64 {
 /// The background task.
 pub struct StatsSampler {
     pub router: Arc<Router>,
+    /// `proxy.metrics-expiry`; `None`: series are kept while the function is configured.
+    pub metrics_expiry: Option<Duration>,
 }
 
 #[async_trait]
@@ -183,7 +196,7 @@ impl BackgroundService for StatsSampler {
                     Close::At { end_unix_ms: unix_ms() }
                 }
             });
-            sample_all(&self.router, close);
+            sample_all(&self.router, close, self.metrics_expiry);
         })
         .await;
     }
@@ -193,7 +206,7 @@ impl BackgroundService for StatsSampler {
 mod tests {
     use super::*;
     use crate::instance::PeerSettings;
-    use crate::metrics::ProxyMetrics;
+    use crate::metrics::{ProxyMetrics, Track};
     use wavelink_core::{FunctionDef, FunctionId, FunctionSpec};
 
     fn router_with_one_function() -> (Arc<Router>, Arc<FunctionState>) {
@@ -220,11 +233,11 @@ mod tests {
         let a = f.try_acquire().unwrap();
         let b = f.try_acquire().unwrap();
         f.load.arrivals.fetch_add(2, Relaxed);
-        sample_all(&router, None);
+        sample_all(&router, None, None);
         drop(b);
-        sample_all(&router, None);
-        sample_all(&router, None);
-        sample_all(&router, Some(Close::At { end_unix_ms: 1_000 }));
+        sample_all(&router, None, None);
+        sample_all(&router, None, None);
+        sample_all(&router, Some(Close::At { end_unix_ms: 1_000 }), None);
         let samples = f.stats.lock().samples();
         assert_eq!(samples.len(), 1);
         assert_eq!(samples[0].regular, Concurrency { avg: 1.25, peak: 2 });
@@ -232,7 +245,7 @@ mod tests {
         assert_eq!(samples[0].end_unix_ms, 1_000);
         // The next interval starts at the current level, not at the old peak.
         drop(a);
-        sample_all(&router, Some(Close::At { end_unix_ms: 2_000 }));
+        sample_all(&router, Some(Close::At { end_unix_ms: 2_000 }), None);
         let samples = f.stats.lock().samples();
         assert_eq!(samples[1].regular, Concurrency { avg: 0.0, peak: 1 });
         assert_eq!(samples[1].arrivals, 0);
@@ -247,7 +260,7 @@ mod tests {
         let slot = f.try_acquire().unwrap();
         drop(slot);
         f.load.left();
-        sample_all(&router, Some(Close::At { end_unix_ms: 1_000 }));
+        sample_all(&router, Some(Close::At { end_unix_ms: 1_000 }), None);
         let sample = f.stats.lock().samples()[0];
         assert_eq!(sample.total.peak, 1);
         assert_eq!(sample.arrivals, 1);
@@ -257,7 +270,7 @@ mod tests {
     fn a_peak_between_sub_samples_is_not_missed() {
         let (router, f) = router_with_one_function();
         drop((f.try_acquire().unwrap(), f.try_acquire().unwrap()));
-        sample_all(&router, Some(Close::At { end_unix_ms: 1_000 }));
+        sample_all(&router, Some(Close::At { end_unix_ms: 1_000 }), None);
         assert_eq!(f.stats.lock().samples()[0].regular.peak, 2);
     }
 
@@ -270,7 +283,7 @@ mod tests {
                 f.load.arrived();
                 f.load.left();
             }
-            sample_all(&router, Some(Close::At { end_unix_ms: second * 1000 }));
+            sample_all(&router, Some(Close::At { end_unix_ms: second * 1000 }), None);
         }
         let ends: Vec<u64> = f.stats.lock().samples().iter().map(|s| s.end_unix_ms).collect();
         assert_eq!(ends, (6..=65).filter(|s| s % 2 == 0).map(|s| s * 1000).collect::<Vec<_>>());
@@ -278,10 +291,72 @@ mod tests {
         assert_eq!(f.stats.lock().samples_after(60_000).len(), 2, "seconds 62 and 64");
         // A minute without requests: nothing left, and the window's memory is back.
         for second in 66..=130 {
-            sample_all(&router, Some(Close::At { end_unix_ms: second * 1000 }));
+            sample_all(&router, Some(Close::At { end_unix_ms: second * 1000 }), None);
         }
         assert!(f.stats.lock().samples().is_empty());
         assert_eq!(f.stats.lock().samples.capacity(), 0);
+    }
+
+    fn exposition(router: &Router) -> String {
+        String::from_utf8(router.metrics().encode().unwrap()).unwrap()
+    }
+
+    #[test]
+    fn metric_series_are_dropped_after_the_expiry_without_requests_and_come_back_with_the_next() {
+        let (router, f) = router_with_one_function();
+        let expiry = Some(Duration::from_secs(10));
+        let series = r#"wavelink_requests_total{code="2xx",function="default/f",track="regular"}"#;
+        let close = |second: u64| sample_all(&router, Some(Close::At { end_unix_ms: second * 1000 }), expiry);
+        // A request at second 1.
+        f.load.arrived();
+        f.metrics().record(Track::Regular, Some(200), 0.01);
+        f.load.left();
+        close(1);
+        assert!(exposition(&router).contains(&format!("{series} 1")));
+        // A request in flight for longer than the expiry keeps them: it is activity.
+        f.load.arrived();
+        let slot = f.try_acquire().unwrap();
+        for second in 2..=30 {
+            close(second);
+        }
+        assert!(f.has_metrics(), "a request is in flight");
+        f.metrics().record(Track::Regular, Some(200), 29.0);
+        drop(slot);
+        f.load.left();
+        close(31);
+        // Idle from second 31: kept until 10 s later, then gone from the exposition.
+        for second in 32..=40 {
+            close(second);
+        }
+        assert!(exposition(&router).contains(&format!("{series} 2")), "idle for 9 s only");
+        close(41);
+        assert!(!f.has_metrics());
+        assert!(!exposition(&router).contains("default/f"), "{}", exposition(&router));
+        // The next request brings them back, counting from zero.
+        f.load.arrived();
+        f.metrics().record(Track::Regular, Some(200), 0.01);
+        f.load.left();
+        close(42);
+        assert!(exposition(&router).contains(&format!("{series} 1")));
+    }
+
+    #[test]
+    fn series_taken_by_a_request_that_arrived_in_the_closing_second_are_not_dropped() {
+        let (router, f) = router_with_one_function();
+        f.load.arrived();
+        f.metrics().record(Track::Regular, Some(200), 0.01);
+        f.load.left();
+        sample_all(&router, Some(Close::At { end_unix_ms: 1_000 }), None);
+        for second in 2..=20 {
+            sample_all(&router, Some(Close::At { end_unix_ms: second * 1000 }), None);
+        }
+        // A request arrives and takes the handles just as the series expire.
+        f.load.arrived();
+        let handles = f.metrics();
+        assert!(!f.expire_metrics(), "it arrived since the last close");
+        handles.record(Track::Regular, Some(200), 0.01);
+        f.load.left();
+        assert!(exposition(&router).contains(r#"function="default/f",track="regular"} 2"#));
     }
 
     #[test]
@@ -289,20 +364,20 @@ mod tests {
         let (router, f) = router_with_one_function();
         f.load.arrived();
         f.load.left();
-        sample_all(&router, Some(Close::At { end_unix_ms: 1_000 }));
+        sample_all(&router, Some(Close::At { end_unix_ms: 1_000 }), None);
         // Sixteen requests whose clients left while the proxy was stopped: they end soon
         // after it resumes, within the interval that spans the stall...
         for _ in 0..16 {
             f.load.arrived();
         }
-        sample_all(&router, None);
+        sample_all(&router, None, None);
         for _ in 0..16 {
             f.load.left();
         }
-        sample_all(&router, Some(Close::Stalled));
+        sample_all(&router, Some(Close::Stalled), None);
         // ...which is not reported, and its peak is not carried into the next second (idle: no
         // sample at all).
-        sample_all(&router, Some(Close::At { end_unix_ms: 2_000 }));
+        sample_all(&router, Some(Close::At { end_unix_ms: 2_000 }), None);
         let samples = f.stats.lock().samples();
         assert_eq!(samples.iter().map(|s| s.end_unix_ms).collect::<Vec<_>>(), [1_000]);
         assert_eq!(router.sampled().ends(), [1_000, 2_000]);
