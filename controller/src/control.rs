@@ -41,6 +41,8 @@ const MAX_BACKOFF: Duration = Duration::from_secs(30);
 
 #[derive(Default)]
 struct FunctionControl {
+    /// The backend's record of it (`None`: seen in a proxy's data only, not ours to scale).
+    managed: Option<ManagedFunction>,
     history: History,
     decider: Decider,
     last_reason: Option<Reason>,
@@ -66,6 +68,11 @@ pub struct Controller {
     proxies: Vec<SocketAddr>,
     metrics: Arc<ControllerMetrics>,
     functions: Mutex<HashMap<FunctionId, FunctionControl>>,
+    /// Functions the next round decides: those with new samples, changed in the backend, or
+    /// not at rest last round. The others would decide what they have, so they are not visited.
+    awake: Mutex<BTreeSet<FunctionId>>,
+    /// Functions the backend has (entries of `functions` with `managed`).
+    managed_count: Mutex<usize>,
     coverage: Mutex<Coverage>,
     /// Proxies whose last read failed (to log the change, not every failure).
     unreadable: Mutex<HashSet<SocketAddr>>,
@@ -107,6 +114,8 @@ impl Controller {
             proxies,
             metrics,
             functions: Mutex::new(HashMap::new()),
+            awake: Mutex::new(BTreeSet::new()),
+            managed_count: Mutex::new(0),
             coverage: Mutex::new(Coverage::default()),
             unreadable: Mutex::new(HashSet::new()),
             scrape_interval,
@@ -144,9 +153,11 @@ impl Controller {
                     }
                     self.coverage.lock().record(*proxy, &stats);
                     let mut functions = self.functions.lock();
+                    let mut awake = self.awake.lock();
                     for f in stats.functions {
                         let Ok(id) = FunctionId::new(&f.namespace, &f.name) else { continue };
-                        functions.entry(id).or_default().history.record(*proxy, &f.samples);
+                        functions.entry(id.clone()).or_default().history.record(*proxy, &f.samples);
+                        awake.insert(id);
                     }
                 }
                 Err(e) => {
@@ -169,15 +180,35 @@ impl Controller {
         }
     }
 
-    /// One decision per function; writes where the number changes.
-    pub async fn decide(&self) {
-        let managed = match self.backend.functions().await {
-            Ok(managed) => managed,
-            Err(e) => {
-                self.api_error(&e);
-                return;
+    /// Applies what changed in the backend to the controller's copy of its functions.
+    async fn sync_functions(&self) -> Result<(), BackendError> {
+        let changes = tokio::time::timeout(BACKEND_TIMEOUT, self.backend.changes())
+            .await
+            .unwrap_or(Err(BackendError::Timeout { operation: "list", after: BACKEND_TIMEOUT }))?;
+        let mut functions = self.functions.lock();
+        let mut awake = self.awake.lock();
+        let mut managed_count = self.managed_count.lock();
+        for function in changes.changed {
+            let control = functions.entry(function.id.clone()).or_default();
+            *managed_count += usize::from(control.managed.is_none());
+            awake.insert(function.id.clone());
+            control.managed = Some(function);
+        }
+        for id in changes.removed {
+            if functions.remove(&id).is_some_and(|c| c.managed.is_some()) {
+                *managed_count -= 1;
             }
-        };
+            awake.remove(&id);
+        }
+        Ok(())
+    }
+
+    /// One decision per function with something to decide; writes where the number changes.
+    pub async fn decide(&self) {
+        if let Err(e) = self.sync_functions().await {
+            self.api_error(&e);
+            return;
+        }
         let leader = self.backend.is_leader();
         self.metrics.leader.set(i64::from(leader));
         let now_ms = unix_now_ms();
@@ -185,27 +216,32 @@ impl Controller {
         // What the proxies reported depends on the window only: worked out once per window, not
         // once per function (thousands share a few windows).
         let mut coverage_by_window: HashMap<u64, Arc<WindowCoverage>> = HashMap::new();
-        let mut at_rest = 0;
-        for function in managed {
-            let window = function.spec.window.as_secs();
-            let covered = coverage_by_window
-                .entry(window)
-                .or_insert_with(|| {
-                    let from_ms = now_ms.saturating_sub(window * 1000);
-                    let coverage = self.coverage.lock();
-                    Arc::new(WindowCoverage {
-                        missing: coverage.missing(from_ms, now_ms.saturating_sub(SCRAPE_LAG_MS)),
-                        reported: coverage.reported_seconds(from_ms, now_ms),
-                    })
-                })
-                .clone();
-            let (missing, reported) = (covered.missing.clone(), &covered.reported);
-            let (decision, retry_blocked) = {
+        let visit: Vec<FunctionId> = self.awake.lock().iter().cloned().collect();
+        for id in visit {
+            let (function, decision, retry_blocked) = {
                 let mut functions = self.functions.lock();
-                let control = functions.entry(function.id.clone()).or_default();
+                let Some(control) = functions.get_mut(&id) else { continue };
+                let Some(function) = control.managed.clone() else {
+                    // Seen in a proxy's data but not the backend's: nothing to scale.
+                    self.awake.lock().remove(&id);
+                    continue;
+                };
+                let window = function.spec.window.as_secs();
+                let covered = coverage_by_window
+                    .entry(window)
+                    .or_insert_with(|| {
+                        let from_ms = now_ms.saturating_sub(window * 1000);
+                        let coverage = self.coverage.lock();
+                        Arc::new(WindowCoverage {
+                            missing: coverage.missing(from_ms, now_ms.saturating_sub(SCRAPE_LAG_MS)),
+                            reported: coverage.reported_seconds(from_ms, now_ms),
+                        })
+                    })
+                    .clone();
+                let (missing, reported) = (covered.missing.clone(), &covered.reported);
                 control.history.forget_before(now.saturating_sub(KEEP_SECONDS));
                 // Nothing to decide (no demand, at its floor, complete data now and last time,
-                // gauges already true): skipped, so idle functions cost a lookup per round.
+                // gauges already true): it rests until it has samples or the backend changes it.
                 let demand = control.history.has_since(now.saturating_sub(window + 1));
                 if missing.is_empty()
                     && control.missing.is_empty()
@@ -213,7 +249,9 @@ impl Controller {
                     && control.published == Some((function.replicas, function.ready))
                     && control.decider.at_rest(&function.spec, now, demand, function.replicas)
                 {
-                    at_rest += 1;
+                    // Samples older than the window decide nothing any more.
+                    control.history.forget_before(now.saturating_sub(window + 1));
+                    self.awake.lock().remove(&id);
                     continue;
                 }
                 let mut observations = control.history.since(now.saturating_sub(window + 1));
@@ -238,7 +276,7 @@ impl Controller {
                 control.panic = decision.panic;
                 control.published = Some((decision.desired, function.ready));
                 let blocked = control.retry_at.is_some_and(|at| Instant::now() < at);
-                (decision, blocked)
+                (function, decision, blocked)
             };
             let label = function.id.to_string();
             self.metrics.desired.with_label_values(&[&label]).set(i64::from(decision.desired));
@@ -250,7 +288,8 @@ impl Controller {
                 self.write(&function, decision.desired).await;
             }
         }
-        self.metrics.at_rest.set(at_rest);
+        let awake = self.awake.lock().len();
+        self.metrics.at_rest.set(self.managed_count.lock().saturating_sub(awake) as i64);
         match tokio::time::timeout(BACKEND_TIMEOUT, self.backend.maintain()).await {
             Ok(errors) => errors.iter().for_each(|e| self.api_error(e)),
             Err(_) => self.api_error(&BackendError::Timeout { operation: "maintain", after: BACKEND_TIMEOUT }),
@@ -290,9 +329,13 @@ impl Controller {
     /// `sync` mode: a request found no slot; make sure at least `want` RIs are asked for, now.
     pub async fn poke(&self, id: &FunctionId, want: u32) -> Result<u32, BackendError> {
         self.metrics.pokes.with_label_values(&[&id.to_string()]).inc();
-        let managed = self.backend.functions().await?;
-        let function =
-            managed.into_iter().find(|f| &f.id == id).ok_or_else(|| BackendError::UnknownFunction(id.clone()))?;
+        self.sync_functions().await?;
+        let function = self
+            .functions
+            .lock()
+            .get(id)
+            .and_then(|c| c.managed.clone())
+            .ok_or_else(|| BackendError::UnknownFunction(id.clone()))?;
         let capped = function.spec.max_scale.map_or(want, |max| want.min(max));
         if capped > function.replicas && self.backend.is_leader() {
             info!(function = %id, from = function.replicas, to = capped, "one more RI asked for (sync mode)");
@@ -303,24 +346,28 @@ impl Controller {
     }
 
     pub async fn view(&self) -> Result<Vec<FunctionView>, BackendError> {
-        let managed = self.backend.functions().await?;
+        self.sync_functions().await?;
         let functions = self.functions.lock();
-        Ok(managed
-            .into_iter()
-            .map(|f| {
-                let control = functions.get(&f.id);
-                FunctionView {
+        let mut view: Vec<FunctionView> = functions
+            .values()
+            .filter_map(|control| {
+                let f = control.managed.as_ref()?;
+                Some(FunctionView {
                     function: f.id.to_string(),
                     replicas: f.replicas,
                     ready: f.ready,
-                    panic: control.is_some_and(|c| c.panic),
-                    last_reason: control.and_then(|c| c.last_reason).map(Reason::as_str),
+                    panic: control.panic,
+                    last_reason: control.last_reason.map(Reason::as_str),
                     missing_data: control
-                        .map(|c| c.missing.iter().map(|(proxy, ms)| format!("{proxy}: {} s", ms / 1000)).collect())
-                        .unwrap_or_default(),
-                }
+                        .missing
+                        .iter()
+                        .map(|(proxy, ms)| format!("{proxy}: {} s", ms / 1000))
+                        .collect(),
+                })
             })
-            .collect())
+            .collect();
+        view.sort_by(|a, b| a.function.cmp(&b.function));
+        Ok(view)
     }
 }
 
@@ -347,5 +394,112 @@ impl BackgroundService for ControlLoop {
                 controller.decide().await;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::FunctionChanges;
+    use wavelink_core::FunctionSpec;
+
+    /// A backend whose functions a test changes by hand; `changes` reports the dirty ones.
+    #[derive(Default)]
+    struct HandBackend {
+        functions: Mutex<Vec<(ManagedFunction, bool)>>,
+        scaled: Mutex<Vec<(String, u32)>>,
+    }
+
+    impl HandBackend {
+        fn set(&self, name: &str, replicas: u32) {
+            let mut functions = self.functions.lock();
+            let id = FunctionId::new("default", name).unwrap();
+            match functions.iter_mut().find(|(f, _)| f.id == id) {
+                Some((f, dirty)) => (f.replicas, f.ready, *dirty) = (replicas, replicas, true),
+                None => {
+                    let spec = FunctionSpec {
+                        window: Duration::from_secs(2),
+                        initial_scale: 0,
+                        scale_down_delay: Duration::ZERO,
+                        ..FunctionSpec::default()
+                    };
+                    functions.push((ManagedFunction { id, spec, replicas, ready: replicas }, true));
+                }
+            }
+        }
+    }
+
+    #[async_trait]
+    impl Backend for HandBackend {
+        async fn changes(&self) -> Result<FunctionChanges, BackendError> {
+            let mut functions = self.functions.lock();
+            let changed = functions
+                .iter_mut()
+                .filter(|(_, dirty)| *dirty)
+                .map(|(f, dirty)| (*dirty = false, f.clone()).1)
+                .collect();
+            Ok(FunctionChanges { changed, removed: vec![] })
+        }
+
+        async fn scale(&self, function: &FunctionId, replicas: u32) -> Result<(), BackendError> {
+            self.scaled.lock().push((function.name.clone(), replicas));
+            self.set(&function.name, replicas);
+            Ok(())
+        }
+    }
+
+    fn decisions(controller: &Controller, name: &str) -> u64 {
+        let label = format!("default/{name}");
+        [Reason::Initial, Reason::NoData, Reason::FastOnly, Reason::Stable, Reason::Panic]
+            .iter()
+            .map(|r| controller.metrics.decisions.with_label_values(&[&label, r.as_str()]).get())
+            .sum()
+    }
+
+    #[tokio::test]
+    async fn functions_at_rest_are_not_visited_until_the_backend_changes_them() {
+        let backend = Arc::new(HandBackend::default());
+        for name in ["idle", "other"] {
+            backend.set(name, 0);
+        }
+        let metrics = Arc::new(ControllerMetrics::new().unwrap());
+        let controller =
+            Controller::new(backend.clone(), vec![], metrics, Duration::from_secs(1), Duration::from_secs(2));
+        // The first round decides both (first decisions are never at rest), the next finds them
+        // at rest once the initial phase is over; after that a round visits neither.
+        let mut rounds = 0;
+        while controller.metrics.at_rest.get() < 2 {
+            controller.decide().await;
+            rounds += 1;
+            assert!(rounds < 200, "never at rest");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let before = decisions(&controller, "idle");
+        for _ in 0..3 {
+            controller.decide().await;
+        }
+        assert_eq!(decisions(&controller, "idle"), before, "a function at rest costs no decision");
+        assert!(controller.awake.lock().is_empty());
+        // Someone scales it by hand: the change wakes it. Without any proxy's data it keeps
+        // what it has (never down on missing data), so it stays awake.
+        backend.set("idle", 3);
+        controller.decide().await;
+        assert_eq!(decisions(&controller, "idle"), before + 1);
+        controller.decide().await;
+        assert_eq!(decisions(&controller, "idle"), before + 2, "not at rest at 3");
+        assert_eq!(decisions(&controller, "other"), before, "the other one was not visited");
+        assert!(backend.scaled.lock().is_empty());
+        let view = controller.view().await.unwrap();
+        assert_eq!(
+            view.iter().map(|f| (f.function.as_str(), f.replicas)).collect::<Vec<_>>(),
+            [("default/idle", 3), ("default/other", 0)]
+        );
+        // Back at its floor by hand: decided once more, then at rest again.
+        backend.set("idle", 0);
+        controller.decide().await;
+        assert_eq!(decisions(&controller, "idle"), before + 3);
+        controller.decide().await;
+        assert_eq!(decisions(&controller, "idle"), before + 3);
+        assert_eq!(controller.metrics.at_rest.get(), 2);
     }
 }

@@ -126,7 +126,10 @@ impl Proxy {
         let assembly = Assembly::new(settings.threads, settings.grace_period)
             .proxy("wavelink proxy", ingress, settings.listen, settings.threads, bounds)
             .admin("wavelink admin", admin, settings.admin)
-            .background("stats sampler", StatsSampler { router: self.router.clone(), metrics_expiry: self.settings.metrics_expiry })
+            .background(
+                "stats sampler",
+                StatsSampler { router: self.router.clone(), metrics_expiry: self.settings.metrics_expiry },
+            )
             .readiness(self.health.clone(), settings.listen, self.probe_token.clone(), exit_if_listener_fails);
         info!(listen = %settings.listen, admin = %settings.admin, domain = %settings.domain,
               threads = settings.threads, "proxy starting");

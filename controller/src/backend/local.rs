@@ -32,7 +32,7 @@ use wavelink_wavelet::instance::{Instance, Runtime};
 use wavelink_wavelet::runtime::Process;
 use wavelink_wavelet::state::{StateDir, Survivor};
 
-use super::{Backend, BackendError, ManagedFunction};
+use super::{Backend, BackendError, FunctionChanges, ManagedFunction};
 use crate::metrics::ControllerMetrics;
 
 /// Longest wait for a new RI that binds its own port to accept connections.
@@ -59,6 +59,8 @@ struct LocalFunction {
     instances: Vec<Arc<LocalRi>>,
     /// Instances being started (counted as live, not yet in `instances`).
     starting: u32,
+    /// (RIs asked for, ready) as last reported by [`Backend::changes`].
+    reported: Option<(u32, u32)>,
 }
 
 impl LocalFunction {
@@ -118,7 +120,8 @@ impl LocalBackend {
         let mut functions: HashMap<FunctionId, LocalFunction> = defs
             .into_iter()
             .map(|def| {
-                let function = LocalFunction { def: Arc::new(def), target: 0, instances: Vec::new(), starting: 0 };
+                let function =
+                    LocalFunction { def: Arc::new(def), target: 0, instances: Vec::new(), starting: 0, reported: None };
                 (function.def.id.clone(), function)
             })
             .collect();
@@ -486,19 +489,23 @@ fn retirees(mut live: Vec<Arc<LocalRi>>, target: usize) -> Vec<Arc<LocalRi>> {
 
 #[async_trait]
 impl Backend for LocalBackend {
-    async fn functions(&self) -> Result<Vec<ManagedFunction>, BackendError> {
-        let functions = self.0.functions.lock();
-        let mut out: Vec<ManagedFunction> = functions
-            .values()
-            .map(|f| ManagedFunction {
-                id: f.def.id.clone(),
-                spec: f.def.spec.clone(),
-                replicas: f.target,
-                ready: f.serving().count() as u32,
+    async fn changes(&self) -> Result<FunctionChanges, BackendError> {
+        // The set of functions is fixed (the config at start): only counts change, and an idle
+        // function's are two integers to compare.
+        let mut functions = self.0.functions.lock();
+        let changed = functions
+            .values_mut()
+            .filter_map(|f| {
+                let now = (f.target, f.serving().count() as u32);
+                (f.reported.replace(now) != Some(now)).then(|| ManagedFunction {
+                    id: f.def.id.clone(),
+                    spec: f.def.spec.clone(),
+                    replicas: now.0,
+                    ready: now.1,
+                })
             })
             .collect();
-        out.sort_by(|a, b| a.id.cmp(&b.id));
-        Ok(out)
+        Ok(FunctionChanges { changed, removed: Vec::new() })
     }
 
     async fn scale(&self, function: &FunctionId, replicas: u32) -> Result<(), BackendError> {
@@ -526,7 +533,15 @@ impl Backend for LocalBackend {
                 this.account_memory(&id, &ri, rss);
             }
         }
-        let ids: Vec<FunctionId> = this.functions.lock().keys().cloned().collect();
+        // Only functions with RIs, or RIs to start or retire, have anything to maintain: a
+        // round costs in proportion to them, not to configured functions.
+        let ids: Vec<FunctionId> = this
+            .functions
+            .lock()
+            .iter()
+            .filter(|(_, f)| !f.instances.is_empty() || f.starting > 0 || f.target > 0)
+            .map(|(id, _)| id.clone())
+            .collect();
         for id in ids {
             // RIs whose process exited are replaced.
             let dead: Vec<Arc<LocalRi>> = {

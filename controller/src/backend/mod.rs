@@ -40,10 +40,23 @@ impl BackendError {
     }
 }
 
+/// What changed among the functions to scale since the backend's previous [`Backend::changes`].
+#[derive(Debug, Default)]
+pub struct FunctionChanges {
+    /// Functions that are new, or whose spec, RIs asked for or RIs ready changed (every
+    /// function on the first call).
+    pub changed: Vec<ManagedFunction>,
+    /// Functions no longer there.
+    pub removed: Vec<FunctionId>,
+}
+
 #[async_trait]
 pub trait Backend: Send + Sync + 'static {
-    /// The functions to scale, with their RIs asked for and ready.
-    async fn functions(&self) -> Result<Vec<ManagedFunction>, BackendError>;
+    /// The functions to scale that changed since the previous call (all of them on the first):
+    /// the controller keeps its own copy, so a round costs in proportion to what changed and
+    /// to the functions with demand, not to every configured function. The backend remembers
+    /// what it reported last; every caller must apply what it gets to that shared copy.
+    async fn changes(&self) -> Result<FunctionChanges, BackendError>;
     /// Asks for `replicas` RIs of a function.
     async fn scale(&self, function: &FunctionId, replicas: u32) -> Result<(), BackendError>;
     /// Periodic upkeep after each round of decisions (restarting what died, retrying pushes,
