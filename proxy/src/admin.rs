@@ -131,8 +131,8 @@ impl AdminApi {
             .iter()
             .filter_map(|f| {
                 let samples = match since {
-                    None => f.stats.lock().samples(),
-                    Some(since) => f.stats.lock().samples_after(since),
+                    None => f.samples(),
+                    Some(since) => f.samples_after(since),
                 };
                 let busy = f.load.total.now() > 0;
                 if since.is_some() && samples.is_empty() && !busy {

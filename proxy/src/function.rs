@@ -25,11 +25,12 @@ use wavelink_core::{FunctionId, FunctionSpec};
 use pingora_core::upstreams::peer::HttpPeer;
 use wavelink_core::spec::{ScalingMode, Track};
 
-use crate::instance::{Instance, PeerSettings, reserve_any};
+use crate::instance::{Instance, reserve_any};
 use crate::links::Links;
 use crate::metrics::{FunctionMetrics, ProxyMetrics, Rejection};
 use crate::stats::StatsWindow;
 use crate::wavelets::WaveletTarget;
+use wavelink_core::stats::Sample;
 
 /// What the request path reads, swapped as a whole.
 pub struct Routing {
@@ -141,9 +142,10 @@ pub struct FunctionState {
     next_ticket: AtomicU64,
     /// Removed instances that still have requests in flight.
     draining: Mutex<Vec<Arc<Instance>>>,
-    peer_settings: PeerSettings,
-    /// Recent one-second samples; written by the sampler, read by `/stats`.
-    pub stats: Mutex<StatsWindow>,
+    /// Recent one-second samples; written by the sampler, read by `/stats`. Made when the
+    /// function first has activity and dropped once it has neither samples nor metric series:
+    /// an idle function holds no window.
+    pub stats: Mutex<Option<Box<StatsWindow>>>,
     /// Wavelets and controller, shared with the router.
     links: Arc<Links>,
     /// When the controller was last poked for this function (`sync` mode).
@@ -157,10 +159,9 @@ impl FunctionState {
         spec: Arc<FunctionSpec>,
         instances: &[SocketAddr],
         registry: Arc<ProxyMetrics>,
-        peer_settings: PeerSettings,
         links: Arc<Links>,
     ) -> Arc<Self> {
-        let regular = dedup(instances).map(|addr| Arc::new(Instance::new(addr, peer_settings))).collect();
+        let regular = dedup(instances).map(|addr| Arc::new(Instance::new(addr, links.peer_settings))).collect();
         Arc::new(FunctionState {
             label: id.to_string(),
             host,
@@ -173,8 +174,7 @@ impl FunctionState {
             waiters: Mutex::new(VecDeque::new()),
             next_ticket: AtomicU64::new(0),
             draining: Mutex::new(Vec::new()),
-            peer_settings,
-            stats: Mutex::new(StatsWindow::default()),
+            stats: Mutex::new(None),
             links,
             last_poke: AtomicU64::new(0),
         })
@@ -225,6 +225,16 @@ impl FunctionState {
 
     pub fn spec(&self) -> Arc<FunctionSpec> {
         self.routing.load().spec.clone()
+    }
+
+    /// Closed samples, oldest first.
+    pub fn samples(&self) -> Vec<Sample> {
+        self.stats.lock().as_ref().map(|w| w.samples()).unwrap_or_default()
+    }
+
+    /// Closed samples of intervals that ended after `since_unix_ms`, oldest first.
+    pub fn samples_after(&self, since_unix_ms: u64) -> Vec<Sample> {
+        self.stats.lock().as_ref().map(|w| w.samples_after(since_unix_ms)).unwrap_or_default()
     }
 
     /// Requests waiting for a slot now.
@@ -375,7 +385,7 @@ impl FunctionState {
                 // container-concurrency holds across the change.
                 None => match draining.iter().position(|i| i.addr == addr) {
                     Some(position) => draining.swap_remove(position),
-                    None => Arc::new(Instance::new(addr, self.peer_settings)),
+                    None => Arc::new(Instance::new(addr, self.links.peer_settings)),
                 },
             })
             .collect();
@@ -526,19 +536,11 @@ mod tests {
         let id = FunctionId::new("default", "f").unwrap();
         let spec = FunctionSpec::from_annotations(annotations.iter().copied()).unwrap();
         let addrs: Vec<SocketAddr> = (0..instances).map(|i| SocketAddr::from(([127, 0, 0, 1], 20_000 + i))).collect();
-        let settings = PeerSettings::default();
+        let settings = crate::instance::PeerSettings::default();
         let wavelet_addrs: Vec<SocketAddr> =
             (0..wavelets).map(|i| SocketAddr::from(([127, 0, 0, 2], 21_000 + i))).collect();
-        let links = Arc::new(Links::new(crate::wavelets::Wavelets::new(&wavelet_addrs, settings)));
-        FunctionState::new(
-            id,
-            "f.default.example.com".into(),
-            Arc::new(spec),
-            &addrs,
-            Arc::new(metrics),
-            settings,
-            links,
-        )
+        let links = Arc::new(Links::new(crate::wavelets::Wavelets::new(&wavelet_addrs, settings), settings));
+        FunctionState::new(id, "f.default.example.com".into(), Arc::new(spec), &addrs, Arc::new(metrics), links)
     }
 
     #[test]

@@ -16,7 +16,8 @@ pub struct Instance {
     /// Built at the first request (most instances of thousands of idle functions never get
     /// one), then cloned by the request path instead of building a peer per request.
     peer: OnceLock<Box<HttpPeer>>,
-    connect_timeout: Duration,
+    /// Milliseconds (it packs beside the slot counter: thousands of idle instances).
+    connect_timeout_ms: u32,
     /// Requests holding a slot on this instance.
     slots: SlotCounter,
     /// Ejected after a failure, for a back-off.
@@ -44,7 +45,7 @@ impl Instance {
         Instance {
             addr,
             peer: OnceLock::new(),
-            connect_timeout: settings.connect_timeout,
+            connect_timeout_ms: u32::try_from(settings.connect_timeout.as_millis()).unwrap_or(u32::MAX),
             slots: SlotCounter::default(),
             health: crate::health::new_record(),
         }
@@ -53,7 +54,7 @@ impl Instance {
     pub fn peer(&self) -> &HttpPeer {
         self.peer.get_or_init(|| {
             let mut peer = HttpPeer::new(self.addr, false, String::new());
-            peer.options.connection_timeout = Some(self.connect_timeout);
+            peer.options.connection_timeout = Some(Duration::from_millis(u64::from(self.connect_timeout_ms)));
             Box::new(peer)
         })
     }

@@ -10,6 +10,7 @@ use tracing::debug;
 use wavelink_core::FunctionId;
 use wavelink_core::slots::SlotCounter;
 
+use crate::instance::PeerSettings;
 use crate::wavelets::Wavelets;
 
 /// Pokes for one function are at most this frequent; each carries the current need.
@@ -26,11 +27,14 @@ pub struct Links {
     /// on what queued connections cost the proxy, whatever each function's queue-depth.
     queued: SlotCounter,
     pub max_queued: AtomicU32,
+    /// How instances are reached (one setting for all: not a copy in every function).
+    pub peer_settings: PeerSettings,
 }
 
 impl Links {
-    pub fn new(wavelets: Wavelets) -> Self {
+    pub fn new(wavelets: Wavelets, peer_settings: PeerSettings) -> Self {
         Links {
+            peer_settings,
             wavelets: ArcSwap::from_pointee(wavelets),
             controllers: ArcSwap::from_pointee(Vec::new()),
             epoch: Instant::now(),

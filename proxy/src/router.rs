@@ -45,7 +45,7 @@ impl Router {
             table: ArcSwap::from_pointee(RouteTable::default()),
             metrics,
             peer_settings,
-            links: Arc::new(Links::new(Wavelets::new(&[], peer_settings))),
+            links: Arc::new(Links::new(Wavelets::new(&[], peer_settings), peer_settings)),
             sampled: crate::stats::SampledIntervals::default(),
         }
     }
@@ -151,7 +151,7 @@ impl Router {
         for def in defs {
             let spec = match shared_spec.take() {
                 Some(previous) if *previous == def.spec => previous,
-                _ => Arc::new(def.spec),
+                _ => Arc::new(def.spec.clone()),
             };
             shared_spec = Some(spec.clone());
             // The table is sorted by id: finding each function is a binary search, so a sync of
@@ -174,13 +174,14 @@ impl Router {
                         info!(function = %def.id, instances = def.instances.len(), "serving function");
                     }
                     let host = Arc::from(def.id.host(&self.domain));
+                    // A copy, not the parsed strings: those sit in pages among the parser's
+                    // freed memory, which could then never go back to the system.
                     FunctionState::new(
-                        def.id,
+                        def.id.clone(),
                         host,
                         spec,
                         &def.instances,
                         self.metrics.clone(),
-                        self.peer_settings,
                         self.links.clone(),
                     )
                 }

@@ -79,16 +79,19 @@ impl StatsWindow {
             self.last_active_unix_ms = end_unix_ms;
             self.samples.push_back(Sample { end_unix_ms, ..sample });
         } else if self.samples.is_empty() && self.samples.capacity() > 0 {
-            // Idle for a minute: the window's memory goes back.
+            // Idle for a minute: the samples' memory goes back.
             self.samples = VecDeque::new();
         }
     }
 
     /// Whether nothing ran, waited or arrived since the interval began: every level was zero
-    /// all along (the total's peak restarts at its level when an interval closes), so a
-    /// sub-sample of zeros can be skipped without taking the lock.
+    /// all along (a peak restarts at its level when an interval closes, and is at least the
+    /// level), so a sub-sample of zeros can be skipped without taking the lock.
     fn nothing_since_close(f: &FunctionState) -> bool {
-        f.load.total.now() == 0 && f.load.total.peak() == 0 && f.load.arrivals.load(Relaxed) == 0
+        let load = &f.load;
+        load.total.now() == 0
+            && [&load.total, &load.regular, &load.emergency, &load.queued].iter().all(|gauge| gauge.peak() == 0)
+            && load.arrivals.load(Relaxed) == 0
     }
 
     /// Closed samples, oldest first.
@@ -152,17 +155,30 @@ pub fn sample_all(router: &Router, close: Option<Close>, metrics_expiry: Option<
         if close.is_none() && StatsWindow::nothing_since_close(f) {
             continue;
         }
-        let mut window = f.stats.lock();
+        let mut guard = f.stats.lock();
+        if guard.is_none() && StatsWindow::nothing_since_close(f) {
+            // Idle and no window: nothing to close (its peaks and arrivals are zero).
+            continue;
+        }
+        let window = guard.get_or_insert_with(Box::default);
         window.tick(f);
         let Some(close) = close else { continue };
         window.close(f, close);
+        let idle_since = window.last_active_unix_ms;
+        let empty = window.samples.is_empty();
         if let (Close::At { end_unix_ms }, Some(expiry)) = (close, metrics_expiry) {
-            let idle_since = window.last_active_unix_ms;
-            drop(window);
             let expired = idle_since > 0 && end_unix_ms.saturating_sub(idle_since) >= expiry.as_millis() as u64;
-            if expired && f.has_metrics() && f.expire_metrics() {
-                debug!(function = %f.id, idle = ?Duration::from_millis(end_unix_ms - idle_since), "metric series dropped after idling");
+            if expired && f.has_metrics() {
+                drop(guard);
+                if f.expire_metrics() {
+                    debug!(function = %f.id, idle = ?Duration::from_millis(end_unix_ms - idle_since), "metric series dropped after idling");
+                }
+                guard = f.stats.lock();
             }
+        }
+        // Nothing kept and nothing to time an expiry from: the window's memory goes back.
+        if empty && !f.has_metrics() && StatsWindow::nothing_since_close(f) {
+            *guard = None;
         }
     }
     if let Some(Close::At { end_unix_ms }) = close {
@@ -238,7 +254,7 @@ mod tests {
         sample_all(&router, None, None);
         sample_all(&router, None, None);
         sample_all(&router, Some(Close::At { end_unix_ms: 1_000 }), None);
-        let samples = f.stats.lock().samples();
+        let samples = f.samples();
         assert_eq!(samples.len(), 1);
         assert_eq!(samples[0].regular, Concurrency { avg: 1.25, peak: 2 });
         assert_eq!(samples[0].arrivals, 2);
@@ -246,7 +262,7 @@ mod tests {
         // The next interval starts at the current level, not at the old peak.
         drop(a);
         sample_all(&router, Some(Close::At { end_unix_ms: 2_000 }), None);
-        let samples = f.stats.lock().samples();
+        let samples = f.samples();
         assert_eq!(samples[1].regular, Concurrency { avg: 0.0, peak: 1 });
         assert_eq!(samples[1].arrivals, 0);
     }
@@ -261,7 +277,7 @@ mod tests {
         drop(slot);
         f.load.left();
         sample_all(&router, Some(Close::At { end_unix_ms: 1_000 }), None);
-        let sample = f.stats.lock().samples()[0];
+        let sample = f.samples()[0];
         assert_eq!(sample.total.peak, 1);
         assert_eq!(sample.arrivals, 1);
     }
@@ -271,7 +287,7 @@ mod tests {
         let (router, f) = router_with_one_function();
         drop((f.try_acquire().unwrap(), f.try_acquire().unwrap()));
         sample_all(&router, Some(Close::At { end_unix_ms: 1_000 }), None);
-        assert_eq!(f.stats.lock().samples()[0].regular.peak, 2);
+        assert_eq!(f.samples()[0].regular.peak, 2);
     }
 
     #[test]
@@ -285,16 +301,16 @@ mod tests {
             }
             sample_all(&router, Some(Close::At { end_unix_ms: second * 1000 }), None);
         }
-        let ends: Vec<u64> = f.stats.lock().samples().iter().map(|s| s.end_unix_ms).collect();
+        let ends: Vec<u64> = f.samples().iter().map(|s| s.end_unix_ms).collect();
         assert_eq!(ends, (6..=65).filter(|s| s % 2 == 0).map(|s| s * 1000).collect::<Vec<_>>());
         assert_eq!(router.sampled().ends().first(), Some(&6_000), "every interval is listed");
-        assert_eq!(f.stats.lock().samples_after(60_000).len(), 2, "seconds 62 and 64");
+        assert_eq!(f.samples_after(60_000).len(), 2, "seconds 62 and 64");
         // A minute without requests: nothing left, and the window's memory is back.
         for second in 66..=130 {
             sample_all(&router, Some(Close::At { end_unix_ms: second * 1000 }), None);
         }
-        assert!(f.stats.lock().samples().is_empty());
-        assert_eq!(f.stats.lock().samples.capacity(), 0);
+        assert!(f.samples().is_empty());
+        assert!(f.stats.lock().is_none(), "an idle function without metric series holds no window");
     }
 
     fn exposition(router: &Router) -> String {
@@ -378,7 +394,7 @@ mod tests {
         // ...which is not reported, and its peak is not carried into the next second (idle: no
         // sample at all).
         sample_all(&router, Some(Close::At { end_unix_ms: 2_000 }), None);
-        let samples = f.stats.lock().samples();
+        let samples = f.samples();
         assert_eq!(samples.iter().map(|s| s.end_unix_ms).collect::<Vec<_>>(), [1_000]);
         assert_eq!(router.sampled().ends(), [1_000, 2_000]);
     }
