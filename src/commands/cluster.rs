@@ -47,9 +47,11 @@ impl Cluster {
         // once projected: hand what they used back now and then, or the allocator keeps the
         // high-water mark of the last (re)list (tens of megabytes with 10,000 functions).
         runtime.spawn(async {
+            // The first list was the end of set-up (`allocator::begin_setup`).
+            crate::allocator::end_setup();
             loop {
-                crate::allocator::release_unused();
                 tokio::time::sleep(RELEASE_INTERVAL).await;
+                crate::allocator::release_unused();
             }
         });
         Ok(Cluster { runtime, client, view })

@@ -51,6 +51,7 @@ pub struct ControllerArgs {
 }
 
 pub fn run(args: ControllerArgs) -> anyhow::Result<()> {
+    crate::allocator::begin_setup();
     let config = load_config(&args.config)?;
     let mut settings = config.controller.clone().unwrap_or_default();
     if let Some(admin) = args.admin {
@@ -106,6 +107,10 @@ pub fn run(args: ControllerArgs) -> anyhow::Result<()> {
                            "local backend: RIs are routable after the start delay");
             let controller =
                 Arc::new(Controller::new(Arc::new(local.clone()), proxies, metrics, scrape_interval, decide_interval));
+            // The functions are in the backend: the parsed config (thousands of functions,
+            // perhaps) goes, and what parsing it used goes back to the system.
+            drop(config);
+            crate::allocator::end_setup();
             let server = ControllerServer::new(controller, admin, Arc::new(move || local.destroy_all()));
             let shutdown = server.signal_shutdown();
             server.run(shutdown);

@@ -40,6 +40,7 @@ pub struct ProxyArgs {
 }
 
 pub fn run(args: ProxyArgs) -> anyhow::Result<()> {
+    crate::allocator::begin_setup();
     let mut config = load_config(&args.config)?;
     if let Some(listen) = args.listen {
         config.proxy.listen = listen;
@@ -62,6 +63,10 @@ pub fn run(args: ProxyArgs) -> anyhow::Result<()> {
     let kubernetes = config.kubernetes.take();
     drop(config);
     crate::allocator::release_unused();
+    if kubernetes.is_none() {
+        // On a cluster the first list is set-up too: it ends once that is in (`Cluster`).
+        crate::allocator::end_setup();
+    }
     // Kept alive while the proxy runs: it feeds the routing table.
     let _cluster = match &kubernetes {
         Some(settings) => Some(follow_cluster(&proxy, settings)?),

@@ -55,6 +55,7 @@ pub struct WaveletArgs {
 }
 
 pub fn run(args: WaveletArgs) -> anyhow::Result<()> {
+    crate::allocator::begin_setup();
     let config = load_config(&args.config)?;
     let entry = config.wavelets.get(args.index);
     if entry.is_none() && args.index > 0 {
@@ -99,7 +100,7 @@ pub fn run(args: WaveletArgs) -> anyhow::Result<()> {
             wavelet.pools().apply(functions);
             warn_unreachable(wavelet.pools());
             // What parsing thousands of functions used goes back to the system (as in the proxy).
-            crate::allocator::release_unused();
+            crate::allocator::end_setup();
             None
         }
     };
