@@ -53,6 +53,9 @@ struct FunctionControl {
     retry_at: Option<Instant>,
     /// What the last decision published (desired, ready), so a skipped one leaves true gauges.
     published: Option<(u32, u32)>,
+    /// Whether the function has metric series: made with its first decision that is not all
+    /// zeros, so thousands of functions that never ran cost none.
+    has_series: bool,
 }
 
 /// What the proxies covered of one window: milliseconds missing per proxy, and the seconds some
@@ -218,7 +221,7 @@ impl Controller {
         let mut coverage_by_window: HashMap<u64, Arc<WindowCoverage>> = HashMap::new();
         let visit: Vec<FunctionId> = self.awake.lock().iter().cloned().collect();
         for id in visit {
-            let (function, decision, retry_blocked) = {
+            let (function, decision, retry_blocked, publish) = {
                 let mut functions = self.functions.lock();
                 let Some(control) = functions.get_mut(&id) else { continue };
                 let Some(function) = control.managed.clone() else {
@@ -240,17 +243,18 @@ impl Controller {
                     .clone();
                 let (missing, reported) = (covered.missing.clone(), &covered.reported);
                 control.history.forget_before(now.saturating_sub(KEEP_SECONDS));
-                // Nothing to decide (no demand, at its floor, complete data now and last time,
-                // gauges already true): it rests until it has samples or the backend changes it.
+                // Nothing to decide (no demand, at its floor, gauges already true): it rests
+                // until it has samples or the backend changes it. Missing data does not keep it
+                // awake: it only stops a count from falling, and one at its floor cannot fall.
                 let demand = control.history.has_since(now.saturating_sub(window + 1));
-                if missing.is_empty()
-                    && control.missing.is_empty()
-                    && control.retry_at.is_none()
+                if control.retry_at.is_none()
                     && control.published == Some((function.replicas, function.ready))
                     && control.decider.at_rest(&function.spec, now, demand, function.replicas)
                 {
-                    // Samples older than the window decide nothing any more.
+                    // Samples older than the window decide nothing any more, and no count was
+                    // held up for want of data.
                     control.history.forget_before(now.saturating_sub(window + 1));
+                    control.missing = Vec::new();
                     self.awake.lock().remove(&id);
                     continue;
                 }
@@ -276,14 +280,20 @@ impl Controller {
                 control.panic = decision.panic;
                 control.published = Some((decision.desired, function.ready));
                 let blocked = control.retry_at.is_some_and(|at| Instant::now() < at);
-                (function, decision, blocked)
+                // Missing data cannot hold a count of zero up: not worth a series either.
+                let quiet = decision.desired == 0 && function.replicas == 0 && function.ready == 0 && !decision.panic;
+                let publish = control.has_series || !quiet;
+                control.has_series = publish;
+                (function, decision, blocked, publish)
             };
-            let label = function.id.to_string();
-            self.metrics.desired.with_label_values(&[&label]).set(i64::from(decision.desired));
-            self.metrics.ready.with_label_values(&[&label]).set(i64::from(function.ready));
-            self.metrics.panic.with_label_values(&[&label]).set(i64::from(decision.panic));
-            self.metrics.incomplete.with_label_values(&[&label]).set(i64::from(decision.incomplete));
-            self.metrics.decisions.with_label_values(&[&label, decision.reason.as_str()]).inc();
+            if publish {
+                let label = function.id.to_string();
+                self.metrics.desired.with_label_values(&[&label]).set(i64::from(decision.desired));
+                self.metrics.ready.with_label_values(&[&label]).set(i64::from(function.ready));
+                self.metrics.panic.with_label_values(&[&label]).set(i64::from(decision.panic));
+                self.metrics.incomplete.with_label_values(&[&label]).set(i64::from(decision.incomplete));
+                self.metrics.decisions.with_label_values(&[&label, decision.reason.as_str()]).inc();
+            }
             if decision.desired != function.replicas && leader && !retry_blocked {
                 self.write(&function, decision.desired).await;
             }
@@ -420,6 +430,8 @@ mod tests {
                     let spec = FunctionSpec {
                         window: Duration::from_secs(2),
                         initial_scale: 0,
+                        // Created at its floor.
+                        min_scale: replicas,
                         scale_down_delay: Duration::ZERO,
                         ..FunctionSpec::default()
                     };
@@ -459,16 +471,18 @@ mod tests {
     #[tokio::test]
     async fn functions_at_rest_are_not_visited_until_the_backend_changes_them() {
         let backend = Arc::new(HandBackend::default());
+        // At a floor of 1 decisions have metric series; all-zero ones ("never") have none.
         for name in ["idle", "other"] {
-            backend.set(name, 0);
+            backend.set(name, 1);
         }
+        backend.set("never", 0);
         let metrics = Arc::new(ControllerMetrics::new().unwrap());
         let controller =
             Controller::new(backend.clone(), vec![], metrics, Duration::from_secs(1), Duration::from_secs(2));
         // The first round decides both (first decisions are never at rest), the next finds them
         // at rest once the initial phase is over; after that a round visits neither.
         let mut rounds = 0;
-        while controller.metrics.at_rest.get() < 2 {
+        while controller.metrics.at_rest.get() < 3 {
             controller.decide().await;
             rounds += 1;
             assert!(rounds < 200, "never at rest");
@@ -480,6 +494,8 @@ mod tests {
         }
         assert_eq!(decisions(&controller, "idle"), before, "a function at rest costs no decision");
         assert!(controller.awake.lock().is_empty());
+        let exposition = String::from_utf8(controller.metrics.encode().unwrap()).unwrap();
+        assert!(exposition.contains("default/other") && !exposition.contains("default/never"), "{exposition}");
         // Someone scales it by hand: the change wakes it. Without any proxy's data it keeps
         // what it has (never down on missing data), so it stays awake.
         backend.set("idle", 3);
@@ -492,14 +508,14 @@ mod tests {
         let view = controller.view().await.unwrap();
         assert_eq!(
             view.iter().map(|f| (f.function.as_str(), f.replicas)).collect::<Vec<_>>(),
-            [("default/idle", 3), ("default/other", 0)]
+            [("default/idle", 3), ("default/never", 0), ("default/other", 1)]
         );
         // Back at its floor by hand: decided once more, then at rest again.
-        backend.set("idle", 0);
+        backend.set("idle", 1);
         controller.decide().await;
         assert_eq!(decisions(&controller, "idle"), before + 3);
         controller.decide().await;
         assert_eq!(decisions(&controller, "idle"), before + 3);
-        assert_eq!(controller.metrics.at_rest.get(), 2);
+        assert_eq!(controller.metrics.at_rest.get(), 3);
     }
 }

@@ -660,10 +660,16 @@ mod tests {
                 let window = spec.window.as_secs();
                 let demand = observations.iter().any(|o| o.arrivals > 0 && o.second + window > now);
                 let rest = decider.at_rest(spec, now, demand, asked);
+                // The same decision with a proxy's data missing (the controller rests functions
+                // whatever the coverage): the quiet seconds are then gaps, not zeros.
+                let seen: Vec<Observation> = observations.iter().filter(|o| o.arrivals > 0).copied().collect();
+                let on_partial_data =
+                    decider.clone().decide(spec, Tick { incomplete: true, ..tick(now, &seen, asked) });
                 let decision = decider.decide(spec, tick(now, &observations, asked));
                 if rest {
                     rests += 1;
                     assert_eq!(decision.desired, asked, "spec {n}, t={now}: at rest but decided otherwise");
+                    assert_eq!(on_partial_data.desired, asked, "spec {n}, t={now}: at rest, but not on partial data");
                 }
                 if busy && spec.scaling_mode != ScalingMode::FastOnly {
                     assert!(!rest, "spec {n}, t={now}: demand is never rest");
