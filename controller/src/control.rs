@@ -70,7 +70,8 @@ pub struct Controller {
     /// Admin addresses of the proxies to read.
     proxies: Vec<SocketAddr>,
     metrics: Arc<ControllerMetrics>,
-    functions: Mutex<HashMap<FunctionId, FunctionControl>>,
+    /// Boxed: a map's empty slots then cost a pointer, not a whole record.
+    functions: Mutex<HashMap<FunctionId, Box<FunctionControl>>>,
     /// Functions the next round decides: those with new samples, changed in the backend, or
     /// not at rest last round. The others would decide what they have, so they are not visited.
     awake: Mutex<BTreeSet<FunctionId>>,
@@ -427,14 +428,14 @@ mod tests {
             match functions.iter_mut().find(|(f, _)| f.id == id) {
                 Some((f, dirty)) => (f.replicas, f.ready, *dirty) = (replicas, replicas, true),
                 None => {
-                    let spec = FunctionSpec {
+                    let spec = Arc::new(FunctionSpec {
                         window: Duration::from_secs(2),
                         initial_scale: 0,
                         // Created at its floor.
                         min_scale: replicas,
                         scale_down_delay: Duration::ZERO,
                         ..FunctionSpec::default()
-                    };
+                    });
                     functions.push((ManagedFunction { id, spec, replicas, ready: replicas }, true));
                 }
             }

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use kube::Client;
 use parking_lot::Mutex;
-use wavelink_core::FunctionId;
+use wavelink_core::{FunctionId, FunctionSpec};
 use wavelink_kubernetes::catalog::{Catalog, ClusterFunction};
 use wavelink_kubernetes::events::RejectionEvents;
 use wavelink_kubernetes::{ClusterView, LeaderElector, NamespacedName, scale};
@@ -42,13 +42,19 @@ impl KubernetesBackend {
     }
 }
 
-fn managed(f: &ClusterFunction) -> ManagedFunction {
-    ManagedFunction { id: f.def.id.clone(), spec: f.def.spec.clone(), replicas: f.replicas, ready: f.ready }
-}
-
 /// What differs between two catalogs (both sorted by function id): one merge walk.
 fn catalog_changes(before: Option<&Catalog>, after: &Catalog) -> FunctionChanges {
     let mut changes = FunctionChanges::default();
+    // Equal specs in a row share one copy (thousands of functions have a handful of specs).
+    let mut shared_spec: Option<Arc<FunctionSpec>> = None;
+    let mut managed = |f: &ClusterFunction| {
+        let spec = match shared_spec.take() {
+            Some(previous) if *previous == f.def.spec => previous,
+            _ => Arc::new(f.def.spec.clone()),
+        };
+        shared_spec = Some(spec.clone());
+        ManagedFunction { id: f.def.id.clone(), spec, replicas: f.replicas, ready: f.ready }
+    };
     let old = before.map_or(&[][..], |c| &c.functions[..]);
     let (mut i, mut j) = (0, 0);
     while i < old.len() || j < after.functions.len() {

@@ -25,7 +25,7 @@ use async_trait::async_trait;
 use parking_lot::Mutex;
 use serde::Deserialize;
 use tracing::{debug, info, warn};
-use wavelink_core::{FunctionDef, FunctionId};
+use wavelink_core::{FunctionDef, FunctionId, FunctionSpec};
 use wavelink_server::client;
 use wavelink_wavelet::cgroup::Cgroup;
 use wavelink_wavelet::instance::{Instance, Runtime};
@@ -55,6 +55,8 @@ struct LocalRi {
 
 struct LocalFunction {
     def: Arc<FunctionDef>,
+    /// `def.spec`, shared with the functions before it that have an equal one.
+    spec: Arc<FunctionSpec>,
     target: u32,
     instances: Vec<Arc<LocalRi>>,
     /// Instances being started (counted as live, not yet in `instances`).
@@ -117,11 +119,24 @@ impl LocalBackend {
         adopted: Vec<Survivor>,
         metrics: Arc<ControllerMetrics>,
     ) -> Self {
+        // Thousands of functions have a handful of specs: equal ones in a row share one copy.
+        let mut shared_spec: Option<Arc<FunctionSpec>> = None;
         let mut functions: HashMap<FunctionId, LocalFunction> = defs
             .into_iter()
             .map(|def| {
-                let function =
-                    LocalFunction { def: Arc::new(def), target: 0, instances: Vec::new(), starting: 0, reported: None };
+                let spec = match shared_spec.take() {
+                    Some(previous) if *previous == def.spec => previous,
+                    _ => Arc::new(def.spec.clone()),
+                };
+                shared_spec = Some(spec.clone());
+                let function = LocalFunction {
+                    def: Arc::new(def),
+                    spec,
+                    target: 0,
+                    instances: Vec::new(),
+                    starting: 0,
+                    reported: None,
+                };
                 (function.def.id.clone(), function)
             })
             .collect();
@@ -499,7 +514,7 @@ impl Backend for LocalBackend {
                 let now = (f.target, f.serving().count() as u32);
                 (f.reported.replace(now) != Some(now)).then(|| ManagedFunction {
                     id: f.def.id.clone(),
-                    spec: f.def.spec.clone(),
+                    spec: f.spec.clone(),
                     replicas: now.0,
                     ready: now.1,
                 })

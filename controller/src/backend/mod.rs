@@ -5,6 +5,7 @@ pub mod kubernetes;
 pub mod local;
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 
 use async_trait::async_trait;
 use wavelink_core::{FunctionId, FunctionSpec};
@@ -13,7 +14,8 @@ use wavelink_core::{FunctionId, FunctionSpec};
 #[derive(Debug, Clone, PartialEq)]
 pub struct ManagedFunction {
     pub id: FunctionId,
-    pub spec: FunctionSpec,
+    /// Shared: thousands of functions have a handful of different specs.
+    pub spec: Arc<FunctionSpec>,
     /// RIs asked for (a Deployment's `spec.replicas`).
     pub replicas: u32,
     /// RIs ready to serve.
