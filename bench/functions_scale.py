@@ -12,8 +12,9 @@ Per size, a proxy serving N functions that all point at one `wavelink fn` instan
 - requests/s to one function (`wavelink load`, 8 connections, 5 s), next to the 1-function case;
 - the time of one function's instance change through the admin API (PUT).
 Then the controller: the same N functions as local-backend functions (scale from zero) with a
-proxy; the 1% get steady traffic, so their RIs start; the controller's CPU per decision round is
-its CPU time over a minute divided by the rounds in it.
+proxy; its resident memory once every function is at rest (per idle function against the
+1-function case, goal at most 1 KiB); then the 1% get steady traffic, so their RIs start; the
+controller's CPU per decision round is its CPU time over a minute divided by the rounds in it.
 Last, the route table alone (the `route_table` example of wavelink-proxy, built by `make bench`):
 one function's instance change and a whole sync with 10,000 functions (goal: under 10 ms).
 It measures and reports; goals are printed beside the results, not asserted.
@@ -158,6 +159,9 @@ functions:
     try:
         wait_ready(admin, "proxy")
         wait_ready(controller_admin, "controller")
+        # Every function at rest: past its initial phase (one 10 s window) and a round after.
+        time.sleep(15)
+        rss_idle = rss_kib(controller.pid)
         loaders = [threading.Thread(target=steady, args=(listen, hosts[i::4], stop), daemon=True) for i in range(4)]
         for t in loaders:
             t.start()
@@ -169,7 +173,8 @@ functions:
         _, listing = request(controller_admin, "GET", "/v1/functions")
         scaled = sum(1 for f in json.loads(listing) if f.get("ready", 0) > 0)
         return {"functions": n, "cpu_ms_per_round": cpu * 1000 / rounds, "cpu_share": cpu / CONTROLLER_SECONDS,
-                "rss_kib": max(rss_before, rss_kib(controller.pid)), "functions_with_ris": scaled}
+                "rss_idle_kib": rss_idle, "rss_kib": max(rss_before, rss_kib(controller.pid)),
+                "functions_with_ris": scaled}
     finally:
         stop.set()
         controller.terminate()
@@ -208,11 +213,14 @@ def main():
               f'| {p["stats_since_bytes"] / 1024:.1f} KiB ({p["stats_since_ms"]:.1f} ms) | {p["rps"]:,.0f} '
               f'| {p["rps"] / base["rps"]:.2f}x | {p["put_ms"]:.2f} ms |')
     print("\nController (local backend, scale from zero, 1% with steady traffic):\n")
-    print("| functions | CPU per decision round | CPU share | RSS | functions with RIs |")
-    print("|---|---|---|---|---|")
+    print("| functions | CPU per decision round | CPU share | RSS idle | per idle function (goal ≤ 1 KiB) | RSS with traffic | functions with RIs |")
+    print("|---|---|---|---|---|---|---|")
+    cbase = controllers[0]
     for c in controllers:
+        per = "—" if c["functions"] == cbase["functions"] else \
+            f'{(c["rss_idle_kib"] - cbase["rss_idle_kib"]) * 1024 / (c["functions"] - cbase["functions"]):.0f} B'
         print(f'| {c["functions"]:,} | {c["cpu_ms_per_round"]:.1f} ms | {c["cpu_share"] * 100:.1f}% '
-              f'| {c["rss_kib"] / 1024:.1f} MiB | {c["functions_with_ris"]} |')
+              f'| {c["rss_idle_kib"] / 1024:.1f} MiB | {per} | {c["rss_kib"] / 1024:.1f} MiB | {c["functions_with_ris"]} |')
     print("\nRoute table alone (median; goal with 10,000 functions: under 10 ms):\n")
     print("| functions | one function's instances | sync, one function's instances changed | sync adding or removing one | of which building the list |")
     print("|---|---|---|---|---|")

@@ -79,6 +79,7 @@ pub fn run(args: ControllerArgs) -> anyhow::Result<()> {
                 adopting && configured.contains(&survivor.function)
             })
             .context("setting up the local backend")?;
+            drop(configured);
             let runtime = match containerd {
                 None => Runtime::Process(process),
                 Some(mut containerd) => {
