@@ -6,6 +6,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
 use std::str::FromStr;
+use std::sync::Arc;
 
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Container, ObjectReference, PodSecurityContext};
@@ -64,7 +65,9 @@ pub struct ClusterRejection {
 /// Every function the cluster defines, in id order.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Catalog {
-    pub functions: Vec<ClusterFunction>,
+    /// Shared with the watch's projections: a catalog built after a change copies pointers,
+    /// not every function's definition.
+    pub functions: Vec<Arc<ClusterFunction>>,
     pub rejected: Vec<ClusterRejection>,
 }
 
@@ -110,7 +113,7 @@ impl Catalog {
     pub fn function(&self, id: &FunctionId) -> Option<&ClusterFunction> {
         // Sorted by id when built.
         let found = self.functions.binary_search_by(|f| f.def.id.cmp(id)).ok()?;
-        self.functions.get(found)
+        self.functions.get(found).map(|f| &**f)
     }
 
     /// Each function's definition with its instances: the ready endpoints of its Service (named
@@ -144,14 +147,14 @@ impl Catalog {
 /// change of that Deployment, not on every look at the catalog.
 #[derive(Debug, Clone, PartialEq)]
 pub struct WatchedDeployment {
-    pub function: Result<ClusterFunction, RejectedFunction>,
+    pub function: Result<Arc<ClusterFunction>, RejectedFunction>,
     pub reference: ObjectReference,
 }
 
 impl WatchedDeployment {
     /// `None` when the Deployment is not a function (no `wavelink.dev/function` label).
     pub fn of(deployment: &Deployment) -> Option<WatchedDeployment> {
-        let function = function_of(deployment)?;
+        let function = function_of(deployment)?.map(Arc::new);
         Some(WatchedDeployment { function, reference: deployment.object_ref(&()) })
     }
 }

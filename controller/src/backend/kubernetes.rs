@@ -60,7 +60,8 @@ fn catalog_changes(before: Option<&Catalog>, after: &Catalog) -> FunctionChanges
     while i < old.len() || j < after.functions.len() {
         match (old.get(i), after.functions.get(j)) {
             (Some(a), Some(b)) if a.def.id == b.def.id => {
-                if (a.replicas, a.ready) != (b.replicas, b.ready) || a.def.spec != b.def.spec {
+                // The same projection (the Deployment did not change): nothing to compare.
+                if !Arc::ptr_eq(a, b) && ((a.replicas, a.ready) != (b.replicas, b.ready) || a.def.spec != b.def.spec) {
                     changes.changed.push(managed(b));
                 }
                 (i, j) = (i + 1, j + 1);
@@ -150,7 +151,7 @@ mod tests {
     }
 
     fn catalog(functions: Vec<ClusterFunction>) -> Catalog {
-        Catalog { functions, rejected: vec![] }
+        Catalog { functions: functions.into_iter().map(Arc::new).collect(), rejected: vec![] }
     }
 
     fn names(changes: &FunctionChanges) -> (Vec<String>, Vec<String>) {
