@@ -159,6 +159,11 @@ impl Controller {
                     let mut functions = self.functions.lock();
                     let mut awake = self.awake.lock();
                     for f in stats.functions {
+                        // The first read lists every function; one without samples adds nothing
+                        // (a reported second without its sample counts as zero anyway).
+                        if f.samples.is_empty() {
+                            continue;
+                        }
                         let Ok(id) = FunctionId::new(&f.namespace, &f.name) else { continue };
                         functions.entry(id.clone()).or_default().history.record(*proxy, &f.samples);
                         awake.insert(id);
