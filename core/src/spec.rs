@@ -6,6 +6,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
+use std::sync::Arc;
 use std::time::Duration;
 
 use crate::duration::{HumanDuration, parse_duration};
@@ -333,6 +334,26 @@ impl FunctionSpec {
     }
 }
 
+/// Shares equal specs that come one after another: thousands of functions have a handful of
+/// specs (the defaults, a team's settings), so each list of functions keeps a few copies, not
+/// one per function.
+#[derive(Debug, Default)]
+pub struct SharedSpecs {
+    last: Option<Arc<FunctionSpec>>,
+}
+
+impl SharedSpecs {
+    /// The previous spec's copy if `spec` equals it, else a new copy (kept for the next).
+    pub fn share(&mut self, spec: &FunctionSpec) -> Arc<FunctionSpec> {
+        let shared = match self.last.take() {
+            Some(previous) if *previous == *spec => previous,
+            _ => Arc::new(spec.clone()),
+        };
+        self.last = Some(shared.clone());
+        shared
+    }
+}
+
 impl Default for FunctionSpec {
     fn default() -> Self {
         match FunctionSpec::from_annotations(std::iter::empty::<(&str, &str)>()) {
@@ -532,6 +553,18 @@ fn edit_distance(a: &str, b: &str) -> usize {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn equal_specs_in_a_row_share_one_copy_and_a_different_one_gets_its_own() {
+        let mut shared = SharedSpecs::default();
+        let other = FunctionSpec { port: 9000, ..FunctionSpec::default() };
+        let a = shared.share(&FunctionSpec::default());
+        let b = shared.share(&FunctionSpec::default());
+        let c = shared.share(&other);
+        assert!(Arc::ptr_eq(&a, &b));
+        assert!(!Arc::ptr_eq(&b, &c));
+        assert_eq!(*c, other);
+    }
+
     use super::*;
 
     fn parse(pairs: &[(&str, &str)]) -> Result<FunctionSpec, InvalidSpec> {

@@ -88,7 +88,8 @@ impl Catalog {
         let mut catalog = Catalog::default();
         let mut seen = HashSet::new();
         for watched in sorted {
-            let deployment = watched.reference.clone();
+            // Only a rejection keeps the reference (for its Event); a function needs none.
+            let deployment = || watched.reference.clone();
             match &watched.function {
                 Ok(function) if !seen.insert(function.def.id.clone()) => {
                     catalog.rejected.push(ClusterRejection {
@@ -99,11 +100,13 @@ impl Catalog {
                                 function.deployment
                             ),
                         },
-                        deployment,
+                        deployment: deployment(),
                     });
                 }
                 Ok(function) => catalog.functions.push(function.clone()),
-                Err(rejected) => catalog.rejected.push(ClusterRejection { rejected: rejected.clone(), deployment }),
+                Err(rejected) => {
+                    catalog.rejected.push(ClusterRejection { rejected: rejected.clone(), deployment: deployment() })
+                }
             }
         }
         catalog.functions.sort_by(|a, b| a.def.id.cmp(&b.def.id));

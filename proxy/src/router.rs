@@ -7,7 +7,8 @@ use std::sync::Arc;
 use ahash::RandomState;
 use arc_swap::ArcSwap;
 use tracing::{error, info};
-use wavelink_core::{FunctionDef, FunctionId, FunctionSpec, RejectedFunction};
+use wavelink_core::spec::SharedSpecs;
+use wavelink_core::{FunctionDef, FunctionId, RejectedFunction};
 
 use crate::function::FunctionState;
 use crate::instance::PeerSettings;
@@ -145,15 +146,9 @@ impl Router {
         let old = self.table.load_full();
         let mut functions = Vec::with_capacity(defs.len());
         let mut added = 0usize;
-        // Functions mostly share a handful of specs (the defaults, a team's settings): equal
-        // ones in a row share one copy.
-        let mut shared_spec: Option<Arc<FunctionSpec>> = None;
+        let mut specs = SharedSpecs::default();
         for def in defs {
-            let spec = match shared_spec.take() {
-                Some(previous) if *previous == def.spec => previous,
-                _ => Arc::new(def.spec.clone()),
-            };
-            shared_spec = Some(spec.clone());
+            let spec = specs.share(&def.spec);
             // The table is sorted by id: finding each function is a binary search, so a sync of
             // every function costs n log n, not n².
             let existing = old.functions.binary_search_by(|f| f.id.cmp(&def.id)).ok().map(|i| old.functions[i].clone());
@@ -174,16 +169,7 @@ impl Router {
                         info!(function = %def.id, instances = def.instances.len(), "serving function");
                     }
                     let host = Arc::from(def.id.host(&self.domain));
-                    // A copy, not the parsed strings: those sit in pages among the parser's
-                    // freed memory, which could then never go back to the system.
-                    FunctionState::new(
-                        def.id.clone(),
-                        host,
-                        spec,
-                        &def.instances,
-                        self.metrics.clone(),
-                        self.links.clone(),
-                    )
+                    FunctionState::new(def.id, host, spec, &def.instances, self.metrics.clone(), self.links.clone())
                 }
             };
             functions.push(state);

@@ -62,10 +62,11 @@ pub fn run(args: ProxyArgs) -> anyhow::Result<()> {
     // is not kept for the proxy's lifetime.
     let kubernetes = config.kubernetes.take();
     drop(config);
-    crate::allocator::release_unused();
     if kubernetes.is_none() {
-        // On a cluster the first list is set-up too: it ends once that is in (`Cluster`).
         crate::allocator::end_setup();
+    } else {
+        // On a cluster the first list is set-up too: it ends once that is in (`Cluster`).
+        crate::allocator::release_unused();
     }
     // Kept alive while the proxy runs: it feeds the routing table.
     let _cluster = match &kubernetes {

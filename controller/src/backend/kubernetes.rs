@@ -9,7 +9,8 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use kube::Client;
 use parking_lot::Mutex;
-use wavelink_core::{FunctionId, FunctionSpec};
+use wavelink_core::FunctionId;
+use wavelink_core::spec::SharedSpecs;
 use wavelink_kubernetes::catalog::{Catalog, ClusterFunction};
 use wavelink_kubernetes::events::RejectionEvents;
 use wavelink_kubernetes::{ClusterView, LeaderElector, NamespacedName, scale};
@@ -45,15 +46,12 @@ impl KubernetesBackend {
 /// What differs between two catalogs (both sorted by function id): one merge walk.
 fn catalog_changes(before: Option<&Catalog>, after: &Catalog) -> FunctionChanges {
     let mut changes = FunctionChanges::default();
-    // Equal specs in a row share one copy (thousands of functions have a handful of specs).
-    let mut shared_spec: Option<Arc<FunctionSpec>> = None;
-    let mut managed = |f: &ClusterFunction| {
-        let spec = match shared_spec.take() {
-            Some(previous) if *previous == f.def.spec => previous,
-            _ => Arc::new(f.def.spec.clone()),
-        };
-        shared_spec = Some(spec.clone());
-        ManagedFunction { id: f.def.id.clone(), spec, replicas: f.replicas, ready: f.ready }
+    let mut specs = SharedSpecs::default();
+    let mut managed = |f: &ClusterFunction| ManagedFunction {
+        id: f.def.id.clone(),
+        spec: specs.share(&f.def.spec),
+        replicas: f.replicas,
+        ready: f.ready,
     };
     let old = before.map_or(&[][..], |c| &c.functions[..]);
     let (mut i, mut j) = (0, 0);

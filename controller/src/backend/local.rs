@@ -25,6 +25,7 @@ use async_trait::async_trait;
 use parking_lot::Mutex;
 use serde::Deserialize;
 use tracing::{debug, info, warn};
+use wavelink_core::spec::SharedSpecs;
 use wavelink_core::{FunctionDef, FunctionId, FunctionSpec};
 use wavelink_server::client;
 use wavelink_wavelet::cgroup::Cgroup;
@@ -119,16 +120,11 @@ impl LocalBackend {
         adopted: Vec<Survivor>,
         metrics: Arc<ControllerMetrics>,
     ) -> Self {
-        // Thousands of functions have a handful of specs: equal ones in a row share one copy.
-        let mut shared_spec: Option<Arc<FunctionSpec>> = None;
+        let mut specs = SharedSpecs::default();
         let mut functions: HashMap<FunctionId, LocalFunction> = defs
             .into_iter()
             .map(|def| {
-                let spec = match shared_spec.take() {
-                    Some(previous) if *previous == def.spec => previous,
-                    _ => Arc::new(def.spec.clone()),
-                };
-                shared_spec = Some(spec.clone());
+                let spec = specs.share(&def.spec);
                 let function = LocalFunction {
                     def: Arc::new(def),
                     spec,
