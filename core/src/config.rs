@@ -7,6 +7,7 @@
 use std::collections::{BTreeMap, HashSet};
 use std::fmt;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde::{Deserialize, Deserializer};
@@ -14,7 +15,7 @@ use serde::{Deserialize, Deserializer};
 use crate::container::ContainerTemplate;
 use crate::duration::parse_duration;
 use crate::function::FunctionId;
-use crate::spec::FunctionSpec;
+use crate::spec::{FunctionSpec, SharedSpecs};
 
 /// The whole file.
 #[derive(Debug, Clone, Deserialize)]
@@ -333,7 +334,8 @@ fn duration_field<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Duration
 #[derive(Debug, Clone, PartialEq)]
 pub struct FunctionDef {
     pub id: FunctionId,
-    pub spec: FunctionSpec,
+    /// Shared with the other functions that have an equal one ([`SharedSpecs`]).
+    pub spec: Arc<FunctionSpec>,
     /// The `process` runtime's program and arguments.
     pub command: Vec<String>,
     /// Literal environment of every instance.
@@ -418,6 +420,7 @@ impl LocalConfig {
     /// reason (invalid name, bad annotations, or a duplicate of an earlier entry).
     pub fn functions(&self) -> (Vec<FunctionDef>, Vec<RejectedFunction>) {
         let mut accepted = Vec::new();
+        let mut specs = SharedSpecs::default();
         let mut rejected = Vec::new();
         let mut seen = HashSet::new();
         for entry in &self.functions {
@@ -449,7 +452,7 @@ impl LocalConfig {
             match FunctionSpec::from_annotations(annotations) {
                 Ok(spec) => accepted.push(FunctionDef {
                     id,
-                    spec,
+                    spec: specs.share(spec),
                     command: entry.command.iter().chain(&entry.args).cloned().collect(),
                     env: entry.env.iter().map(|(k, v)| (k.clone(), v.0.clone())).collect(),
                     container: entry.image.as_ref().map(|image| ContainerTemplate {
@@ -527,6 +530,14 @@ functions:
             config.wavelets[1],
             WaveletConfig { address: "127.0.0.1:8092".parse().unwrap(), admin: None, max_instances: 256 }
         );
+    }
+
+    #[test]
+    fn functions_with_equal_annotations_share_one_spec() {
+        let text = "functions:\n  - { name: a }\n  - { name: b, annotations: { wavelink.dev/window: 30s } }\n  - { name: c }\n";
+        let (accepted, _) = LocalConfig::from_yaml(text).expect("valid").functions();
+        assert!(std::sync::Arc::ptr_eq(&accepted[0].spec, &accepted[2].spec));
+        assert!(!std::sync::Arc::ptr_eq(&accepted[0].spec, &accepted[1].spec));
     }
 
     #[test]

@@ -6,7 +6,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use crate::duration::{HumanDuration, parse_duration};
@@ -334,22 +334,34 @@ impl FunctionSpec {
     }
 }
 
-/// Shares equal specs that come one after another: thousands of functions have a handful of
-/// specs (the defaults, a team's settings), so each list of functions keeps a few copies, not
-/// one per function.
+/// Shares equal specs: thousands of functions have a handful of specs (the defaults, a team's
+/// settings), so a process keeps a few copies, not one per function. It remembers the last few
+/// distinct specs it handed out (weakly: a spec no function uses any more is not kept alive).
 #[derive(Debug, Default)]
 pub struct SharedSpecs {
-    last: Option<Arc<FunctionSpec>>,
+    /// Most recently shared first.
+    recent: Vec<Weak<FunctionSpec>>,
 }
 
+/// Distinct specs remembered; a linear scan of these is cheaper than hashing a spec.
+const SHARED_SPECS_KEPT: usize = 16;
+
 impl SharedSpecs {
-    /// The previous spec's copy if `spec` equals it, else a new copy (kept for the next).
-    pub fn share(&mut self, spec: &FunctionSpec) -> Arc<FunctionSpec> {
-        let shared = match self.last.take() {
-            Some(previous) if *previous == *spec => previous,
-            _ => Arc::new(spec.clone()),
+    /// A copy of `spec` shared with every earlier function that had an equal one (among the
+    /// last few distinct specs).
+    pub fn share(&mut self, spec: FunctionSpec) -> Arc<FunctionSpec> {
+        self.recent.retain(|w| w.strong_count() > 0);
+        let found =
+            self.recent.iter().enumerate().find_map(|(i, w)| w.upgrade().filter(|s| **s == spec).map(|s| (i, s)));
+        let shared = match found {
+            Some((i, shared)) => {
+                self.recent.remove(i);
+                shared
+            }
+            None => Arc::new(spec),
         };
-        self.last = Some(shared.clone());
+        self.recent.insert(0, Arc::downgrade(&shared));
+        self.recent.truncate(SHARED_SPECS_KEPT);
         shared
     }
 }
@@ -554,15 +566,23 @@ fn edit_distance(a: &str, b: &str) -> usize {
 #[cfg(test)]
 mod tests {
     #[test]
-    fn equal_specs_in_a_row_share_one_copy_and_a_different_one_gets_its_own() {
+    fn equal_specs_share_one_copy_and_a_different_one_gets_its_own() {
         let mut shared = SharedSpecs::default();
         let other = FunctionSpec { port: 9000, ..FunctionSpec::default() };
-        let a = shared.share(&FunctionSpec::default());
-        let b = shared.share(&FunctionSpec::default());
-        let c = shared.share(&other);
+        let a = shared.share(FunctionSpec::default());
+        let b = shared.share(FunctionSpec::default());
+        let c = shared.share(other.clone());
+        // Not only in a row: a watch sees functions in any order.
+        let d = shared.share(FunctionSpec::default());
         assert!(Arc::ptr_eq(&a, &b));
+        assert!(Arc::ptr_eq(&a, &d));
         assert!(!Arc::ptr_eq(&b, &c));
         assert_eq!(*c, other);
+        // A spec nobody holds any more is not kept alive, and an equal one later is a new copy.
+        drop(c);
+        let e = shared.share(other.clone());
+        assert_eq!(*e, other);
+        assert_eq!(Arc::strong_count(&e), 1);
     }
 
     use super::*;

@@ -12,7 +12,7 @@ use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Container, ObjectReference, PodSecurityContext};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::Resource;
-use wavelink_core::spec::FUNCTION_LABEL;
+use wavelink_core::spec::{FUNCTION_LABEL, SharedSpecs};
 use wavelink_core::{ContainerTemplate, FunctionDef, FunctionId, FunctionSpec, RejectedFunction};
 
 /// The label EndpointSlices carry naming their Service.
@@ -75,7 +75,9 @@ impl Catalog {
     /// Reads the function Deployments; the first Deployment (by namespace and name) claiming a
     /// function name wins, later ones are rejected as duplicates.
     pub fn from_deployments<'a>(deployments: impl IntoIterator<Item = &'a Deployment>) -> Self {
-        let watched: Vec<WatchedDeployment> = deployments.into_iter().filter_map(WatchedDeployment::of).collect();
+        let mut specs = SharedSpecs::default();
+        let watched: Vec<WatchedDeployment> =
+            deployments.into_iter().filter_map(|d| WatchedDeployment::of(d, &mut specs)).collect();
         Catalog::from_watched(&watched)
     }
 
@@ -156,8 +158,8 @@ pub struct WatchedDeployment {
 
 impl WatchedDeployment {
     /// `None` when the Deployment is not a function (no `wavelink.dev/function` label).
-    pub fn of(deployment: &Deployment) -> Option<WatchedDeployment> {
-        let function = function_of(deployment)?.map(Arc::new);
+    pub fn of(deployment: &Deployment, specs: &mut SharedSpecs) -> Option<WatchedDeployment> {
+        let function = function_with_shared_spec(deployment, specs)?.map(Arc::new);
         Some(WatchedDeployment { function, reference: deployment.object_ref(&()) })
     }
 }
@@ -196,6 +198,14 @@ impl WatchedSlice {
 
 /// `None` when the Deployment is not a function (no `wavelink.dev/function` label).
 pub fn function_of(deployment: &Deployment) -> Option<Result<ClusterFunction, RejectedFunction>> {
+    function_with_shared_spec(deployment, &mut SharedSpecs::default())
+}
+
+/// [`function_of`], its spec shared with the equal ones `specs` handed out before.
+fn function_with_shared_spec(
+    deployment: &Deployment,
+    specs: &mut SharedSpecs,
+) -> Option<Result<ClusterFunction, RejectedFunction>> {
     let meta = &deployment.metadata;
     let name = meta.labels.as_ref()?.get(FUNCTION_LABEL)?;
     let namespace = meta.namespace.as_deref().unwrap_or("default");
@@ -208,7 +218,7 @@ pub fn function_of(deployment: &Deployment) -> Option<Result<ClusterFunction, Re
     let empty = BTreeMap::new();
     let annotations = meta.annotations.as_ref().unwrap_or(&empty);
     let spec = match FunctionSpec::from_annotations(annotations.iter()) {
-        Ok(spec) => spec,
+        Ok(spec) => specs.share(spec),
         Err(e) => return Some(Err(reject(e.to_string()))),
     };
     let spec_of_deployment = deployment.spec.as_ref();
@@ -393,10 +403,11 @@ mod tests {
     #[test]
     fn what_the_watch_keeps_of_a_deployment_reads_as_the_same_catalog() {
         let deployments = [deployment("b", Some("f"), &[]), deployment("a", Some("g"), &[(keys::PORT, "x")])];
-        let watched: Vec<WatchedDeployment> = deployments.iter().filter_map(WatchedDeployment::of).collect();
+        let watched: Vec<WatchedDeployment> =
+            deployments.iter().filter_map(|d| WatchedDeployment::of(d, &mut SharedSpecs::default())).collect();
         assert_eq!(Catalog::from_watched(&watched), Catalog::from_deployments(&deployments));
         assert_eq!(watched[0].reference.name.as_deref(), Some("b"));
-        assert!(WatchedDeployment::of(&deployment("plain", None, &[])).is_none());
+        assert!(WatchedDeployment::of(&deployment("plain", None, &[]), &mut SharedSpecs::default()).is_none());
     }
 
     #[test]

@@ -25,7 +25,7 @@ use parking_lot::{Mutex, RwLock};
 use serde::de::DeserializeOwned;
 use tokio::sync::watch;
 use tracing::{debug, warn};
-use wavelink_core::spec::FUNCTION_LABEL;
+use wavelink_core::spec::{FUNCTION_LABEL, SharedSpecs};
 
 use crate::catalog::{Catalog, NamespacedName, SERVICE_NAME_LABEL, WatchedDeployment, WatchedSlice, ready_endpoints};
 
@@ -68,7 +68,7 @@ fn project<K, V>(
     api: Api<K>,
     config: watcher::Config,
     into: Arc<Projections<V>>,
-    project: fn(&K) -> Option<V>,
+    mut project: impl FnMut(&K) -> Option<V> + Send + 'static,
 ) -> impl Stream<Item = Result<(), watcher::Error>> + Send
 where
     K: Resource + Clone + DeserializeOwned + Debug + Send + 'static,
@@ -131,13 +131,13 @@ impl ClusterView {
         };
         let (deployments, slices) = (Projections::new(), Projections::new());
         let (notify, changes) = watch::channel(0u64);
-        let deployment_events = project(
-            deployments_api,
-            watcher::Config::default().labels(FUNCTION_LABEL),
-            deployments.clone(),
-            WatchedDeployment::of,
-        )
-        .map(|event| event.map_err(|e| ("deployments", e)));
+        let deployment_events =
+            project(deployments_api, watcher::Config::default().labels(FUNCTION_LABEL), deployments.clone(), {
+                // Deployments of a cluster have a handful of distinct specs: one copy each.
+                let mut specs = SharedSpecs::default();
+                move |deployment: &Deployment| WatchedDeployment::of(deployment, &mut specs)
+            })
+            .map(|event| event.map_err(|e| ("deployments", e)));
         let slice_events = project(
             slices_api,
             watcher::Config::default().labels(SERVICE_NAME_LABEL),

@@ -16,7 +16,7 @@ use wavelink_proxy::router::Router;
 fn def(i: usize, instance: SocketAddr) -> FunctionDef {
     FunctionDef {
         id: FunctionId::new("bench", &format!("f{i:05}")).expect("valid id"),
-        spec: FunctionSpec::default(),
+        spec: std::sync::Arc::new(FunctionSpec::default()),
         command: vec![],
         env: vec![],
         container: None,

@@ -230,7 +230,7 @@ mod tests {
         let router = Arc::new(Router::new("example.com", Arc::new(ProxyMetrics::new().unwrap()), settings));
         let def = FunctionDef {
             id: FunctionId::new("default", "f").unwrap(),
-            spec: FunctionSpec::default(),
+            spec: Arc::new(FunctionSpec::default()),
             command: vec![],
             env: vec![],
             container: None,

@@ -584,7 +584,9 @@ mod tests {
     fn def(name: &str) -> FunctionDef {
         FunctionDef {
             id: FunctionId::new("default", name).expect("valid id"),
-            spec: FunctionSpec::from_annotations([(keys::EMERGENCY_KEEPALIVE, "60s")]).expect("valid spec"),
+            spec: std::sync::Arc::new(
+                FunctionSpec::from_annotations([(keys::EMERGENCY_KEEPALIVE, "60s")]).expect("valid spec"),
+            ),
             command: vec!["sleep".into(), "60".into()],
             env: vec![],
             container: None,

@@ -10,7 +10,6 @@ use async_trait::async_trait;
 use kube::Client;
 use parking_lot::Mutex;
 use wavelink_core::FunctionId;
-use wavelink_core::spec::SharedSpecs;
 use wavelink_kubernetes::catalog::{Catalog, ClusterFunction};
 use wavelink_kubernetes::events::RejectionEvents;
 use wavelink_kubernetes::{ClusterView, LeaderElector, NamespacedName, scale};
@@ -46,10 +45,9 @@ impl KubernetesBackend {
 /// What differs between two catalogs (both sorted by function id): one merge walk.
 fn catalog_changes(before: Option<&Catalog>, after: &Catalog) -> FunctionChanges {
     let mut changes = FunctionChanges::default();
-    let mut specs = SharedSpecs::default();
-    let mut managed = |f: &ClusterFunction| ManagedFunction {
+    let managed = |f: &ClusterFunction| ManagedFunction {
         id: f.def.id.clone(),
-        spec: specs.share(&f.def.spec),
+        spec: Arc::clone(&f.def.spec),
         replicas: f.replicas,
         ready: f.ready,
     };
@@ -135,7 +133,7 @@ mod tests {
         ClusterFunction {
             def: FunctionDef {
                 id: FunctionId::new("default", name).unwrap(),
-                spec: FunctionSpec::default(),
+                spec: Arc::new(FunctionSpec::default()),
                 command: vec![],
                 env: vec![],
                 container: None,
@@ -164,7 +162,7 @@ mod tests {
         let before = catalog(vec![function("a", 1, 1), function("b", 0, 0), function("c", 2, 1), function("e", 0, 0)]);
         assert_eq!(names(&catalog_changes(None, &before)).0, ["a", "b", "c", "e"], "everything at first");
         let mut slower = function("b", 0, 0);
-        slower.def.spec.window = std::time::Duration::from_secs(120);
+        Arc::make_mut(&mut slower.def.spec).window = std::time::Duration::from_secs(120);
         let after = catalog(vec![function("a", 1, 1), slower, function("c", 2, 2), function("d", 0, 0)]);
         let changes = catalog_changes(Some(&before), &after);
         assert_eq!(names(&changes), (vec!["b".into(), "c".into(), "d".into()], vec!["e".into()]));

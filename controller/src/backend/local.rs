@@ -25,8 +25,7 @@ use async_trait::async_trait;
 use parking_lot::Mutex;
 use serde::Deserialize;
 use tracing::{debug, info, warn};
-use wavelink_core::spec::SharedSpecs;
-use wavelink_core::{FunctionDef, FunctionId, FunctionSpec};
+use wavelink_core::{FunctionDef, FunctionId};
 use wavelink_server::client;
 use wavelink_wavelet::cgroup::Cgroup;
 use wavelink_wavelet::instance::{Instance, Runtime};
@@ -56,8 +55,6 @@ struct LocalRi {
 
 struct LocalFunction {
     def: Arc<FunctionDef>,
-    /// `def.spec`, shared with the functions before it that have an equal one.
-    spec: Arc<FunctionSpec>,
     target: u32,
     instances: Vec<Arc<LocalRi>>,
     /// Instances being started (counted as live, not yet in `instances`).
@@ -120,19 +117,11 @@ impl LocalBackend {
         adopted: Vec<Survivor>,
         metrics: Arc<ControllerMetrics>,
     ) -> Self {
-        let mut specs = SharedSpecs::default();
         let mut functions: HashMap<FunctionId, LocalFunction> = defs
             .into_iter()
             .map(|def| {
-                let spec = specs.share(&def.spec);
-                let function = LocalFunction {
-                    def: Arc::new(def),
-                    spec,
-                    target: 0,
-                    instances: Vec::new(),
-                    starting: 0,
-                    reported: None,
-                };
+                let function =
+                    LocalFunction { def: Arc::new(def), target: 0, instances: Vec::new(), starting: 0, reported: None };
                 (function.def.id.clone(), function)
             })
             .collect();
@@ -510,7 +499,7 @@ impl Backend for LocalBackend {
                 let now = (f.target, f.serving().count() as u32);
                 (f.reported.replace(now) != Some(now)).then(|| ManagedFunction {
                     id: f.def.id.clone(),
-                    spec: f.spec.clone(),
+                    spec: f.def.spec.clone(),
                     replicas: now.0,
                     ready: now.1,
                 })
