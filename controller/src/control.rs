@@ -17,10 +17,10 @@ use pingora_core::server::ShutdownWatch;
 use pingora_core::services::background::BackgroundService;
 use serde::Serialize;
 use tracing::{debug, info, warn};
-use wavelink_core::FunctionId;
 use wavelink_core::autoscale::{Decider, Observation, Reason, Tick};
 use wavelink_core::backoff::doubling;
 use wavelink_core::stats::ProxyStats;
+use wavelink_core::{FunctionId, FunctionSpec};
 use wavelink_server::client;
 
 use crate::backend::{Backend, BackendError, ManagedFunction};
@@ -39,13 +39,36 @@ const FIRST_BACKOFF: Duration = Duration::from_secs(1);
 /// Longest wait between retries of a failing write.
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
 
+/// What the controller keeps of one function: sized for the idle case, because most of
+/// thousands rest.
 #[derive(Default)]
 struct FunctionControl {
     /// The backend's record of it (`None`: seen in a proxy's data only, not ours to scale).
-    managed: Option<ManagedFunction>,
+    record: Option<Record>,
+    /// Its autoscaling state; `None` while it rests with nothing to remember (no samples in
+    /// its history, no series, no retry pending): a resting decider is [`Decider::rested`].
+    state: Option<Box<Autoscaling>>,
+    /// The reason of its last decision, kept through rest for `/v1/functions`.
+    last_reason: Option<Reason>,
+}
+
+/// A [`ManagedFunction`] without its id (the map's key).
+#[derive(Clone)]
+struct Record {
+    spec: Arc<FunctionSpec>,
+    replicas: u32,
+    ready: u32,
+}
+
+impl Record {
+    fn managed(&self, id: &FunctionId) -> ManagedFunction {
+        ManagedFunction { id: id.clone(), spec: self.spec.clone(), replicas: self.replicas, ready: self.ready }
+    }
+}
+
+struct Autoscaling {
     history: History,
     decider: Decider,
-    last_reason: Option<Reason>,
     panic: bool,
     /// Proxies whose data was missing from the last decision's window, with how much.
     missing: Vec<(SocketAddr, u64)>,
@@ -56,6 +79,46 @@ struct FunctionControl {
     /// Whether the function has metric series: made with its first decision that is not all
     /// zeros, so thousands of functions that never ran cost none.
     has_series: bool,
+}
+
+impl Autoscaling {
+    /// The state of a function first seen now.
+    fn new() -> Box<Self> {
+        Self::with(Decider::default())
+    }
+
+    /// The state of a function that rested without state and wakes.
+    fn after_rest() -> Box<Self> {
+        Self::with(Decider::rested())
+    }
+
+    fn with(decider: Decider) -> Box<Self> {
+        Box::new(Autoscaling {
+            history: History::default(),
+            decider,
+            panic: false,
+            missing: Vec::new(),
+            failures: 0,
+            retry_at: None,
+            published: None,
+            has_series: false,
+        })
+    }
+
+    /// Whether dropping this state (and making [`Autoscaling::after_rest`] on waking) loses
+    /// nothing: called for a function at rest, whose gauges are true.
+    fn forgettable(&self) -> bool {
+        self.history.is_empty() && !self.has_series && self.failures == 0 && self.retry_at.is_none()
+    }
+}
+
+impl FunctionControl {
+    /// Its autoscaling state, made if it has none.
+    fn state(&mut self) -> &mut Autoscaling {
+        // Decided before but without state: it rested, and wakes. Never decided: it is new.
+        let rested = self.last_reason.is_some();
+        self.state.get_or_insert_with(|| if rested { Autoscaling::after_rest() } else { Autoscaling::new() })
+    }
 }
 
 /// What the proxies covered of one window: milliseconds missing per proxy, and the seconds some
@@ -70,8 +133,7 @@ pub struct Controller {
     /// Admin addresses of the proxies to read.
     proxies: Vec<SocketAddr>,
     metrics: Arc<ControllerMetrics>,
-    /// Boxed: a map's empty slots then cost a pointer, not a whole record.
-    functions: Mutex<HashMap<FunctionId, Box<FunctionControl>>>,
+    functions: Mutex<HashMap<FunctionId, FunctionControl>>,
     /// Functions the next round decides: those with new samples, changed in the backend, or
     /// not at rest last round. The others would decide what they have, so they are not visited.
     awake: Mutex<BTreeSet<FunctionId>>,
@@ -82,7 +144,12 @@ pub struct Controller {
     unreadable: Mutex<HashSet<SocketAddr>>,
     pub scrape_interval: Duration,
     pub decide_interval: Duration,
+    /// Called after a round that let many functions' state go (see [`Controller::on_mass_rest`]).
+    mass_rest: Option<fn()>,
 }
+
+/// Functions coming to rest in one round that make it worth handing memory back.
+const MASS_REST: usize = 1000;
 
 /// A function as `/v1/functions` shows it.
 #[derive(Debug, Serialize)]
@@ -124,7 +191,17 @@ impl Controller {
             unreadable: Mutex::new(HashSet::new()),
             scrape_interval,
             decide_interval,
+            mass_rest: None,
         }
+    }
+
+    /// `release` runs (on the control loop's thread) after a round in which at least a
+    /// thousand functions came to rest and their state went: the process's allocator may keep
+    /// such freed memory per thread (the binary hands it back to the system; about 450 B per
+    /// idle function of a 10,000-function start stayed resident otherwise).
+    pub fn on_mass_rest(mut self, release: fn()) -> Self {
+        self.mass_rest = Some(release);
+        self
     }
 
     pub fn metrics(&self) -> &Arc<ControllerMetrics> {
@@ -165,7 +242,7 @@ impl Controller {
                             continue;
                         }
                         let Ok(id) = FunctionId::new(&f.namespace, &f.name) else { continue };
-                        functions.entry(id.clone()).or_default().history.record(*proxy, &f.samples);
+                        functions.entry(id.clone()).or_default().state().history.record(*proxy, &f.samples);
                         awake.insert(id);
                     }
                 }
@@ -198,13 +275,14 @@ impl Controller {
         let mut awake = self.awake.lock();
         let mut managed_count = self.managed_count.lock();
         for function in changes.changed {
-            let control = functions.entry(function.id.clone()).or_default();
-            *managed_count += usize::from(control.managed.is_none());
-            awake.insert(function.id.clone());
-            control.managed = Some(function);
+            let ManagedFunction { id, spec, replicas, ready } = function;
+            awake.insert(id.clone());
+            let control = functions.entry(id).or_default();
+            *managed_count += usize::from(control.record.is_none());
+            control.record = Some(Record { spec, replicas, ready });
         }
         for id in changes.removed {
-            if functions.remove(&id).is_some_and(|c| c.managed.is_some()) {
+            if functions.remove(&id).is_some_and(|c| c.record.is_some()) {
                 *managed_count -= 1;
             }
             awake.remove(&id);
@@ -226,12 +304,17 @@ impl Controller {
         // once per function (thousands share a few windows).
         let mut coverage_by_window: HashMap<u64, Arc<WindowCoverage>> = HashMap::new();
         let visit: Vec<FunctionId> = self.awake.lock().iter().cloned().collect();
+        let mut forgotten = 0usize;
         for id in visit {
             let (function, decision, retry_blocked, publish) = {
                 let mut functions = self.functions.lock();
                 let Some(control) = functions.get_mut(&id) else { continue };
-                let Some(function) = control.managed.clone() else {
-                    // Seen in a proxy's data but not the backend's: nothing to scale.
+                let Some(function) = control.record.as_ref().map(|r| r.managed(&id)) else {
+                    // Seen in a proxy's data but not the backend's: nothing to scale (and only
+                    // so much history to keep in case it becomes ours).
+                    if let Some(state) = control.state.as_mut() {
+                        state.history.forget_before(now.saturating_sub(KEEP_SECONDS));
+                    }
                     self.awake.lock().remove(&id);
                     continue;
                 };
@@ -248,23 +331,28 @@ impl Controller {
                     })
                     .clone();
                 let (missing, reported) = (covered.missing.clone(), &covered.reported);
-                control.history.forget_before(now.saturating_sub(KEEP_SECONDS));
+                let state = control.state();
+                state.history.forget_before(now.saturating_sub(KEEP_SECONDS));
                 // Nothing to decide (no demand, at its floor, gauges already true): it rests
                 // until it has samples or the backend changes it. Missing data does not keep it
                 // awake: it only stops a count from falling, and one at its floor cannot fall.
-                let demand = control.history.has_since(now.saturating_sub(window + 1));
-                if control.retry_at.is_none()
-                    && control.published == Some((function.replicas, function.ready))
-                    && control.decider.at_rest(&function.spec, now, demand, function.replicas)
+                let demand = state.history.has_since(now.saturating_sub(window + 1));
+                if state.retry_at.is_none()
+                    && state.published == Some((function.replicas, function.ready))
+                    && state.decider.at_rest(&function.spec, now, demand, function.replicas)
                 {
                     // Samples older than the window decide nothing any more, and no count was
                     // held up for want of data.
-                    control.history.forget_before(now.saturating_sub(window + 1));
-                    control.missing = Vec::new();
+                    state.history.forget_before(now.saturating_sub(window + 1));
+                    state.missing = Vec::new();
+                    if state.forgettable() {
+                        control.state = None;
+                        forgotten += 1;
+                    }
                     self.awake.lock().remove(&id);
                     continue;
                 }
-                let mut observations = control.history.since(now.saturating_sub(window + 1));
+                let mut observations = state.history.since(now.saturating_sub(window + 1));
                 // A reported second without a sample of the function is a second of no demand.
                 let seen: HashSet<u64> = observations.iter().map(|o| o.second).collect();
                 observations.extend(
@@ -280,16 +368,16 @@ impl Controller {
                     asked: function.replicas,
                     ready: function.ready,
                 };
-                let decision = control.decider.decide(&function.spec, tick);
-                control.missing = missing;
-                control.last_reason = Some(decision.reason);
-                control.panic = decision.panic;
-                control.published = Some((decision.desired, function.ready));
-                let blocked = control.retry_at.is_some_and(|at| Instant::now() < at);
+                let decision = state.decider.decide(&function.spec, tick);
+                state.missing = missing;
+                state.panic = decision.panic;
+                state.published = Some((decision.desired, function.ready));
+                let blocked = state.retry_at.is_some_and(|at| Instant::now() < at);
                 // Missing data cannot hold a count of zero up: not worth a series either.
                 let quiet = decision.desired == 0 && function.replicas == 0 && function.ready == 0 && !decision.panic;
-                let publish = control.has_series || !quiet;
-                control.has_series = publish;
+                let publish = state.has_series || !quiet;
+                state.has_series = publish;
+                control.last_reason = Some(decision.reason);
                 (function, decision, blocked, publish)
             };
             if publish {
@@ -303,6 +391,11 @@ impl Controller {
             if decision.desired != function.replicas && leader && !retry_blocked {
                 self.write(&function, decision.desired).await;
             }
+        }
+        if forgotten >= MASS_REST
+            && let Some(release) = self.mass_rest
+        {
+            release();
         }
         let awake = self.awake.lock().len();
         self.metrics.at_rest.set(self.managed_count.lock().saturating_sub(awake) as i64);
@@ -320,17 +413,18 @@ impl Controller {
         match scaled {
             Ok(()) => {
                 self.metrics.writes.with_label_values(&[&label]).inc();
-                if let Some(control) = self.functions.lock().get_mut(&function.id) {
-                    control.failures = 0;
-                    control.retry_at = None;
+                if let Some(state) = self.functions.lock().get_mut(&function.id).and_then(|c| c.state.as_mut()) {
+                    state.failures = 0;
+                    state.retry_at = None;
                 }
             }
             Err(e) => {
                 self.api_error(&e);
                 if let Some(control) = self.functions.lock().get_mut(&function.id) {
-                    control.failures += 1;
-                    let backoff = doubling(FIRST_BACKOFF, control.failures, MAX_BACKOFF);
-                    control.retry_at = Some(Instant::now() + backoff);
+                    let state = control.state();
+                    state.failures += 1;
+                    let backoff = doubling(FIRST_BACKOFF, state.failures, MAX_BACKOFF);
+                    state.retry_at = Some(Instant::now() + backoff);
                     warn!(function = %function.id, error = %e, ?backoff, "scaling failed; retrying later");
                 }
             }
@@ -350,7 +444,7 @@ impl Controller {
             .functions
             .lock()
             .get(id)
-            .and_then(|c| c.managed.clone())
+            .and_then(|c| c.record.as_ref().map(|r| r.managed(id)))
             .ok_or_else(|| BackendError::UnknownFunction(id.clone()))?;
         let capped = function.spec.max_scale.map_or(want, |max| want.min(max));
         if capped > function.replicas && self.backend.is_leader() {
@@ -365,17 +459,19 @@ impl Controller {
         self.sync_functions().await?;
         let functions = self.functions.lock();
         let mut view: Vec<FunctionView> = functions
-            .values()
-            .filter_map(|control| {
-                let f = control.managed.as_ref()?;
+            .iter()
+            .filter_map(|(id, control)| {
+                let f = control.record.as_ref()?;
+                let state = control.state.as_deref();
                 Some(FunctionView {
-                    function: f.id.to_string(),
+                    function: id.to_string(),
                     replicas: f.replicas,
                     ready: f.ready,
-                    panic: control.panic,
+                    panic: state.is_some_and(|s| s.panic),
                     last_reason: control.last_reason.map(Reason::as_str),
-                    missing_data: control
-                        .missing
+                    missing_data: state
+                        .map(|s| &s.missing[..])
+                        .unwrap_or_default()
                         .iter()
                         .map(|(proxy, ms)| format!("{proxy}: {} s", ms / 1000))
                         .collect(),
@@ -502,6 +598,13 @@ mod tests {
         assert!(controller.awake.lock().is_empty());
         let exposition = String::from_utf8(controller.metrics.encode().unwrap()).unwrap();
         assert!(exposition.contains("default/other") && !exposition.contains("default/never"), "{exposition}");
+        // Resting with nothing to remember ("never": no samples, no series) keeps no state;
+        // "other" has series, so it keeps its state (the gauges must stay true).
+        let has_state = |name: &str| {
+            let id = FunctionId::new("default", name).unwrap();
+            controller.functions.lock().get(&id).map(|c| c.state.is_some())
+        };
+        assert_eq!((has_state("never"), has_state("other")), (Some(false), Some(true)));
         // Someone scales it by hand: the change wakes it. Without any proxy's data it keeps
         // what it has (never down on missing data), so it stays awake.
         backend.set("idle", 3);
@@ -516,6 +619,7 @@ mod tests {
             view.iter().map(|f| (f.function.as_str(), f.replicas)).collect::<Vec<_>>(),
             [("default/idle", 3), ("default/never", 0), ("default/other", 1)]
         );
+        assert_eq!(view[1].last_reason, Some("no_data"), "a resting function's last reason is kept");
         // Back at its floor by hand: decided once more, then at rest again.
         backend.set("idle", 1);
         controller.decide().await;
@@ -523,5 +627,11 @@ mod tests {
         controller.decide().await;
         assert_eq!(decisions(&controller, "idle"), before + 3);
         assert_eq!(controller.metrics.at_rest.get(), 3);
+        // Woken by hand, the stateless one decides again (from a rested state).
+        backend.set("never", 2);
+        controller.decide().await;
+        assert_eq!(has_state("never"), Some(true));
+        assert!(backend.scaled.lock().is_empty(), "missing data: kept at 2");
+        assert_eq!(controller.metrics.at_rest.get(), 2, "at 2 without data it stays awake");
     }
 }

@@ -38,6 +38,11 @@ impl History {
         self.per_proxy.values().any(|seconds| seconds.range(since + 1..).next().is_some())
     }
 
+    /// Whether it holds no second at all.
+    pub fn is_empty(&self) -> bool {
+        self.per_proxy.is_empty()
+    }
+
     /// Forgets seconds up to `before` (and proxies with nothing left).
     pub fn forget_before(&mut self, before: u64) {
         for seconds in self.per_proxy.values_mut() {

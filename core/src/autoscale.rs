@@ -262,6 +262,21 @@ impl Decider {
             && self.recent.iter().all(|&(at, desired)| desired <= floor || at + delay < now)
     }
 
+    /// A decider equivalent to any that is [`at_rest`](Self::at_rest): past its first decision
+    /// and initial phase, not panicking, with no recommendation above the floor to hold. What
+    /// it remembers beyond that (recommendations at or below the floor, when it started) can
+    /// change no later decision, so a caller may drop a resting decider and use this when the
+    /// function wakes (the controller does, for thousands of idle functions).
+    pub fn rested() -> Decider {
+        Decider {
+            started: Some(0),
+            initial_phase: false,
+            panic_since_trigger: None,
+            max_panic: 0,
+            recent: VecDeque::new(),
+        }
+    }
+
     /// The highest recommendation of the last `delay` (Knative's scale-down delay).
     fn hold_for_scale_down_delay(&mut self, delay: Duration, now: u64, desired: u32) -> u32 {
         self.recent.push_back((now, desired));
@@ -637,7 +652,7 @@ mod tests {
     }
 
     #[test]
-    fn a_function_at_rest_is_decided_as_it_is_and_leaves_rest_with_demand() {
+    fn a_function_at_rest_is_decided_as_it_is_leaves_rest_with_demand_and_needs_no_past() {
         // Many runs of ticks with demand switched on and off; whenever the rule says "at rest",
         // a decision would have kept the count (and new demand always ends the rest).
         let specs = [
@@ -645,10 +660,15 @@ mod tests {
             spec(&[(keys::MIN_SCALE, "2"), (keys::SCALE_DOWN_DELAY, "10s")]),
             spec(&[(keys::MIN_SCALE, "1"), (keys::MAX_SCALE, "3"), (keys::INITIAL_SCALE, "2")]),
             spec(&[(keys::SCALING_MODE, "fast-only")]),
+            // A fresh decider would scale this one to 2 on waking: a rested one must not.
+            spec(&[(keys::INITIAL_SCALE, "2"), (keys::WINDOW, "10s")]),
         ];
         let mut rests = 0;
+        let mut twin_decisions = 0;
         for (n, spec) in specs.iter().enumerate() {
             let mut decider = Decider::default();
+            // Made with Decider::rested() at the last rest: must decide as the decider does.
+            let mut twin: Option<Decider> = None;
             let mut asked = 0;
             let mut observations = Vec::new();
             for now in 1000..1400u64 {
@@ -667,6 +687,14 @@ mod tests {
                     decider.clone().decide(spec, Tick { incomplete: true, ..tick(now, &seen, asked) });
                 let decision = decider.decide(spec, tick(now, &observations, asked));
                 if rest {
+                    twin = Some(Decider::rested());
+                }
+                if let Some(twin) = twin.as_mut() {
+                    twin_decisions += 1;
+                    let twin_decision = twin.decide(spec, tick(now, &observations, asked));
+                    assert_eq!(twin_decision, decision, "spec {n}, t={now}: a rested decider decides otherwise");
+                }
+                if rest {
                     rests += 1;
                     assert_eq!(decision.desired, asked, "spec {n}, t={now}: at rest but decided otherwise");
                     assert_eq!(on_partial_data.desired, asked, "spec {n}, t={now}: at rest, but not on partial data");
@@ -678,6 +706,7 @@ mod tests {
             }
         }
         assert!(rests > 500, "the rule applies in the quiet stretches ({rests})");
+        assert!(twin_decisions > rests, "rested deciders also decided through bursts ({twin_decisions})");
         assert!(!Decider::default().at_rest(&spec(&[]), 1000, false, 0), "never before a first decision");
     }
 }

@@ -106,8 +106,10 @@ pub fn run(args: ControllerArgs) -> anyhow::Result<()> {
             );
             tracing::info!(ri_start_delay = ?ri_start_delay, proxies = ?proxies, runtime = kind,
                            "local backend: RIs are routable after the start delay");
-            let controller =
-                Arc::new(Controller::new(Arc::new(local.clone()), proxies, metrics, scrape_interval, decide_interval));
+            let controller = Arc::new(
+                Controller::new(Arc::new(local.clone()), proxies, metrics, scrape_interval, decide_interval)
+                    .on_mass_rest(crate::allocator::release_unused),
+            );
             // The functions are in the backend: the parsed config (thousands of functions,
             // perhaps) goes, and what parsing it used goes back to the system.
             drop(config);
@@ -137,8 +139,10 @@ pub fn run(args: ControllerArgs) -> anyhow::Result<()> {
             tracing::info!(%identity, %lease, lease_duration = ?k8s.lease_duration, "kubernetes backend: scaling Deployments; only the lease holder writes");
             let backend =
                 KubernetesBackend::new(cluster.client.clone(), cluster.view.clone(), leader.clone(), proxy_service);
-            let controller =
-                Arc::new(Controller::new(Arc::new(backend), proxies, metrics, scrape_interval, decide_interval));
+            let controller = Arc::new(
+                Controller::new(Arc::new(backend), proxies, metrics, scrape_interval, decide_interval)
+                    .on_mass_rest(crate::allocator::release_unused),
+            );
             let handle = cluster.runtime.handle().clone();
             // On SIGTERM, hand the lease over at once rather than after it expires.
             let release = Arc::new(move || {
