@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
 use support::*;
+use wavelink_core::stats::{COMPACT_STATS, ProxyStats};
 
 const HOST: &str = "hello.default.example.com";
 
@@ -344,8 +345,26 @@ fn an_idle_function_has_no_series_or_samples_until_its_first_request() {
     let arrivals: u64 =
         stats["functions"][0]["samples"].as_array().unwrap().iter().map(|s| s["arrivals"].as_u64().unwrap()).sum();
     assert_eq!(arrivals, 3);
-    // A scraper that has read the newest interval gets nothing more for idle seconds.
+    // The same in the compact encoding the controller asks for (no request since: the samples
+    // up to the newest interval are settled).
     let newest = stats["intervals"].as_array().unwrap().last().unwrap().as_u64().unwrap();
+    let request = format!(
+        "GET /stats?since={before} HTTP/1.1\r\nHost: admin\r\nAccept: text/plain, {COMPACT_STATS};q=0.9\r\nConnection: close\r\n\r\n"
+    );
+    let compact = send(proxy.admin, &request).unwrap();
+    assert_eq!(compact.header("content-type"), Some(COMPACT_STATS));
+    let compact = ProxyStats::from_compact(&compact.body).expect("compact stats");
+    let json: ProxyStats =
+        serde_json::from_slice(&admin_get(&proxy, &format!("/stats?since={before}")).unwrap().body).unwrap();
+    let settled = |stats: &ProxyStats| -> Vec<(String, Vec<u64>)> {
+        let samples = |f: &wavelink_core::stats::FunctionStats| {
+            f.samples.iter().filter(|s| s.end_unix_ms <= newest).map(|s| s.arrivals).collect()
+        };
+        stats.functions.iter().map(|f| (f.name.clone(), samples(f))).collect()
+    };
+    assert_eq!(settled(&compact), settled(&json));
+    assert!(json.functions.len() == 2, "{json:?}");
+    // A scraper that has read the newest interval gets nothing more for idle seconds.
     let later: Vec<String> = active(newest);
     assert!(later.iter().all(|name| name != "idle"), "{later:?}");
 }

@@ -19,7 +19,7 @@ use serde::Serialize;
 use tracing::{debug, info, warn};
 use wavelink_core::autoscale::{Decider, Observation, Reason, Tick};
 use wavelink_core::backoff::doubling;
-use wavelink_core::stats::ProxyStats;
+use wavelink_core::stats::{COMPACT_STATS, ProxyStats};
 use wavelink_core::{FunctionId, FunctionSpec};
 use wavelink_server::client;
 
@@ -223,10 +223,15 @@ impl Controller {
                 Some(since) => format!("/stats?since={since}"),
                 None => "/stats".to_owned(),
             };
-            let stats = client::call(*proxy, http::Method::GET, &path, None, SCRAPE_TIMEOUT)
+            // The compact encoding, or JSON from a proxy that does not have it.
+            let accept = [(http::header::ACCEPT, COMPACT_STATS)];
+            let stats = client::call_with(*proxy, http::Method::GET, &path, None, &accept, SCRAPE_TIMEOUT)
                 .await
                 .map_err(|e| e.to_string())
-                .and_then(|body| serde_json::from_slice::<ProxyStats>(&body).map_err(|e| e.to_string()));
+                .and_then(|reply| match reply.content_type.as_deref() {
+                    Some(COMPACT_STATS) => ProxyStats::from_compact(&reply.body).map_err(|e| e.to_string()),
+                    _ => serde_json::from_slice::<ProxyStats>(&reply.body).map_err(|e| e.to_string()),
+                });
             match stats {
                 Ok(stats) => {
                     if self.unreadable.lock().remove(proxy) {

@@ -5,6 +5,27 @@
 
 use serde::{Deserialize, Serialize};
 
+/// Media type of [`ProxyStats`] in its compact encoding, what the controller asks for (`Accept`):
+/// postcard (fields in declaration order, integers as varints), about a fifth of the JSON.
+/// JSON stays the default for people and tools; a proxy that does not know this type answers
+/// JSON, which the controller reads too (so either may be upgraded first).
+pub const COMPACT_STATS: &str = "application/vnd.wavelink.stats.v1+postcard";
+
+#[derive(Debug, thiserror::Error)]
+#[error("stats are not in the compact encoding: {0}")]
+pub struct CompactStatsError(#[from] postcard::Error);
+
+impl ProxyStats {
+    /// The [`COMPACT_STATS`] encoding.
+    pub fn to_compact(&self) -> Result<Vec<u8>, CompactStatsError> {
+        Ok(postcard::to_allocvec(self)?)
+    }
+
+    pub fn from_compact(bytes: &[u8]) -> Result<Self, CompactStatsError> {
+        Ok(postcard::from_bytes(bytes)?)
+    }
+}
+
 /// Everything one proxy reports.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ProxyStats {
@@ -88,4 +109,53 @@ impl Sample {
 pub struct RejectedStats {
     pub function: String,
     pub error: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn stats(functions: usize) -> ProxyStats {
+        let level = |peak: u32| Concurrency { avg: f64::from(peak) * 0.75, peak };
+        let function = |i: usize| FunctionStats {
+            namespace: "default".into(),
+            name: format!("fn-{i}"),
+            scaling_mode: "dual".into(),
+            regular_instances: 3,
+            in_flight: TrackCounts { regular: 2, emergency: 1, queued: 0 },
+            completed: TrackCounts { regular: 123_456, emergency: 789, queued: 0 },
+            rejected_overload: 4,
+            samples: vec![Sample {
+                end_unix_ms: 1_796_000_000_000 + i as u64,
+                regular: level(3),
+                emergency: level(1),
+                queued: level(0),
+                total: level(4),
+                arrivals: 250,
+            }],
+        };
+        ProxyStats {
+            sample_interval_ms: 1000,
+            started_unix_ms: 1_795_999_000_000,
+            intervals: vec![1_796_000_000_000],
+            functions: (0..functions).map(function).collect(),
+            rejected: vec![RejectedStats { function: "default/bad".into(), error: "window: 0s".into() }],
+        }
+    }
+
+    #[test]
+    fn the_compact_encoding_round_trips_and_is_a_fraction_of_json() {
+        let stats = stats(100);
+        let compact = stats.to_compact().unwrap();
+        assert_eq!(ProxyStats::from_compact(&compact).unwrap(), stats);
+        let json = serde_json::to_vec(&stats).unwrap();
+        assert!(compact.len() * 3 < json.len(), "compact {} B, JSON {} B", compact.len(), json.len());
+    }
+
+    #[test]
+    fn garbage_is_an_error_not_a_panic() {
+        let compact = stats(2).to_compact().unwrap();
+        assert!(ProxyStats::from_compact(&compact[..compact.len() / 2]).is_err());
+        assert!(ProxyStats::from_compact(b"{\"functions\": []}").is_err());
+    }
 }

@@ -5,7 +5,7 @@
 //! | GET | `/healthz` | the process is alive |
 //! | GET | `/readyz` | the client listener accepts and the proxy is not draining |
 //! | GET | `/metrics` | Prometheus text |
-//! | GET | `/stats` | JSON [`ProxyStats`]: a minute of one-second concurrency samples per function; `?since=<ms>`: only what is newer, for active functions |
+//! | GET | `/stats` | JSON [`ProxyStats`]: a minute of one-second concurrency samples per function; `?since=<ms>`: only what is newer, for active functions; `Accept: application/vnd.wavelink.stats.v1+postcard`: the same in the compact encoding the controller reads |
 //! | GET | `/v1/functions` | functions with their hosts, specs and instances; `?with-instances`: only those that have some |
 //! | GET | `/v1/wavelets` | the Wavelets overflow spills to, with requests in flight on each |
 //! | GET | `/v1/functions/{ns}/{name}/instances` | a function's Regular Instances, draining ones too |
@@ -21,9 +21,9 @@ use pingora_core::protocols::http::ServerSession;
 use serde::Serialize;
 use tracing::info;
 use wavelink_core::FunctionId;
-use wavelink_core::stats::{FunctionStats, ProxyStats, RejectedStats, TrackCounts};
+use wavelink_core::stats::{COMPACT_STATS, FunctionStats, ProxyStats, RejectedStats, TrackCounts};
 
-use wavelink_server::admin::{allow, health, json, metrics, read_body, text};
+use wavelink_server::admin::{allow, health, json, metrics, read_body, respond, text};
 use wavelink_server::health::Health;
 
 use crate::function::FunctionState;
@@ -47,6 +47,10 @@ impl ServeHttp for AdminApi {
             (&Method::GET, ["readyz"]) => health(self.health.ready(), self.health.reason()),
             (&Method::GET, ["metrics"]) => self.metrics(),
             (&Method::GET, ["stats"]) => match stats_since(session.req_header().uri.query()) {
+                Ok(since) if accepts(session, COMPACT_STATS) => match self.stats(since).to_compact() {
+                    Ok(bytes) => respond(StatusCode::OK, COMPACT_STATS, bytes),
+                    Err(e) => text(StatusCode::INTERNAL_SERVER_ERROR, &format!("{e}\n")),
+                },
                 Ok(since) => json(StatusCode::OK, &self.stats(since)),
                 Err(message) => text(StatusCode::BAD_REQUEST, &message),
             },
@@ -86,6 +90,14 @@ impl ServeHttp for AdminApi {
             _ => text(StatusCode::NOT_FOUND, &format!("no admin endpoint at {path}\n")),
         }
     }
+}
+
+/// Whether the request's `Accept` names `media_type` (parameters and quality aside: the only
+/// client that asks for a non-default type wants it).
+fn accepts(session: &ServerSession, media_type: &str) -> bool {
+    session.req_header().headers.get_all(http::header::ACCEPT).iter().filter_map(|v| v.to_str().ok()).any(|v| {
+        v.split(',').any(|item| item.split(';').next().is_some_and(|t| t.trim().eq_ignore_ascii_case(media_type)))
+    })
 }
 
 /// `since=<ms since the epoch>` of a `/stats` query, if given.

@@ -29,6 +29,25 @@ pub async fn call(
     body: Option<Vec<u8>>,
     timeout: Duration,
 ) -> Result<Vec<u8>, ClientError> {
+    Ok(call_with(addr, method, path, body, &[], timeout).await?.body)
+}
+
+/// A successful answer.
+#[derive(Debug)]
+pub struct Reply {
+    pub content_type: Option<String>,
+    pub body: Vec<u8>,
+}
+
+/// [`call`] with extra request headers (`Accept`, credentials), answering the content type too.
+pub async fn call_with(
+    addr: SocketAddr,
+    method: http::Method,
+    path: &str,
+    body: Option<Vec<u8>>,
+    headers: &[(http::header::HeaderName, &str)],
+    timeout: Duration,
+) -> Result<Reply, ClientError> {
     let exchange = async {
         let stream = tokio::net::TcpStream::connect(addr).await.map_err(|e| ClientError::Io(addr, e))?;
         let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
@@ -40,11 +59,16 @@ pub async fn call(
         if body.is_some() {
             request = request.header(http::header::CONTENT_TYPE, "application/json");
         }
+        for (name, value) in headers {
+            request = request.header(name, *value);
+        }
         let request = request
             .body(Full::new(Bytes::from(body.unwrap_or_default())))
             .map_err(|e| ClientError::Http(addr, e.to_string()))?;
         let response = sender.send_request(request).await.map_err(|e| ClientError::Http(addr, e.to_string()))?;
         let status = response.status();
+        let content_type =
+            response.headers().get(http::header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).map(str::to_owned);
         let bytes =
             response.into_body().collect().await.map_err(|e| ClientError::Http(addr, e.to_string()))?.to_bytes();
         if !status.is_success() {
@@ -55,7 +79,7 @@ pub async fn call(
                 body: String::from_utf8_lossy(&bytes).trim().to_owned(),
             });
         }
-        Ok(bytes.to_vec())
+        Ok(Reply { content_type, body: bytes.to_vec() })
     };
     tokio::time::timeout(timeout, exchange).await.map_err(|_| ClientError::Timeout(addr, timeout))?
 }
