@@ -103,7 +103,7 @@ class Stack:
         config = os.path.join(directory, f"wavelink-{memory_max}.yaml")
         with open(config, "w") as f:
             f.write(f"""domain: example.com
-proxy: {{ listen: "127.0.0.1:{self.proxy}", admin: "127.0.0.1:{self.proxy_admin}", grace-period: 1s }}
+proxy: {{ listen: "127.0.0.1:{self.proxy}", admin: "127.0.0.1:{self.proxy_admin}", grace-period: 1s, access-log: false }}
 wavelets:
   - {{ address: "127.0.0.1:{self.wavelet}", admin: "127.0.0.1:{self.wavelet_admin}", max-instances: 512 }}
 functions:

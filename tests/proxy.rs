@@ -182,7 +182,65 @@ fn replacing_instances_takes_effect_without_dropping_in_flight_requests() {
     )
     .unwrap();
     assert_eq!(unknown.status, 404);
+    // The proxy's own listeners are no instance (its admin API would answer on the client
+    // listener), nor is an address one cannot connect to: refused, and the list is unchanged.
+    for own in [proxy.admin.to_string(), proxy.listen.to_string(), "0.0.0.0:80".to_owned()] {
+        let body = format!("[\"{own}\"]");
+        let put = send(
+            proxy.admin,
+            &format!(
+                "PUT /v1/functions/default/hello/instances HTTP/1.1\r\nHost: admin\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            ),
+        )
+        .unwrap();
+        assert_eq!(put.status, 400, "{own}: {}", put.text());
+        assert!(put.text().contains(&own), "{}", put.text());
+    }
+    assert_eq!(get(proxy.listen, HOST, "/").unwrap().header("x-wavelink-instance"), Some("b"));
     assert_no_slot_leaked(&proxy);
+}
+
+#[test]
+fn a_function_sees_who_sent_the_request_and_its_id_and_never_a_client_set_platform_header() {
+    let a = start_fn("a");
+    let proxy = start_proxy(&function_yaml("", &[&a]));
+    let request = format!(
+        "GET /?headers HTTP/1.1\r\nHost: {HOST}\r\nX-Wavelink-Function: default/other\r\nx-wavelink-track: emergency\r\n\
+         X-Forwarded-For: 203.0.113.9\r\nx-request-id: client-id-1\r\nConnection: close\r\n\r\n"
+    );
+    let response = send(proxy.listen, &request).unwrap();
+    assert_eq!(response.status, 200, "{}", response.text());
+    let seen = response.text();
+    let lines: Vec<&str> = seen.lines().collect();
+    assert!(lines.iter().all(|l| !l.starts_with("x-wavelink-")), "a client-set platform header got through:\n{seen}");
+    for expected in [
+        "x-forwarded-for: 203.0.113.9, 127.0.0.1",
+        "x-forwarded-proto: http",
+        "x-request-id: client-id-1",
+        &format!("forwarded: for=127.0.0.1;proto=http;host={HOST}"),
+    ] {
+        assert!(lines.contains(&expected), "{expected:?} missing from what the function saw:\n{seen}");
+    }
+    assert_eq!(response.header("x-request-id"), Some("client-id-1"), "the client gets its id back");
+
+    // Without a usable id of its own, the request gets one: the function, the client and the
+    // access log see the same.
+    let response = send(
+        proxy.listen,
+        &format!("GET /?headers HTTP/1.1\r\nHost: {HOST}\r\nx-request-id: has space\r\nConnection: close\r\n\r\n"),
+    )
+    .unwrap();
+    let id = response.header("x-request-id").expect("a request id").to_owned();
+    assert_eq!(id.len(), 32, "{id}");
+    assert!(response.text().lines().any(|l| l == format!("x-request-id: {id}")), "{}", response.text());
+    let unknown = get(proxy.listen, "nobody.default.example.com", "/").unwrap();
+    assert_eq!(unknown.status, 404);
+    let unknown_id = unknown.header("x-request-id").expect("a 404 has an id too").to_owned();
+    wait_until("the access log has both requests", || {
+        let log = proxy.log();
+        log.contains(&id) && log.contains(&unknown_id) && log.contains("client-id-1")
+    });
 }
 
 #[test]

@@ -152,7 +152,7 @@ fn under_a_minute_of_load_ris_scale_up_the_overflow_goes_to_eis_and_afterwards_r
 fn in_sync_mode_a_request_without_a_slot_gets_a_regular_instance_at_once() {
     let up = up(
         "wavelink.dev/scaling-mode: sync, wavelink.dev/initial-scale: \"0\", wavelink.dev/window: 10s, \
-         wavelink.dev/queue-timeout: 30s",
+         wavelink.dev/queue-timeout: 30s, wavelink.dev/max-scale: \"2\"",
         "500ms",
     );
     assert_eq!(up.regular_instances(), (0, 0));
@@ -166,6 +166,21 @@ fn in_sync_mode_a_request_without_a_slot_gets_a_regular_instance_at_once() {
     let pokes =
         metric(up.controller_admin, &format!("wavelink_controller_pokes_total{{function=\"{}/work\"}}", up.namespace));
     assert!(pokes >= 1.0);
+    // A poke asks for at most max-scale, whatever it wants.
+    let response = poke(&up, 60);
+    assert_eq!(response.status, 200, "{}", response.text());
+    assert_eq!(response.json()["replicas"], 2, "capped at max-scale");
+}
+
+/// POSTs a poke for the function `work` to the controller.
+fn poke(up: &Up, want: u32) -> HttpResponse {
+    let body = format!("{{\"want\": {want}}}");
+    let request = format!(
+        "POST /v1/functions/{}/work/poke HTTP/1.1\r\nHost: a\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        up.namespace,
+        body.len()
+    );
+    send(up.controller_admin, &request).expect("the controller answers")
 }
 
 #[test]
@@ -181,6 +196,11 @@ fn an_idle_function_the_controller_skips_is_scaled_again_as_soon_as_it_has_deman
         metric(up.controller_admin, "wavelink_controller_functions_at_rest") == 1.0
     });
     assert_eq!(up.regular_instances().0, 0);
+    // Pokes are for sync functions: refused, and nothing starts.
+    let refused = poke(&up, 60);
+    assert_eq!(refused.status, 409, "{}", refused.text());
+    assert!(refused.text().contains("async"), "{}", refused.text());
+    assert_eq!(up.regular_instances(), (0, 0));
 
     let response = get(up.proxy, &up.host(), "/").expect("a request to the idle function");
     assert_eq!(response.status, 200, "{}", response.text());

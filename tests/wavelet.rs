@@ -91,6 +91,18 @@ fn a_burst_with_no_regular_instances_is_served_by_emergency_instances_that_go_aw
     assert_eq!(function["completed"]["emergency"], 100);
     assert!(function["samples"].as_array().unwrap().iter().all(|s| s["emergency"]["peak"].as_u64() <= Some(100)));
 
+    // An EI sees what an RI sees: the forwarding headers, and none of the platform's own (the
+    // client's are removed by the proxy, the proxy's x-wavelink-function by the Wavelet).
+    let request = format!(
+        "GET /?headers HTTP/1.1\r\nHost: {}\r\nx-wavelink-function: default/other\r\nConnection: close\r\n\r\n",
+        f.host
+    );
+    let seen = send(stack.proxy_listen, &request).unwrap();
+    assert_eq!(seen.header("x-wavelink-track"), Some("emergency"));
+    let seen = seen.text();
+    assert!(seen.lines().all(|l| !l.starts_with("x-wavelink-")), "{seen}");
+    assert!(seen.lines().any(|l| l == "x-forwarded-for: 127.0.0.1"), "{seen}");
+
     assert!(!processes_with_env(&f.marker).is_empty(), "instances live on within their keepalive");
     wait_for_no_instances(&f.marker, Duration::from_secs(15));
     assert_eq!(stack.wavelet_metric(0, "wavelink_wavelet_instances"), 0.0);

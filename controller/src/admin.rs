@@ -6,7 +6,7 @@
 //! | GET | `/readyz` | a first decision round has run |
 //! | GET | `/metrics` | Prometheus text |
 //! | GET | `/v1/functions` | per function: RIs asked for and ready, panic, what decided last |
-//! | POST | `/v1/functions/{ns}/{name}/poke` | `sync` mode: `{"want": N}` RIs now |
+//! | POST | `/v1/functions/{ns}/{name}/poke` | `sync` mode: `{"want": N}` RIs now (at most `max-scale`, or `controller.poke-ceiling` when unbounded); 409 for a function in another mode |
 
 use std::sync::Arc;
 
@@ -20,7 +20,7 @@ use wavelink_server::admin::{allow, health, json, metrics, read_body, text};
 use wavelink_server::health::Health;
 
 use crate::backend::BackendError;
-use crate::control::Controller;
+use crate::control::{Controller, PokeError};
 
 pub struct AdminApi {
     pub controller: Arc<Controller>,
@@ -61,7 +61,10 @@ impl ServeHttp for AdminApi {
                 };
                 match self.controller.poke(&id, poke.want).await {
                     Ok(replicas) => json(StatusCode::OK, &serde_json::json!({ "replicas": replicas })),
-                    Err(e @ BackendError::UnknownFunction(_)) => text(StatusCode::NOT_FOUND, &format!("{e}\n")),
+                    Err(e @ PokeError::Backend(BackendError::UnknownFunction(_))) => {
+                        text(StatusCode::NOT_FOUND, &format!("{e}\n"))
+                    }
+                    Err(e @ PokeError::Refused(..)) => text(StatusCode::CONFLICT, &format!("{e}\n")),
                     Err(e) => text(StatusCode::SERVICE_UNAVAILABLE, &format!("{e}\n")),
                 }
             }

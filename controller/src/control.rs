@@ -17,8 +17,9 @@ use pingora_core::server::ShutdownWatch;
 use pingora_core::services::background::BackgroundService;
 use serde::Serialize;
 use tracing::{debug, info, warn};
-use wavelink_core::autoscale::{Decider, Observation, Reason, Tick};
+use wavelink_core::autoscale::{Decider, Observation, PokeRefusal, Reason, Tick, poke_target};
 use wavelink_core::backoff::doubling;
+use wavelink_core::config::DEFAULT_POKE_CEILING;
 use wavelink_core::stats::{COMPACT_STATS, ProxyStats};
 use wavelink_core::{FunctionId, FunctionSpec};
 use wavelink_server::client;
@@ -146,6 +147,17 @@ pub struct Controller {
     pub decide_interval: Duration,
     /// Called after a round that let many functions' state go (see [`Controller::on_mass_rest`]).
     mass_rest: Option<fn()>,
+    /// Most RIs a poke may ask for when `max-scale` is unbounded.
+    poke_ceiling: u32,
+}
+
+/// Why a poke did not scale.
+#[derive(Debug, thiserror::Error)]
+pub enum PokeError {
+    #[error(transparent)]
+    Backend(#[from] BackendError),
+    #[error("{0}: {1}")]
+    Refused(FunctionId, PokeRefusal),
 }
 
 /// Functions coming to rest in one round that make it worth handing memory back.
@@ -192,7 +204,14 @@ impl Controller {
             scrape_interval,
             decide_interval,
             mass_rest: None,
+            poke_ceiling: DEFAULT_POKE_CEILING,
         }
+    }
+
+    /// Most RIs a `sync` poke may ask for when a function's `max-scale` is unbounded.
+    pub fn with_poke_ceiling(mut self, ceiling: u32) -> Self {
+        self.poke_ceiling = ceiling;
+        self
     }
 
     /// `release` runs (on the control loop's thread) after a round in which at least a
@@ -441,9 +460,9 @@ impl Controller {
         self.metrics.api_errors.with_label_values(&[error.operation()]).inc();
     }
 
-    /// `sync` mode: a request found no slot; make sure at least `want` RIs are asked for, now.
-    pub async fn poke(&self, id: &FunctionId, want: u32) -> Result<u32, BackendError> {
-        self.metrics.pokes.with_label_values(&[&id.to_string()]).inc();
+    /// `sync` mode: a request found no slot; make sure at least `want` RIs are asked for, now
+    /// (at most `max-scale`, or the poke ceiling). Refused for functions in other modes.
+    pub async fn poke(&self, id: &FunctionId, want: u32) -> Result<u32, PokeError> {
         self.sync_functions().await?;
         let function = self
             .functions
@@ -451,7 +470,10 @@ impl Controller {
             .get(id)
             .and_then(|c| c.record.as_ref().map(|r| r.managed(id)))
             .ok_or_else(|| BackendError::UnknownFunction(id.clone()))?;
-        let capped = function.spec.max_scale.map_or(want, |max| want.min(max));
+        let capped =
+            poke_target(&function.spec, want, self.poke_ceiling).map_err(|r| PokeError::Refused(id.clone(), r))?;
+        // Counted once accepted: a refused caller makes no series.
+        self.metrics.pokes.with_label_values(&[&id.to_string()]).inc();
         if capped > function.replicas && self.backend.is_leader() {
             info!(function = %id, from = function.replicas, to = capped, "one more RI asked for (sync mode)");
             self.write(&function, capped).await;

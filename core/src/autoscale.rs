@@ -122,6 +122,23 @@ impl Reason {
     }
 }
 
+/// Why a `sync` poke (a proxy's "one more RI now") is refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum PokeRefusal {
+    /// Only `sync` functions scale on the request path; the others' RIs follow the autoscaler.
+    #[error("the function's scaling mode is {0}; only sync functions take pokes")]
+    NotSync(&'static str),
+}
+
+/// The RIs a poke may ask for: what it wants, at most `max-scale`, or `ceiling` when that is
+/// unbounded, so a caller cannot start more RIs than the function may have.
+pub fn poke_target(spec: &FunctionSpec, want: u32, ceiling: u32) -> Result<u32, PokeRefusal> {
+    if spec.scaling_mode != ScalingMode::Sync {
+        return Err(PokeRefusal::NotSync(spec.scaling_mode.as_str()));
+    }
+    Ok(want.min(spec.max_scale.unwrap_or(ceiling)))
+}
+
 /// One function's autoscaler state between ticks.
 #[derive(Debug, Clone, Default)]
 pub struct Decider {
@@ -649,6 +666,19 @@ mod tests {
         let mut a = Observation::from_sample(&sample(2, 1));
         a.merge(&Observation::from_sample(&sample(4, 0)));
         assert_eq!(a, Observation { second: 100, peak: 7.0, avg: 7.0, arrivals: 6 });
+    }
+
+    #[test]
+    fn pokes_are_for_sync_functions_and_capped() {
+        let sync = spec(&[(keys::SCALING_MODE, "sync")]);
+        assert_eq!(poke_target(&sync, 5, 100), Ok(5));
+        assert_eq!(poke_target(&sync, 5000, 100), Ok(100), "unbounded max-scale: the ceiling");
+        let bounded = spec(&[(keys::SCALING_MODE, "sync"), (keys::MAX_SCALE, "3")]);
+        assert_eq!(poke_target(&bounded, 60, 100), Ok(3));
+        for mode in ["dual", "async", "fast-only"] {
+            let other = spec(&[(keys::SCALING_MODE, mode)]);
+            assert!(matches!(poke_target(&other, 1, 100), Err(PokeRefusal::NotSync(m)) if m == mode), "{mode}");
+        }
     }
 
     #[test]

@@ -135,6 +135,9 @@ pub struct ControllerConfig {
     /// How often the autoscaler decides.
     #[serde(default = "default_decide_interval", deserialize_with = "duration_field")]
     pub decide_interval: Duration,
+    /// Most RIs a `sync` poke may ask for when the function's `max-scale` is unbounded (0).
+    #[serde(default = "default_poke_ceiling")]
+    pub poke_ceiling: u32,
 }
 
 impl Default for ControllerConfig {
@@ -145,10 +148,16 @@ impl Default for ControllerConfig {
             ri_start_delay: default_ri_start_delay(),
             scrape_interval: default_scrape_interval(),
             decide_interval: default_decide_interval(),
+            poke_ceiling: default_poke_ceiling(),
         }
     }
 }
 
+/// Default of `controller.poke-ceiling`.
+pub const DEFAULT_POKE_CEILING: u32 = 100;
+fn default_poke_ceiling() -> u32 {
+    DEFAULT_POKE_CEILING
+}
 fn default_backend() -> BackendKind {
     BackendKind::Local
 }
@@ -210,6 +219,10 @@ pub struct ProxyConfig {
     /// keep thousands of series. 0: kept while the function is configured.
     #[serde(default = "default_metrics_expiry", deserialize_with = "duration_field")]
     pub metrics_expiry: Duration,
+    /// One log line per request (target `wavelink::access`: client, method, host, path, status,
+    /// track, duration, request id), as nginx's `access_log`.
+    #[serde(default = "default_true")]
+    pub access_log: bool,
 }
 
 impl Default for ProxyConfig {
@@ -225,6 +238,7 @@ impl Default for ProxyConfig {
             max_connections: default_max_connections(),
             header_timeout: default_header_timeout(),
             metrics_expiry: default_metrics_expiry(),
+            access_log: true,
         }
     }
 }
@@ -346,6 +360,26 @@ pub struct FunctionDef {
     pub socket_activation: bool,
 }
 
+/// Whether `addr` can be an instance's address: a port, an address one can connect to (not
+/// unspecified, multicast or broadcast), and none of the proxy's own listeners (`own`; one on
+/// an unspecified address counts on loopback too), which would loop requests through the proxy
+/// or expose its admin API on the client listener.
+pub fn check_instance_address(addr: SocketAddr, own: &[SocketAddr]) -> Result<(), String> {
+    let ip = addr.ip();
+    let broadcast = matches!(ip, std::net::IpAddr::V4(v4) if v4.is_broadcast());
+    if addr.port() == 0 || ip.is_unspecified() || ip.is_multicast() || broadcast {
+        return Err(format!(
+            "instance {addr} is not an address to connect to (port 0, unspecified, multicast or broadcast)"
+        ));
+    }
+    let is_own =
+        own.iter().any(|o| o.port() == addr.port() && (o.ip() == ip || (o.ip().is_unspecified() && ip.is_loopback())));
+    if is_own {
+        return Err(format!("instance {addr} is one of the proxy's own listeners"));
+    }
+    Ok(())
+}
+
 /// A function that did not, with why.
 #[derive(Debug, Clone, PartialEq)]
 pub struct RejectedFunction {
@@ -439,6 +473,10 @@ impl LocalConfig {
             }
             if let Some(name) = entry.env.keys().find(|n| n.is_empty() || n.contains(['=', '\0'])) {
                 rejected.push(reject(format!("env name {name:?} is empty or contains '=' or NUL")));
+                continue;
+            }
+            if let Some(e) = entry.instances.iter().find_map(|a| check_instance_address(*a, &[]).err()) {
+                rejected.push(reject(e));
                 continue;
             }
             if entry.image.as_deref().is_some_and(|i| i.is_empty() || i.contains(char::is_whitespace)) {
@@ -538,6 +576,32 @@ functions:
         let (accepted, _) = LocalConfig::from_yaml(text).expect("valid").functions();
         assert!(std::sync::Arc::ptr_eq(&accepted[0].spec, &accepted[2].spec));
         assert!(!std::sync::Arc::ptr_eq(&accepted[0].spec, &accepted[1].spec));
+    }
+
+    #[test]
+    fn instance_addresses_must_be_reachable_and_not_the_proxy_itself() {
+        let own: Vec<SocketAddr> = vec!["127.0.0.1:8080".parse().unwrap(), "0.0.0.0:9090".parse().unwrap()];
+        let check = |a: &str| check_instance_address(a.parse().unwrap(), &own);
+        assert!(check("127.0.0.1:9001").is_ok());
+        assert!(check("10.1.2.3:8080").is_ok(), "another host's 8080");
+        for bad in [
+            "127.0.0.1:8080",
+            "127.0.0.1:9090",
+            "[::1]:9090",
+            "0.0.0.0:80",
+            "[::]:80",
+            "10.0.0.1:0",
+            "224.0.0.1:80",
+            "255.255.255.255:80",
+        ] {
+            assert!(check(bad).is_err(), "{bad}");
+        }
+        let (accepted, rejected) =
+            LocalConfig::from_yaml("functions: [{ name: a, instances: [\"0.0.0.0:80\"] }, { name: b }]")
+                .unwrap()
+                .functions();
+        assert_eq!((accepted.len(), rejected.len()), (1, 1));
+        assert!(rejected[0].error.contains("0.0.0.0:80"), "{}", rejected[0].error);
     }
 
     #[test]

@@ -10,6 +10,7 @@ pub mod backoff;
 pub mod config;
 pub mod container;
 pub mod duration;
+pub mod forwarded;
 pub mod function;
 pub mod lease;
 pub mod size;

@@ -9,6 +9,7 @@
 //! | `sleep=N` | sleep N ms |
 //! | `mb=M` | allocate and touch M MiB, held for the rest of the request |
 //! | `status=S` | answer with status S instead of 200 |
+//! | `headers` | answer with the request's headers, one `name: value` per line (what the function saw) |
 //!
 //! Every response carries `x-wavelink-exec-us` (time spent handling it), `x-wavelink-instance`
 //! (a stable id of this process) and `x-wavelink-in-flight` (requests this instance was handling
@@ -139,10 +140,12 @@ pub struct Work {
     pub sleep_ms: u64,
     pub memory_mb: u64,
     pub status: Option<StatusCode>,
+    pub echo_headers: bool,
 }
 
 impl Work {
-    /// Parses `ms`, `sleep`, `mb` and `status` from a query string; other parameters are ignored.
+    /// Parses `ms`, `sleep`, `mb`, `status` and `headers` from a query string; other parameters
+    /// are ignored.
     pub fn from_query(query: &str) -> Result<Work, String> {
         let mut work = Work::default();
         for pair in query.split('&').filter(|p| !p.is_empty()) {
@@ -167,6 +170,7 @@ impl Work {
                         .ok_or_else(|| format!("status={value:?}: expected a status from 200 to 599"))?;
                     work.status = Some(status);
                 }
+                "headers" => work.echo_headers = true,
                 _ => {}
             }
         }
@@ -208,7 +212,16 @@ async fn handle(request: Request<Incoming>, instance: Arc<Instance>) -> Result<R
                 tokio::time::sleep(Duration::from_millis(work.sleep_ms)).await;
             }
             drop(memory);
-            (work.status.unwrap_or(StatusCode::OK), Bytes::from_static(b"ok\n"))
+            let body = if work.echo_headers {
+                let lines = request
+                    .headers()
+                    .iter()
+                    .map(|(name, value)| format!("{name}: {}\n", String::from_utf8_lossy(value.as_bytes())));
+                Bytes::from(lines.collect::<String>())
+            } else {
+                Bytes::from_static(b"ok\n")
+            };
+            (work.status.unwrap_or(StatusCode::OK), body)
         }
         Err(message) => (StatusCode::BAD_REQUEST, Bytes::from(message + "\n")),
     };
@@ -303,8 +316,15 @@ mod tests {
         assert_eq!(Work::from_query(""), Ok(Work::default()));
         assert_eq!(
             Work::from_query("ms=5&sleep=10&mb=2&status=503&other=x"),
-            Ok(Work { cpu_ms: 5, sleep_ms: 10, memory_mb: 2, status: Some(StatusCode::SERVICE_UNAVAILABLE) })
+            Ok(Work {
+                cpu_ms: 5,
+                sleep_ms: 10,
+                memory_mb: 2,
+                status: Some(StatusCode::SERVICE_UNAVAILABLE),
+                echo_headers: false
+            })
         );
+        assert!(Work::from_query("headers").unwrap().echo_headers);
         for bad in ["ms=abc", "ms=-1", "sleep=600001", "mb=99999", "status=99", "status=700", "ms"] {
             let error = Work::from_query(bad).expect_err(bad);
             assert!(error.contains(bad.split('=').next().unwrap()), "{error}");

@@ -21,6 +21,7 @@ use pingora_core::protocols::http::ServerSession;
 use serde::Serialize;
 use tracing::info;
 use wavelink_core::FunctionId;
+use wavelink_core::config::check_instance_address;
 use wavelink_core::stats::{COMPACT_STATS, FunctionStats, ProxyStats, RejectedStats, TrackCounts};
 
 use wavelink_server::admin::{allow, health, json, metrics, read_body, respond, text};
@@ -34,6 +35,9 @@ use crate::stats::SAMPLE_INTERVAL;
 pub struct AdminApi {
     pub router: Arc<Router>,
     pub health: Arc<Health>,
+    /// The proxy's own listeners, which no instance may be.
+    pub listen: SocketAddr,
+    pub admin: SocketAddr,
 }
 
 #[async_trait]
@@ -80,6 +84,10 @@ impl ServeHttp for AdminApi {
                         return text(StatusCode::BAD_REQUEST, &message);
                     }
                 };
+                let own = [self.listen, self.admin];
+                if let Some(e) = addrs.iter().find_map(|a| check_instance_address(*a, &own).err()) {
+                    return text(StatusCode::BAD_REQUEST, &format!("{e}\n"));
+                }
                 let change = function.set_instances(&addrs);
                 info!(function = %function.id, added = change.added, removed = change.removed,
                       kept = change.kept, "instances replaced");

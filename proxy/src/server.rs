@@ -34,6 +34,7 @@ pub struct ProxySettings {
     pub connections: ConnectionLimits,
     /// Idle time after which a function's metric series are dropped (`None`: never).
     pub metrics_expiry: Option<Duration>,
+    pub access_log: bool,
 }
 
 impl ProxySettings {
@@ -52,6 +53,7 @@ impl ProxySettings {
                 header_timeout: config.proxy.header_timeout,
             },
             metrics_expiry: Some(config.proxy.metrics_expiry).filter(|d| !d.is_zero()),
+            access_log: config.proxy.access_log,
         }
     }
 }
@@ -119,8 +121,14 @@ impl Proxy {
             router: self.router.clone(),
             probe_token: self.probe_token.clone(),
             keepalive_timeout: settings.keepalive_timeout,
+            access_log: settings.access_log,
         };
-        let admin = AdminApi { router: self.router.clone(), health: self.health.clone() };
+        let admin = AdminApi {
+            router: self.router.clone(),
+            health: self.health.clone(),
+            listen: settings.listen,
+            admin: settings.admin,
+        };
         let bounds = Bounds { limits: settings.connections, counters: self.connections.clone() };
         raise_open_files_limit(settings.connections.max_connections);
         let assembly = Assembly::new(settings.threads, settings.grace_period)

@@ -30,6 +30,10 @@ use pingora_core::upstreams::peer::HttpPeer;
 use pingora_core::{Error, ErrorType, Result};
 use pingora_http::{RequestHeader, ResponseHeader};
 use pingora_proxy::{FailToProxy, ProxyHttp, Session};
+use tracing::info;
+use wavelink_core::forwarded::{
+    REQUEST_ID_HEADER, forwarded, is_internal_header, new_request_id, usable_request_id, x_forwarded_for,
+};
 use wavelink_core::function::host_without_port;
 use wavelink_core::wire::{FUNCTION_HEADER, TRACK_HEADER, WAVELET_FULL, WAVELET_HEADER, WAVELET_UNAVAILABLE};
 use wavelink_server::connections;
@@ -50,11 +54,15 @@ pub struct Ingress {
     pub probe_token: ProbeToken,
     /// Idle client connections are closed after this (0: after each response).
     pub keepalive_timeout: std::time::Duration,
+    /// One `wavelink::access` log line per request.
+    pub access_log: bool,
 }
 
 /// Per-request state. Dropping it ends the request's count in its function's load.
 pub struct RequestCtx {
     arrived: Instant,
+    /// The client's `x-request-id` if usable, else a new one.
+    request_id: String,
     function: Option<Arc<FunctionState>>,
     slot: Option<SlotGuard>,
     /// The track of the slot the request was last sent on.
@@ -84,6 +92,7 @@ impl ProxyHttp for Ingress {
     fn new_ctx(&self) -> RequestCtx {
         RequestCtx {
             arrived: Instant::now(),
+            request_id: String::new(),
             function: None,
             slot: None,
             track: Track::None,
@@ -113,6 +122,11 @@ impl ProxyHttp for Ingress {
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
         let header = session.req_header();
+        ctx.request_id = match header.headers.get(REQUEST_ID_HEADER) {
+            Some(id) if usable_request_id(id.as_bytes()) => String::from_utf8_lossy(id.as_bytes()).into_owned(),
+            _ => new_request_id(&mut fastrand::Rng::new()),
+        };
+        let id_header = [(REQUEST_ID_HEADER, ctx.request_id.as_str())];
         let host = header
             .headers
             .get(http::header::HOST)
@@ -120,7 +134,7 @@ impl ProxyHttp for Ingress {
             .or_else(|| header.uri.host())
             .and_then(host_without_port);
         let Some(host) = host else {
-            respond(session, 400, &[], Bytes::from_static(b"missing Host header\n")).await?;
+            respond(session, 400, &id_header, Bytes::from_static(b"missing Host header\n")).await?;
             return Ok(true);
         };
         let Some(function) = self.router.lookup(host) else {
@@ -131,7 +145,7 @@ impl ProxyHttp for Ingress {
             }
             self.router.metrics().unknown_host.inc();
             let body = format!("no function is served at host {host:?}\n");
-            respond(session, 404, &[], Bytes::from(body)).await?;
+            respond(session, 404, &id_header, Bytes::from(body)).await?;
             return Ok(true);
         };
         function.load.arrived();
@@ -143,7 +157,8 @@ impl ProxyHttp for Ingress {
                 Some(Ok(slot)) => slot,
                 Some(Err(rejection)) => {
                     let body = format!("{}\n", rejection_message(function, rejection));
-                    respond(session, 503, &[("retry-after", "1")], Bytes::from(body)).await?;
+                    let headers = [("retry-after", "1"), id_header[0]];
+                    respond(session, 503, &headers, Bytes::from(body)).await?;
                     return Ok(true);
                 }
                 None => {
@@ -204,10 +219,26 @@ impl ProxyHttp for Ingress {
 
     async fn upstream_request_filter(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         upstream_request: &mut RequestHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
+        // The platform's own headers come from the proxy only, on every track.
+        let internal: Vec<http::HeaderName> =
+            upstream_request.headers.keys().filter(|name| is_internal_header(name.as_str())).cloned().collect();
+        for name in internal {
+            upstream_request.remove_header(&name);
+        }
+        upstream_request.insert_header(REQUEST_ID_HEADER, ctx.request_id.as_str())?;
+        if let Some(client) = session.client_addr().and_then(|a| a.as_inet()).map(|a| a.ip()) {
+            let header_text = |name: &str| upstream_request.headers.get(name).and_then(|v| v.to_str().ok());
+            let host = header_text("host").map(str::to_owned);
+            let for_list = x_forwarded_for(header_text("x-forwarded-for"), client);
+            let element = forwarded(header_text("forwarded"), client, "http", host.as_deref());
+            upstream_request.insert_header("x-forwarded-for", for_list)?;
+            upstream_request.insert_header("forwarded", element)?;
+        }
+        upstream_request.insert_header("x-forwarded-proto", "http")?;
         if ctx.track == Track::Emergency
             && let Some(function) = &ctx.function
         {
@@ -272,6 +303,7 @@ impl ProxyHttp for Ingress {
         if let Some(track) = ctx.track.header_value() {
             response.insert_header(TRACK_HEADER, track)?;
         }
+        response.insert_header(REQUEST_ID_HEADER, ctx.request_id.as_str())?;
         Ok(())
     }
 
@@ -378,9 +410,17 @@ impl ProxyHttp for Ingress {
         connections::request_done(session);
         // The exchange is over: free the slot before the connection is wound down.
         ctx.slot = None;
+        let status = session.response_written().map(|r| r.status.as_u16());
         if let Some(function) = &ctx.function {
-            let status = session.response_written().map(|r| r.status.as_u16());
             function.metrics().record(ctx.track, status, ctx.arrived.elapsed().as_secs_f64());
+        }
+        if self.access_log {
+            let request = session.req_header();
+            let client = session.client_addr().map(ToString::to_string).unwrap_or_default();
+            let host = request.headers.get(http::header::HOST).and_then(|h| h.to_str().ok()).unwrap_or("");
+            info!(target: "wavelink::access", %client, method = %request.method, host, path = %request.uri,
+                  status = status.unwrap_or(0), track = ctx.track.header_value().unwrap_or("none"),
+                  ms = ctx.arrived.elapsed().as_secs_f64() * 1000.0, request_id = %ctx.request_id);
         }
     }
 }

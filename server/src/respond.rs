@@ -6,12 +6,7 @@ use pingora_http::ResponseHeader;
 use pingora_proxy::Session;
 
 /// Writes a complete small plain-text response with the given extra headers.
-pub async fn respond(
-    session: &mut Session,
-    status: u16,
-    headers: &[(&'static str, &'static str)],
-    body: Bytes,
-) -> Result<()> {
+pub async fn respond(session: &mut Session, status: u16, headers: &[(&'static str, &str)], body: Bytes) -> Result<()> {
     let mut header = ResponseHeader::build(status, Some(headers.len() + 2))?;
     header.insert_header(http::header::CONTENT_TYPE, "text/plain; charset=utf-8")?;
     header.insert_header(http::header::CONTENT_LENGTH, body.len())?;

@@ -66,7 +66,7 @@ pub fn run(args: ControllerArgs) -> anyhow::Result<()> {
         tracing::error!(function = %r.function, error = %r.error, "function rejected");
     }
     let metrics = Arc::new(ControllerMetrics::new().context("setting up metrics")?);
-    let ControllerConfig { backend, admin, ri_start_delay, scrape_interval, decide_interval } = settings;
+    let ControllerConfig { backend, admin, ri_start_delay, scrape_interval, decide_interval, poke_ceiling } = settings;
     match backend {
         BackendKind::Local => {
             let settings = args.runtime.settings("controller", admin.port(), DEFAULT_PORTS);
@@ -108,7 +108,8 @@ pub fn run(args: ControllerArgs) -> anyhow::Result<()> {
                            "local backend: RIs are routable after the start delay");
             let controller = Arc::new(
                 Controller::new(Arc::new(local.clone()), proxies, metrics, scrape_interval, decide_interval)
-                    .on_mass_rest(crate::allocator::release_unused),
+                    .on_mass_rest(crate::allocator::release_unused)
+                    .with_poke_ceiling(poke_ceiling),
             );
             // The functions are in the backend: the parsed config (thousands of functions,
             // perhaps) goes, and what parsing it used goes back to the system.
@@ -141,7 +142,8 @@ pub fn run(args: ControllerArgs) -> anyhow::Result<()> {
                 KubernetesBackend::new(cluster.client.clone(), cluster.view.clone(), leader.clone(), proxy_service);
             let controller = Arc::new(
                 Controller::new(Arc::new(backend), proxies, metrics, scrape_interval, decide_interval)
-                    .on_mass_rest(crate::allocator::release_unused),
+                    .on_mass_rest(crate::allocator::release_unused)
+                    .with_poke_ceiling(poke_ceiling),
             );
             let handle = cluster.runtime.handle().clone();
             // On SIGTERM, hand the lease over at once rather than after it expires.

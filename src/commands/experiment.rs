@@ -382,7 +382,7 @@ fn config_text(args: &ExperimentArgs, mode: ScalingMode, names: &[String], addrs
     let annotations: Vec<String> = annotations.iter().map(|(k, v)| format!("{k}: \"{v}\"")).collect();
     let mut text = format!(
         "domain: {DOMAIN}\n\
-         proxy: {{ listen: \"{listen}\", admin: \"{admin}\", grace-period: 5s }}\n\
+         proxy: {{ listen: \"{listen}\", admin: \"{admin}\", grace-period: 5s, access-log: false }}\n\
          wavelets:\n  - {{ address: \"{wavelet}\", admin: \"{wavelet_admin}\", max-instances: {} }}\n\
          controller: {{ backend: local, admin: \"{controller}\", ri-start-delay: {}ms }}\n\
          functions:\n",

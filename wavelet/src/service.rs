@@ -16,9 +16,10 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use pingora_core::upstreams::peer::HttpPeer;
 use pingora_core::{Error, ErrorType, Result};
-use pingora_http::ResponseHeader;
+use pingora_http::{RequestHeader, ResponseHeader};
 use pingora_proxy::{ProxyHttp, Session};
 use wavelink_core::FunctionId;
+use wavelink_core::forwarded::is_internal_header;
 use wavelink_core::function::host_without_port;
 use wavelink_core::wire::{FUNCTION_HEADER, WAVELET_FULL, WAVELET_HEADER, WAVELET_UNAVAILABLE};
 use wavelink_server::connections;
@@ -151,6 +152,22 @@ impl ProxyHttp for WaveletProxy {
             Some(lease) => Ok(Box::new(lease.ei.peer.clone())),
             None => Error::e_explain(ErrorType::HTTPStatus(502), "no instance could be started for the retry"),
         }
+    }
+
+    async fn upstream_request_filter(
+        &self,
+        _session: &mut Session,
+        upstream_request: &mut RequestHeader,
+        _ctx: &mut WaveletCtx,
+    ) -> Result<()> {
+        // x-wavelink-function (and any other of the platform's headers) is between proxy and
+        // Wavelet: an Emergency Instance sees what an RI sees.
+        let internal: Vec<http::HeaderName> =
+            upstream_request.headers.keys().filter(|name| is_internal_header(name.as_str())).cloned().collect();
+        for name in internal {
+            upstream_request.remove_header(&name);
+        }
+        Ok(())
     }
 
     fn fail_to_connect(
