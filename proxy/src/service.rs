@@ -31,12 +31,11 @@ use pingora_core::{Error, ErrorType, Result};
 use pingora_http::{RequestHeader, ResponseHeader};
 use pingora_proxy::{FailToProxy, ProxyHttp, Session};
 use tracing::info;
-use wavelink_core::forwarded::{
-    REQUEST_ID_HEADER, forwarded, is_internal_header, new_request_id, usable_request_id, x_forwarded_for,
-};
+use wavelink_core::forwarded::{REQUEST_ID_HEADER, forwarded, new_request_id, usable_request_id, x_forwarded_for};
 use wavelink_core::function::host_without_port;
 use wavelink_core::wire::{FUNCTION_HEADER, TRACK_HEADER, WAVELET_FULL, WAVELET_HEADER, WAVELET_UNAVAILABLE};
 use wavelink_server::connections;
+use wavelink_server::headers::remove_internal_headers;
 use wavelink_server::health::{PROBE_HEADER, ProbeToken};
 use wavelink_server::replay::retry_if_replayable;
 use wavelink_server::respond::respond;
@@ -224,11 +223,7 @@ impl ProxyHttp for Ingress {
         ctx: &mut RequestCtx,
     ) -> Result<()> {
         // The platform's own headers come from the proxy only, on every track.
-        let internal: Vec<http::HeaderName> =
-            upstream_request.headers.keys().filter(|name| is_internal_header(name.as_str())).cloned().collect();
-        for name in internal {
-            upstream_request.remove_header(&name);
-        }
+        remove_internal_headers(upstream_request);
         upstream_request.insert_header(REQUEST_ID_HEADER, ctx.request_id.as_str())?;
         if let Some(client) = session.client_addr().and_then(|a| a.as_inet()).map(|a| a.ip()) {
             let header_text = |name: &str| upstream_request.headers.get(name).and_then(|v| v.to_str().ok());

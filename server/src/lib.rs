@@ -6,6 +6,7 @@ pub mod admin;
 pub mod assembly;
 pub mod client;
 pub mod connections;
+pub mod headers;
 pub mod health;
 pub mod replay;
 pub mod respond;

@@ -19,10 +19,10 @@ use pingora_core::{Error, ErrorType, Result};
 use pingora_http::{RequestHeader, ResponseHeader};
 use pingora_proxy::{ProxyHttp, Session};
 use wavelink_core::FunctionId;
-use wavelink_core::forwarded::is_internal_header;
 use wavelink_core::function::host_without_port;
 use wavelink_core::wire::{FUNCTION_HEADER, WAVELET_FULL, WAVELET_HEADER, WAVELET_UNAVAILABLE};
 use wavelink_server::connections;
+use wavelink_server::headers::remove_internal_headers;
 use wavelink_server::health::{PROBE_HEADER, ProbeToken};
 use wavelink_server::replay::retry_if_replayable;
 use wavelink_server::respond::respond;
@@ -162,11 +162,7 @@ impl ProxyHttp for WaveletProxy {
     ) -> Result<()> {
         // x-wavelink-function (and any other of the platform's headers) is between proxy and
         // Wavelet: an Emergency Instance sees what an RI sees.
-        let internal: Vec<http::HeaderName> =
-            upstream_request.headers.keys().filter(|name| is_internal_header(name.as_str())).cloned().collect();
-        for name in internal {
-            upstream_request.remove_header(&name);
-        }
+        remove_internal_headers(upstream_request);
         Ok(())
     }
 
