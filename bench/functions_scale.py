@@ -8,7 +8,8 @@ Per size, a proxy serving N functions that all point at one `wavelink fn` instan
 - resident memory before any traffic, and per configured function against the 1-function case
   (goal: at most 1 KiB per idle function);
 - after 1% of the functions got requests: /metrics bytes, /stats bytes in full and as the
-  controller reads it (`?since=`), and the time to produce each;
+  controller reads it (`?since=`, in JSON and in the compact encoding it asks for), and the
+  time to produce each;
 - requests/s to one function (`wavelink load`, 8 connections, 5 s), next to the 1-function case;
 - the time of one function's instance change through the admin API (PUT).
 Then the controller: the same N functions as local-backend functions (scale from zero) with a
@@ -45,9 +46,15 @@ def cpu_seconds(pid):
     return (int(fields[11]) + int(fields[12])) / TICKS
 
 
-def request(port, method, path, host="admin", body=None, timeout=30):
+COMPACT_STATS = "application/vnd.wavelink.stats.v1+postcard"
+
+
+def request(port, method, path, host="admin", body=None, timeout=30, accept=None):
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
-    conn.request(method, path, body=body, headers={"Host": host})
+    headers = {"Host": host}
+    if accept:
+        headers["Accept"] = accept
+    conn.request(method, path, body=body, headers=headers)
     response = conn.getresponse()
     data = response.read()
     conn.close()
@@ -66,11 +73,11 @@ def active(n):
     return [f"f{i * step:05d}" for i in range(count)]
 
 
-def timed(port, path, runs=5):
+def timed(port, path, runs=5, accept=None):
     times, size = [], 0
     for _ in range(runs):
         started = time.perf_counter()
-        status, data = request(port, "GET", path)
+        status, data = request(port, "GET", path, accept=accept)
         times.append(time.perf_counter() - started)
         assert status == 200, (path, status)
         size = len(data)
@@ -82,7 +89,7 @@ def proxy_phase(n, tmp, instance):
     listen, admin = free_port(), free_port()
     config = os.path.join(tmp, f"proxy-{n}.yaml")
     with open(config, "w") as f:
-        f.write(f'domain: example.com\nproxy: {{ listen: "127.0.0.1:{listen}", admin: "127.0.0.1:{admin}" }}\nfunctions:\n')
+        f.write(f'domain: example.com\nproxy: {{ listen: "127.0.0.1:{listen}", admin: "127.0.0.1:{admin}", access-log: false }}\nfunctions:\n')
         for name in names(n):
             f.write(f'  - {{ name: {name}, namespace: bench, instances: ["{instance}"] }}\n')
     proxy = subprocess.Popen([BIN, "proxy", "--config", config], stdout=subprocess.DEVNULL,
@@ -100,6 +107,7 @@ def proxy_phase(n, tmp, instance):
         metrics_bytes, metrics_ms = timed(admin, "/metrics")
         stats_bytes, stats_ms = timed(admin, "/stats")
         since_bytes, since_ms = timed(admin, f"/stats?since={since}")
+        compact_bytes, compact_ms = timed(admin, f"/stats?since={since}", accept=COMPACT_STATS)
         after = rss_kib(proxy.pid)
         target = active(n)[0]
         out = os.path.join(tmp, f"load-{n}.json")
@@ -118,7 +126,8 @@ def proxy_phase(n, tmp, instance):
         put_times.sort()
         return {"functions": n, "rss_idle_kib": idle, "rss_after_kib": after, "metrics_bytes": metrics_bytes,
                 "metrics_ms": metrics_ms, "stats_bytes": stats_bytes, "stats_ms": stats_ms,
-                "stats_since_bytes": since_bytes, "stats_since_ms": since_ms, "rps": rps,
+                "stats_since_bytes": since_bytes, "stats_since_ms": since_ms,
+                "stats_compact_bytes": compact_bytes, "stats_compact_ms": compact_ms, "rps": rps,
                 "put_ms": put_times[len(put_times) // 2] * 1000}
     finally:
         proxy.terminate()
@@ -142,7 +151,7 @@ def controller_phase(n, tmp):
     config = os.path.join(tmp, f"controller-{n}.yaml")
     with open(config, "w") as f:
         f.write(f"""domain: example.com
-proxy: {{ listen: "127.0.0.1:{listen}", admin: "127.0.0.1:{admin}" }}
+proxy: {{ listen: "127.0.0.1:{listen}", admin: "127.0.0.1:{admin}", access-log: false }}
 controller: {{ backend: local, admin: "127.0.0.1:{controller_admin}", ri-start-delay: 500ms,
               scrape-interval: 1s, decide-interval: 2s }}
 functions:
@@ -203,14 +212,15 @@ def main():
 
     base = proxies[0]
     print("\nProxy, 1% of functions with traffic:\n")
-    print("| functions | RSS idle | per idle function (goal ≤ 1 KiB) | RSS after | /metrics | /stats | /stats?since | requests/s to one | vs 1 function | PUT instances |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
+    print("| functions | RSS idle | per idle function (goal ≤ 1 KiB) | RSS after | /metrics | /stats | /stats?since | the same, compact (what the controller reads) | requests/s to one | vs 1 function | PUT instances |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     for p in proxies:
         per = "—" if p["functions"] == base["functions"] else \
             f'{(p["rss_idle_kib"] - base["rss_idle_kib"]) * 1024 / (p["functions"] - base["functions"]):.0f} B'
         print(f'| {p["functions"]:,} | {p["rss_idle_kib"] / 1024:.1f} MiB | {per} | {p["rss_after_kib"] / 1024:.1f} MiB '
               f'| {p["metrics_bytes"] / 1024:.1f} KiB ({p["metrics_ms"]:.1f} ms) | {p["stats_bytes"] / 1024:.1f} KiB ({p["stats_ms"]:.1f} ms) '
-              f'| {p["stats_since_bytes"] / 1024:.1f} KiB ({p["stats_since_ms"]:.1f} ms) | {p["rps"]:,.0f} '
+              f'| {p["stats_since_bytes"] / 1024:.1f} KiB ({p["stats_since_ms"]:.1f} ms) '
+              f'| {p["stats_compact_bytes"] / 1024:.1f} KiB ({p["stats_compact_ms"]:.1f} ms) | {p["rps"]:,.0f} '
               f'| {p["rps"] / base["rps"]:.2f}x | {p["put_ms"]:.2f} ms |')
     print("\nController (local backend, scale from zero, 1% with steady traffic):\n")
     print("| functions | CPU per decision round | CPU share | RSS idle | per idle function (goal ≤ 1 KiB) | RSS with traffic | functions with RIs |")
