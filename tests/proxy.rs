@@ -146,7 +146,7 @@ fn replacing_instances_takes_effect_without_dropping_in_flight_requests() {
     let put = send(
         proxy.admin,
         &format!(
-            "PUT /v1/functions/default/hello/instances HTTP/1.1\r\nHost: admin\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            "PUT /v1/functions/default/hello/instances HTTP/1.1\r\nHost: admin\r\nAuthorization: Bearer {TEST_TOKEN}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
             body.len()
         ),
     )
@@ -171,17 +171,31 @@ fn replacing_instances_takes_effect_without_dropping_in_flight_requests() {
 
     let bad = send(
         proxy.admin,
-        "PUT /v1/functions/default/hello/instances HTTP/1.1\r\nHost: admin\r\nContent-Length: 13\r\nConnection: close\r\n\r\n[\"not-an-ip\"]",
+        &format!("PUT /v1/functions/default/hello/instances HTTP/1.1\r\nHost: admin\r\nAuthorization: Bearer {TEST_TOKEN}\r\nContent-Length: 13\r\nConnection: close\r\n\r\n[\"not-an-ip\"]"),
     )
     .unwrap();
     assert_eq!(bad.status, 400);
     assert!(bad.text().contains("ip:port"), "{}", bad.text());
     let unknown = send(
         proxy.admin,
-        "PUT /v1/functions/default/nope/instances HTTP/1.1\r\nHost: admin\r\nContent-Length: 2\r\nConnection: close\r\n\r\n[]",
+        &format!("PUT /v1/functions/default/nope/instances HTTP/1.1\r\nHost: admin\r\nAuthorization: Bearer {TEST_TOKEN}\r\nContent-Length: 2\r\nConnection: close\r\n\r\n[]"),
     )
     .unwrap();
     assert_eq!(unknown.status, 404);
+    // A change without the internal token, or with another: refused, and nothing changes.
+    for credentials in ["", "Authorization: Bearer wavelink-other-token-0123456789\r\n"] {
+        let body = format!("[\"{}\"]", a.addr);
+        let put = send(
+            proxy.admin,
+            &format!(
+                "PUT /v1/functions/default/hello/instances HTTP/1.1\r\nHost: admin\r\n{credentials}Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            ),
+        )
+        .unwrap();
+        assert_eq!(put.status, 401, "{}", put.text());
+        assert!(put.header("www-authenticate").is_some_and(|h| h.starts_with("Bearer")));
+    }
     // The proxy's own listeners are no instance (its admin API would answer on the client
     // listener), nor is an address one cannot connect to: refused, and the list is unchanged.
     for own in [proxy.admin.to_string(), proxy.listen.to_string(), "0.0.0.0:80".to_owned()] {
@@ -189,7 +203,7 @@ fn replacing_instances_takes_effect_without_dropping_in_flight_requests() {
         let put = send(
             proxy.admin,
             &format!(
-                "PUT /v1/functions/default/hello/instances HTTP/1.1\r\nHost: admin\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                "PUT /v1/functions/default/hello/instances HTTP/1.1\r\nHost: admin\r\nAuthorization: Bearer {TEST_TOKEN}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
                 body.len()
             ),
         )
@@ -346,7 +360,7 @@ fn metrics_count_requests_by_function_track_and_status_class() {
     assert_eq!(with_instances()[0]["function"], "default/hello");
     let emptied = send(
         proxy.admin,
-        "PUT /v1/functions/default/hello/instances HTTP/1.1\r\nHost: a\r\nContent-Length: 2\r\nConnection: close\r\n\r\n[]",
+        &format!("PUT /v1/functions/default/hello/instances HTTP/1.1\r\nHost: a\r\nAuthorization: Bearer {TEST_TOKEN}\r\nContent-Length: 2\r\nConnection: close\r\n\r\n[]"),
     )
     .unwrap();
     assert!(emptied.status < 300, "{}", emptied.text());

@@ -45,8 +45,12 @@ functions:
     )
     .unwrap();
     let log = std::fs::File::create(dir.0.join("up.log")).unwrap();
+    // The test's own token, so it can make the calls a proxy makes (up makes one otherwise).
+    let token_file = dir.0.join("internal-token");
+    std::fs::write(&token_file, format!("{TEST_TOKEN}\n")).unwrap();
     let mut command = wavelink();
-    command.arg("up").arg("--config").arg(&config).stdout(Stdio::null()).stderr(log);
+    command.arg("up").arg("--config").arg(&config).env("WAVELINK_TOKEN_FILE", &token_file);
+    command.stdout(Stdio::null()).stderr(log);
     // The components take the same run-as choice as other tests (see run_as_args).
     if run_as_args().contains(&"root") {
         command.env("WAVELINK_RUN_AS", "root");
@@ -167,16 +171,21 @@ fn in_sync_mode_a_request_without_a_slot_gets_a_regular_instance_at_once() {
         metric(up.controller_admin, &format!("wavelink_controller_pokes_total{{function=\"{}/work\"}}", up.namespace));
     assert!(pokes >= 1.0);
     // A poke asks for at most max-scale, whatever it wants.
-    let response = poke(&up, 60);
+    // Without the internal token a poke is refused and changes nothing.
+    let replicas = up.regular_instances().0;
+    let refused = poke(&up, 60, "");
+    assert_eq!(refused.status, 401, "{}", refused.text());
+    assert_eq!(up.regular_instances().0, replicas);
+    let response = poke(&up, 60, &format!("Authorization: Bearer {TEST_TOKEN}\r\n"));
     assert_eq!(response.status, 200, "{}", response.text());
     assert_eq!(response.json()["replicas"], 2, "capped at max-scale");
 }
 
-/// POSTs a poke for the function `work` to the controller.
-fn poke(up: &Up, want: u32) -> HttpResponse {
+/// POSTs a poke for the function `work` to the controller, with `credentials` (header lines).
+fn poke(up: &Up, want: u32, credentials: &str) -> HttpResponse {
     let body = format!("{{\"want\": {want}}}");
     let request = format!(
-        "POST /v1/functions/{}/work/poke HTTP/1.1\r\nHost: a\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        "POST /v1/functions/{}/work/poke HTTP/1.1\r\nHost: a\r\n{credentials}Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
         up.namespace,
         body.len()
     );
@@ -197,7 +206,7 @@ fn an_idle_function_the_controller_skips_is_scaled_again_as_soon_as_it_has_deman
     });
     assert_eq!(up.regular_instances().0, 0);
     // Pokes are for sync functions: refused, and nothing starts.
-    let refused = poke(&up, 60);
+    let refused = poke(&up, 60, &format!("Authorization: Bearer {TEST_TOKEN}\r\n"));
     assert_eq!(refused.status, 409, "{}", refused.text());
     assert!(refused.text().contains("async"), "{}", refused.text());
     assert_eq!(up.regular_instances(), (0, 0));

@@ -46,9 +46,9 @@ fn function_with_command(prefix: &str, command: &str, annotations: &str, extra: 
 }
 
 impl TestFunction {
-    /// The header that routes a request sent straight to a Wavelet.
+    /// The headers that route a request sent straight to a Wavelet, as the proxy does.
     fn header(&self) -> String {
-        format!("x-wavelink-function: {}/burst\r\n", self.namespace)
+        format!("x-wavelink-function: {}/burst\r\nx-wavelink-token: {TEST_TOKEN}\r\n", self.namespace)
     }
 
     /// A complete request for a Wavelet, asking for `path`.
@@ -185,7 +185,16 @@ fn the_node_cap_answers_full_and_unknown_unmarked_or_unstartable_requests_are_re
     let _wavelet = stack.start_wavelet(0);
     let wavelet = stack.wavelets[0].0;
 
-    assert_eq!(get(wavelet, &f.host, "/").unwrap().status, 400, "no x-wavelink-function header");
+    // Only the proxy may start instances: without its token, or with another, nothing starts.
+    for token in ["", "x-wavelink-token: wavelink-other-token-0123456789\r\n"] {
+        let request = f.direct("/").replace(&format!("x-wavelink-token: {TEST_TOKEN}\r\n"), token);
+        let refused = send(wavelet, &request).unwrap();
+        assert_eq!(refused.status, 401, "{}", refused.text());
+    }
+    assert_eq!(stack.wavelet_metric(0, "wavelink_wavelet_instances"), 0.0, "a refused request starts nothing");
+    let with_token_only =
+        format!("GET / HTTP/1.1\r\nHost: {}\r\nx-wavelink-token: {TEST_TOKEN}\r\nConnection: close\r\n\r\n", f.host);
+    assert_eq!(send(wavelet, &with_token_only).unwrap().status, 400, "no x-wavelink-function header");
     let unknown = f.direct("/").replace("/burst\r\n", "/nope\r\n");
     assert_eq!(send(wavelet, &unknown).unwrap().status, 404);
     let broken = send(wavelet, &f.direct("/").replace("/burst\r\n", "/broken\r\n")).unwrap();

@@ -6,7 +6,7 @@
 //! | GET | `/readyz` | a first decision round has run |
 //! | GET | `/metrics` | Prometheus text |
 //! | GET | `/v1/functions` | per function: RIs asked for and ready, panic, what decided last |
-//! | POST | `/v1/functions/{ns}/{name}/poke` | `sync` mode: `{"want": N}` RIs now (at most `max-scale`, or `controller.poke-ceiling` when unbounded); 409 for a function in another mode |
+//! | POST | `/v1/functions/{ns}/{name}/poke` | `sync` mode (`Authorization: Bearer <internal token>`, else 401): `{"want": N}` RIs now (at most `max-scale`, or `controller.poke-ceiling` when unbounded); 409 for a function in another mode |
 
 use std::sync::Arc;
 
@@ -47,6 +47,10 @@ impl ServeHttp for AdminApi {
                 Err(e) => text(StatusCode::SERVICE_UNAVAILABLE, &format!("{e}\n")),
             },
             (&Method::POST, ["v1", "functions", namespace, name, "poke"]) => {
+                let authorization = session.req_header().headers.get(http::header::AUTHORIZATION);
+                if let Some(refusal) = self.controller.internal_auth().check_admin(authorization) {
+                    return refusal;
+                }
                 let id = match FunctionId::new(namespace, name) {
                     Ok(id) => id,
                     Err(e) => return text(StatusCode::BAD_REQUEST, &format!("{e}\n")),

@@ -22,6 +22,7 @@ use wavelink_core::backoff::doubling;
 use wavelink_core::config::DEFAULT_POKE_CEILING;
 use wavelink_core::stats::{COMPACT_STATS, ProxyStats};
 use wavelink_core::{FunctionId, FunctionSpec};
+use wavelink_server::auth::InternalAuth;
 use wavelink_server::client;
 
 use crate::backend::{Backend, BackendError, ManagedFunction};
@@ -149,6 +150,8 @@ pub struct Controller {
     mass_rest: Option<fn()>,
     /// Most RIs a poke may ask for when `max-scale` is unbounded.
     poke_ceiling: u32,
+    /// What a poke must carry.
+    auth: Arc<InternalAuth>,
 }
 
 /// Why a poke did not scale.
@@ -205,7 +208,18 @@ impl Controller {
             decide_interval,
             mass_rest: None,
             poke_ceiling: DEFAULT_POKE_CEILING,
+            auth: Arc::new(InternalAuth::unchecked()),
         }
+    }
+
+    /// The token a poke must carry.
+    pub fn with_internal_auth(mut self, auth: Arc<InternalAuth>) -> Self {
+        self.auth = auth;
+        self
+    }
+
+    pub fn internal_auth(&self) -> &InternalAuth {
+        &self.auth
     }
 
     /// Most RIs a `sync` poke may ask for when a function's `max-scale` is unbounded.

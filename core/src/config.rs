@@ -37,6 +37,11 @@ pub struct LocalConfig {
     /// Read functions and instances from a Kubernetes cluster instead of `functions:`.
     #[serde(default)]
     pub kubernetes: Option<KubernetesConfig>,
+    /// The shared token of internal traffic (proxy → Wavelet, admin calls that change state),
+    /// one per line, the first sent, any accepted; on Kubernetes a mounted Secret. Without it,
+    /// components accept such calls from anyone (`wavelink up` makes one for its components).
+    #[serde(default)]
+    pub internal_token_file: Option<std::path::PathBuf>,
 }
 
 /// The `kubernetes:` section: where proxy, Wavelet and controller find things in a cluster.

@@ -9,7 +9,7 @@
 //! | GET | `/v1/functions` | functions with their hosts, specs and instances; `?with-instances`: only those that have some |
 //! | GET | `/v1/wavelets` | the Wavelets overflow spills to, with requests in flight on each |
 //! | GET | `/v1/functions/{ns}/{name}/instances` | a function's Regular Instances, draining ones too |
-//! | PUT | `/v1/functions/{ns}/{name}/instances` | replace them with a JSON list of `ip:port` |
+//! | PUT | `/v1/functions/{ns}/{name}/instances` | replace them with a JSON list of `ip:port` (`Authorization: Bearer <internal token>`, else 401) |
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -69,6 +69,10 @@ impl ServeHttp for AdminApi {
                 Err((status, message)) => text(status, &message),
             },
             (&Method::PUT, ["v1", "functions", namespace, name, "instances"]) => {
+                let authorization = session.req_header().headers.get(http::header::AUTHORIZATION);
+                if let Some(refusal) = self.router.links().auth.load().check_admin(authorization) {
+                    return refusal;
+                }
                 let function = match self.find(namespace, name) {
                     Ok(f) => f,
                     Err((status, message)) => return text(status, &message),

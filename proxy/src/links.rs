@@ -9,6 +9,7 @@ use arc_swap::ArcSwap;
 use tracing::debug;
 use wavelink_core::FunctionId;
 use wavelink_core::slots::SlotCounter;
+use wavelink_server::auth::InternalAuth;
 
 use crate::instance::PeerSettings;
 use crate::wavelets::Wavelets;
@@ -29,12 +30,15 @@ pub struct Links {
     pub max_queued: AtomicU32,
     /// How instances are reached (one setting for all: not a copy in every function).
     pub peer_settings: PeerSettings,
+    /// The token sent to Wavelets and the controller, and required by the admin API's changes.
+    pub auth: ArcSwap<InternalAuth>,
 }
 
 impl Links {
     pub fn new(wavelets: Wavelets, peer_settings: PeerSettings) -> Self {
         Links {
             peer_settings,
+            auth: ArcSwap::from_pointee(InternalAuth::unchecked()),
             wavelets: ArcSwap::from_pointee(wavelets),
             controllers: ArcSwap::from_pointee(Vec::new()),
             epoch: Instant::now(),
@@ -71,13 +75,17 @@ impl Links {
         }
         let path = format!("/v1/functions/{}/{}/poke", function.namespace, function.name);
         let body = format!("{{\"want\":{want}}}").into_bytes();
+        let authorization = self.auth.load().authorization();
         tokio::spawn(async move {
+            let headers: Vec<(http::HeaderName, &str)> =
+                authorization.iter().map(|a| (http::header::AUTHORIZATION, a.as_str())).collect();
             for &controller in controllers.iter() {
-                let call = wavelink_server::client::call(
+                let call = wavelink_server::client::call_with(
                     controller,
                     http::Method::POST,
                     &path,
                     Some(body.clone()),
+                    &headers,
                     POKE_TIMEOUT,
                 );
                 if let Err(e) = call.await {

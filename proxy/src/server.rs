@@ -9,6 +9,7 @@ use pingora_core::server::ShutdownSignalWatch;
 use tracing::info;
 use wavelink_core::LocalConfig;
 use wavelink_server::assembly::{Assembly, Bounds};
+use wavelink_server::auth::InternalAuth;
 use wavelink_server::connections::{ConnectionCounters, ConnectionLimits, raise_open_files_limit};
 use wavelink_server::health::{Health, ProbeToken};
 use wavelink_server::shutdown::{Drain, SignalShutdown};
@@ -99,6 +100,12 @@ impl Proxy {
         let (functions, rejected) = config.functions();
         proxy.router.apply(functions, rejected);
         Ok(proxy)
+    }
+
+    /// The token of internal traffic: sent to Wavelets and controllers, required by the admin
+    /// API's changes.
+    pub fn set_internal_auth(&self, auth: Arc<InternalAuth>) {
+        self.router.links().auth.store(auth);
     }
 
     pub fn router(&self) -> &Arc<Router> {

@@ -34,6 +34,7 @@ use tracing::info;
 use wavelink_core::forwarded::{REQUEST_ID_HEADER, forwarded, new_request_id, usable_request_id, x_forwarded_for};
 use wavelink_core::function::host_without_port;
 use wavelink_core::wire::{FUNCTION_HEADER, TRACK_HEADER, WAVELET_FULL, WAVELET_HEADER, WAVELET_UNAVAILABLE};
+use wavelink_server::auth::TOKEN_HEADER;
 use wavelink_server::connections;
 use wavelink_server::headers::remove_internal_headers;
 use wavelink_server::health::{PROBE_HEADER, ProbeToken};
@@ -238,6 +239,9 @@ impl ProxyHttp for Ingress {
             && let Some(function) = &ctx.function
         {
             upstream_request.insert_header(FUNCTION_HEADER, function.label.as_str())?;
+            if let Some(token) = self.router.links().auth.load().token() {
+                upstream_request.insert_header(TOKEN_HEADER, token)?;
+            }
         }
         Ok(())
     }

@@ -4,6 +4,7 @@
 
 pub mod admin;
 pub mod assembly;
+pub mod auth;
 pub mod client;
 pub mod connections;
 pub mod headers;

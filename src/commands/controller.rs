@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use wavelink_controller::backend::kubernetes::KubernetesBackend;
-use wavelink_controller::backend::local::LocalBackend;
+use wavelink_controller::backend::local::{LocalBackend, ProxyAdmins};
 use wavelink_controller::metrics::ControllerMetrics;
 use wavelink_controller::{Controller, ControllerServer};
 use wavelink_core::config::{BackendKind, ControllerConfig};
@@ -19,7 +19,7 @@ use wavelink_wavelet::runtime::PortRange;
 use wavelink_wavelet::server::owner_id;
 
 use super::cluster::{Cluster, namespaced_name};
-use super::{ContainerdArgs, RuntimeArgs, load_config, parse_duration};
+use super::{ContainerdArgs, RuntimeArgs, TokenArgs, load_config, parse_duration};
 
 /// Instance ports of the local backend, by default.
 pub const DEFAULT_PORTS: (u16, u16) = (30000, 31999);
@@ -48,6 +48,8 @@ pub struct ControllerArgs {
     runtime: RuntimeArgs,
     #[command(flatten)]
     containerd: ContainerdArgs,
+    #[command(flatten)]
+    token: TokenArgs,
 }
 
 pub fn run(args: ControllerArgs) -> anyhow::Result<()> {
@@ -66,6 +68,7 @@ pub fn run(args: ControllerArgs) -> anyhow::Result<()> {
         tracing::error!(function = %r.function, error = %r.error, "function rejected");
     }
     let metrics = Arc::new(ControllerMetrics::new().context("setting up metrics")?);
+    let auth = args.token.auth(&config, "controller")?;
     let ControllerConfig { backend, admin, ri_start_delay, scrape_interval, decide_interval, poke_ceiling } = settings;
     match backend {
         BackendKind::Local => {
@@ -98,7 +101,7 @@ pub fn run(args: ControllerArgs) -> anyhow::Result<()> {
             let local = LocalBackend::new(
                 Arc::new(runtime),
                 state,
-                proxies.clone(),
+                ProxyAdmins { addrs: proxies.clone(), auth: auth.clone() },
                 ri_start_delay,
                 functions,
                 adopted,
@@ -109,7 +112,8 @@ pub fn run(args: ControllerArgs) -> anyhow::Result<()> {
             let controller = Arc::new(
                 Controller::new(Arc::new(local.clone()), proxies, metrics, scrape_interval, decide_interval)
                     .on_mass_rest(crate::allocator::release_unused)
-                    .with_poke_ceiling(poke_ceiling),
+                    .with_poke_ceiling(poke_ceiling)
+                    .with_internal_auth(auth.clone()),
             );
             // The functions are in the backend: the parsed config (thousands of functions,
             // perhaps) goes, and what parsing it used goes back to the system.
@@ -143,7 +147,8 @@ pub fn run(args: ControllerArgs) -> anyhow::Result<()> {
             let controller = Arc::new(
                 Controller::new(Arc::new(backend), proxies, metrics, scrape_interval, decide_interval)
                     .on_mass_rest(crate::allocator::release_unused)
-                    .with_poke_ceiling(poke_ceiling),
+                    .with_poke_ceiling(poke_ceiling)
+                    .with_internal_auth(auth.clone()),
             );
             let handle = cluster.runtime.handle().clone();
             // On SIGTERM, hand the lease over at once rather than after it expires.

@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use wavelink_core::LocalConfig;
+use wavelink_server::auth::InternalAuth;
 use wavelink_wavelet::containerd::ContainerdSettings;
 use wavelink_wavelet::containerd::egress::Ipv4Cidr;
 use wavelink_wavelet::setup::RuntimeSettings;
@@ -38,6 +39,24 @@ pub fn parse_port_range(text: &str) -> Result<(u16, u16), String> {
         return Err(format!("{text:?} is empty or starts at port 0"));
     }
     Ok((first, last))
+}
+
+/// The shared token of internal traffic (see `wavelink_server::auth`).
+#[derive(Debug, Clone, clap::Args)]
+pub struct TokenArgs {
+    /// File with the token of internal traffic (proxy → Wavelet, admin calls that change
+    /// state): one per line, the first sent, any accepted; read again every 10 s, so a rotated
+    /// Secret takes effect without a restart. Overrides internal-token-file. Without either,
+    /// such calls are accepted from anyone (`wavelink up` makes a token for its components).
+    #[arg(long, env = "WAVELINK_TOKEN_FILE", value_name = "FILE")]
+    pub token_file: Option<PathBuf>,
+}
+
+impl TokenArgs {
+    pub fn auth(&self, config: &LocalConfig, component: &str) -> anyhow::Result<std::sync::Arc<InternalAuth>> {
+        let file = self.token_file.as_deref().or(config.internal_token_file.as_deref());
+        Ok(InternalAuth::from_optional_file(file, component)?)
+    }
 }
 
 /// How a component runs instances on this machine (the Wavelet, the local backend).

@@ -9,7 +9,7 @@ use wavelink_core::{KubernetesConfig, LocalConfig};
 use wavelink_proxy::Proxy;
 
 use super::cluster::{Cluster, namespaced_name};
-use super::{load_config, parse_duration};
+use super::{TokenArgs, load_config, parse_duration};
 
 /// The Wavelets' request port when their Service names no port `wavelet`.
 const DEFAULT_WAVELET_PORT: u16 = 8091;
@@ -37,6 +37,8 @@ pub struct ProxyArgs {
     /// rejected).
     #[arg(long)]
     check: bool,
+    #[command(flatten)]
+    token: TokenArgs,
 }
 
 pub fn run(args: ProxyArgs) -> anyhow::Result<()> {
@@ -58,6 +60,7 @@ pub fn run(args: ProxyArgs) -> anyhow::Result<()> {
         return check_config(&config);
     }
     let proxy = Proxy::from_config(&config).context("setting up the proxy")?;
+    proxy.set_internal_auth(args.token.auth(&config, "proxy")?);
     // The routing table has what it needs: the parsed config (thousands of functions, perhaps)
     // is not kept for the proxy's lifetime.
     let kubernetes = config.kubernetes.take();

@@ -68,13 +68,21 @@ pub fn run(args: UpArgs) -> anyhow::Result<()> {
     let mut plan: Vec<(&'static str, Vec<String>, SocketAddr)> = Vec::new();
     let config_path = args.config.canonicalize().with_context(|| format!("finding {}", args.config.display()))?;
     let config_arg = config_path.display().to_string();
+    let token = InternalToken::for_components(&config)?;
+    let component = |name: &str| {
+        let mut argv = vec![name.to_owned(), "--config".to_owned(), config_arg.clone()];
+        if let Some(file) = token.file() {
+            argv.extend(["--token-file".to_owned(), file.display().to_string()]);
+        }
+        argv
+    };
     if let Some(wavelet) = config.wavelets.first() {
         let admin = wavelet.admin.context("wavelets[0] needs an admin address for `up` to watch it")?;
-        plan.push(("wavelet", vec!["wavelet".into(), "--config".into(), config_arg.clone()], admin));
+        plan.push(("wavelet", component("wavelet"), admin));
     }
     // The proxy before the controller, which pushes instances to it.
-    plan.push(("proxy", vec!["proxy".into(), "--config".into(), config_arg.clone()], config.proxy.admin));
-    plan.push(("controller", vec!["controller".into(), "--config".into(), config_arg], controller.admin));
+    plan.push(("proxy", component("proxy"), config.proxy.admin));
+    plan.push(("controller", component("controller"), controller.admin));
 
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().context("starting a runtime")?;
     let exe = std::env::current_exe().context("finding this executable")?;
@@ -95,6 +103,38 @@ pub fn run(args: UpArgs) -> anyhow::Result<()> {
     let outcome = runtime.block_on(watch(&exe, &mut children));
     stop(&children);
     outcome
+}
+
+/// The token of the components' internal calls: the config's or the environment's, else a new
+/// one in a private directory removed when `up` ends.
+struct InternalToken {
+    made: Option<PathBuf>,
+}
+
+impl InternalToken {
+    fn for_components(config: &LocalConfig) -> anyhow::Result<Self> {
+        if config.internal_token_file.is_some() || std::env::var_os("WAVELINK_TOKEN_FILE").is_some() {
+            return Ok(InternalToken { made: None });
+        }
+        use std::os::unix::fs::DirBuilderExt;
+        let dir = std::env::temp_dir().join(format!("wavelink-up-{}-{:08x}", std::process::id(), fastrand::u32(..)));
+        std::fs::DirBuilder::new().mode(0o700).create(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        let file = dir.join("internal-token");
+        wavelink_server::auth::write_new_token(&file).with_context(|| format!("writing {}", file.display()))?;
+        Ok(InternalToken { made: Some(file) })
+    }
+
+    fn file(&self) -> Option<&Path> {
+        self.made.as_deref()
+    }
+}
+
+impl Drop for InternalToken {
+    fn drop(&mut self) {
+        if let Some(dir) = self.made.as_deref().and_then(Path::parent) {
+            let _ = std::fs::remove_dir_all(dir);
+        }
+    }
 }
 
 /// Starts `exe argv` in its own process group, killed when this process dies, with the

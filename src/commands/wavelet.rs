@@ -12,7 +12,7 @@ use wavelink_kubernetes::events::{REASON_IMAGE, WarningEvents};
 use wavelink_wavelet::pool::Pools;
 
 use super::cluster::Cluster;
-use super::{ContainerdArgs, RuntimeArgs, load_config, parse_duration};
+use super::{ContainerdArgs, RuntimeArgs, TokenArgs, load_config, parse_duration};
 
 /// Instance ports of a Wavelet, by default.
 pub const DEFAULT_PORTS: (u16, u16) = (20000, 29999);
@@ -47,6 +47,8 @@ pub struct WaveletArgs {
     grace_period: Duration,
     #[command(flatten)]
     containerd: ContainerdArgs,
+    #[command(flatten)]
+    token: TokenArgs,
     /// This node's name (on Kubernetes, from the downward API): it identifies the containers this
     /// Wavelet owns, so a replaced Wavelet pod removes what its predecessor left [default: the
     /// host name].
@@ -74,6 +76,7 @@ pub fn run(args: WaveletArgs) -> anyhow::Result<()> {
         spawn_timeout: args.spawn_timeout,
         containerd: args.containerd.settings(),
         node_name: args.node_name.clone(),
+        auth: args.token.auth(&config, "wavelet")?,
     };
     let wavelet = wavelink_wavelet::Wavelet::new(settings).context("setting up the wavelet")?;
     let node = args.node_name.clone().unwrap_or_else(|| {

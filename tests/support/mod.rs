@@ -140,8 +140,11 @@ pub fn start_proxy(functions_yaml: &str) -> ProxyUnderTest {
     let listen: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
     let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
     let config = dir.0.join("wavelink.yaml");
+    let token_file = dir.0.join("internal-token");
+    std::fs::write(&token_file, format!("{TEST_TOKEN}\n")).expect("write token");
     let text = format!(
-        "domain: example.com\nproxy: {{ listen: \"{listen}\", admin: \"{admin}\", grace-period: 20s }}\nfunctions:\n{functions_yaml}\n"
+        "domain: example.com\ninternal-token-file: \"{}\"\nproxy: {{ listen: \"{listen}\", admin: \"{admin}\", grace-period: 20s }}\nfunctions:\n{functions_yaml}\n",
+        token_file.display()
     );
     std::fs::write(&config, text).expect("write config");
     let log = std::fs::File::create(dir.0.join("proxy.log")).expect("log file");
@@ -262,6 +265,9 @@ fn dechunk(mut rest: &[u8]) -> Option<Vec<u8>> {
 }
 
 /// A local config shared by a proxy and its Wavelets, written to a temporary directory.
+/// The internal token of a [`Stack`]'s proxy and Wavelets.
+pub const TEST_TOKEN: &str = "wavelink-test-token-0123456789";
+
 pub struct Stack {
     pub dir: TempDir,
     pub config: PathBuf,
@@ -293,8 +299,11 @@ impl Stack {
             })
             .collect();
         let config = dir.0.join("wavelink.yaml");
+        let token_file = dir.0.join("internal-token");
+        std::fs::write(&token_file, format!("{TEST_TOKEN}\n")).expect("write token");
         let text = format!(
-            "domain: example.com\nproxy: {{ listen: \"{proxy_listen}\", admin: \"{proxy_admin}\", grace-period: 20s }}\nwavelets:\n{wavelet_yaml}functions:\n{functions_yaml}\n"
+            "domain: example.com\ninternal-token-file: \"{}\"\nproxy: {{ listen: \"{proxy_listen}\", admin: \"{proxy_admin}\", grace-period: 20s }}\nwavelets:\n{wavelet_yaml}functions:\n{functions_yaml}\n",
+            token_file.display()
         );
         std::fs::write(&config, text).expect("write config");
         Stack { dir, config, proxy_listen, proxy_admin, wavelets }

@@ -21,6 +21,7 @@ use crate::pool::Pools;
 use crate::reaper::Reaper;
 use crate::service::WaveletProxy;
 use crate::setup::{RuntimeSettings, SetupError, prepare};
+use wavelink_server::auth::InternalAuth;
 
 #[derive(Debug, Clone)]
 pub struct WaveletSettings {
@@ -41,6 +42,8 @@ pub struct WaveletSettings {
     /// identifies the containers this Wavelet owns across restarts and pod replacements
     /// [default: the host name].
     pub node_name: Option<String>,
+    /// The token the proxy's requests must carry.
+    pub auth: Arc<InternalAuth>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -106,6 +109,7 @@ impl Wavelet {
             pools: self.pools.clone(),
             probe_token: self.probe_token.clone(),
             spawn_timeout: settings.spawn_timeout,
+            auth: settings.auth.clone(),
         };
         let admin = AdminApi { pools: self.pools.clone(), health: self.health.clone() };
         let assembly = Assembly::new(settings.threads, settings.grace_period)

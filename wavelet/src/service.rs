@@ -21,6 +21,7 @@ use pingora_proxy::{ProxyHttp, Session};
 use wavelink_core::FunctionId;
 use wavelink_core::function::host_without_port;
 use wavelink_core::wire::{FUNCTION_HEADER, WAVELET_FULL, WAVELET_HEADER, WAVELET_UNAVAILABLE};
+use wavelink_server::auth::{InternalAuth, TOKEN_HEADER};
 use wavelink_server::connections;
 use wavelink_server::headers::remove_internal_headers;
 use wavelink_server::health::{PROBE_HEADER, ProbeToken};
@@ -35,6 +36,8 @@ pub struct WaveletProxy {
     pub probe_token: ProbeToken,
     /// How long an instance started without socket activation may take to listen.
     pub spawn_timeout: Duration,
+    /// Only the proxy may start instances here.
+    pub auth: Arc<InternalAuth>,
 }
 
 #[derive(Default)]
@@ -68,6 +71,12 @@ impl ProxyHttp for WaveletProxy {
             && self.probe_token.is_probe(host, header.headers.get(PROBE_HEADER).map(|v| v.as_bytes()))
         {
             respond(session, 204, &[], Bytes::new()).await?;
+            return Ok(true);
+        }
+        if !self.auth.accepts(header.headers.get(TOKEN_HEADER).map(|v| v.as_bytes())) {
+            let body =
+                Bytes::from_static(b"missing or wrong x-wavelink-token: requests come from the WaveLink proxy\n");
+            respond(session, 401, &[], body).await?;
             return Ok(true);
         }
         let Some(function) = header.headers.get(FUNCTION_HEADER).and_then(|v| v.to_str().ok()).map(str::to_owned)

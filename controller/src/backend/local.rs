@@ -26,6 +26,7 @@ use parking_lot::Mutex;
 use serde::Deserialize;
 use tracing::{debug, info, warn};
 use wavelink_core::{FunctionDef, FunctionId};
+use wavelink_server::auth::InternalAuth;
 use wavelink_server::client;
 use wavelink_wavelet::cgroup::Cgroup;
 use wavelink_wavelet::instance::{Instance, Runtime};
@@ -94,6 +95,8 @@ struct Inner {
     state: Arc<StateDir>,
     /// Admin addresses of the proxies to tell about RIs.
     proxies: Vec<SocketAddr>,
+    /// Sent with every change to a proxy's instances.
+    auth: Arc<InternalAuth>,
     start_delay: Duration,
     functions: Mutex<HashMap<FunctionId, LocalFunction>>,
     metrics: Arc<ControllerMetrics>,
@@ -107,16 +110,23 @@ struct Inner {
     next_born: AtomicU64,
 }
 
+/// The proxies a local backend tells about RIs, and the token its changes carry.
+pub struct ProxyAdmins {
+    pub addrs: Vec<SocketAddr>,
+    pub auth: Arc<InternalAuth>,
+}
+
 impl LocalBackend {
     pub fn new(
         runtime: Arc<Runtime>,
         state: Arc<StateDir>,
-        proxies: Vec<SocketAddr>,
+        proxies: ProxyAdmins,
         start_delay: Duration,
         defs: Vec<FunctionDef>,
         adopted: Vec<Survivor>,
         metrics: Arc<ControllerMetrics>,
     ) -> Self {
+        let ProxyAdmins { addrs: proxies, auth } = proxies;
         let mut functions: HashMap<FunctionId, LocalFunction> = defs
             .into_iter()
             .map(|def| {
@@ -155,6 +165,7 @@ impl LocalBackend {
             runtime,
             state,
             proxies,
+            auth,
             start_delay,
             functions: Mutex::new(functions),
             metrics,
@@ -382,7 +393,10 @@ impl Inner {
     async fn put(&self, proxy: SocketAddr, id: &FunctionId, addrs: &[SocketAddr]) {
         let body = serde_json::to_vec(addrs).unwrap_or_else(|_| b"[]".to_vec());
         let path = instances_path(id);
-        if let Err(e) = client::call(proxy, http::Method::PUT, &path, Some(body), ADMIN_TIMEOUT).await {
+        let authorization = self.auth.authorization();
+        let headers: Vec<(http::HeaderName, &str)> =
+            authorization.iter().map(|a| (http::header::AUTHORIZATION, a.as_str())).collect();
+        if let Err(e) = client::call_with(proxy, http::Method::PUT, &path, Some(body), &headers, ADMIN_TIMEOUT).await {
             debug!(function = %id, proxy = %proxy, error = %e, "could not update a proxy's instances; the next round retries");
         }
     }
