@@ -14,6 +14,7 @@ use std::path::{Path, PathBuf};
 
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment};
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Service, ServiceAccount};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, Role, RoleBinding};
 use kube::Api;
 use kube::api::{ApiResource, DynamicObject, Patch, PatchParams};
@@ -79,12 +80,70 @@ fn every_manifest_is_a_valid_object_of_its_kind() {
             "Deployment" => round_trip::<Deployment>(file, value),
             "DaemonSet" => round_trip::<DaemonSet>(file, value),
             "Service" => round_trip::<Service>(file, value),
+            "NetworkPolicy" => round_trip::<NetworkPolicy>(file, value),
             other => Err(format!("{file}: kind {other:?} has no check here; add it")),
         };
         if let Err(e) = checked {
             panic!("{e}");
         }
     }
+}
+
+#[test]
+fn every_component_has_a_network_policy_naming_its_real_pods_ports_and_peers() {
+    let docs = documents();
+    // Each workload's pod labels and its containers' port names.
+    let workloads: Vec<(Value, BTreeSet<String>)> = docs
+        .iter()
+        .filter(|(_, v)| v["kind"] == "Deployment" || v["kind"] == "DaemonSet")
+        .map(|(_, v)| {
+            let template = &v["spec"]["template"];
+            let ports = template["spec"]["containers"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .flat_map(|c| c["ports"].as_array().into_iter().flatten())
+                .filter_map(|p| p["name"].as_str().map(str::to_owned))
+                .collect();
+            (template["metadata"]["labels"].clone(), ports)
+        })
+        .collect();
+    let selects = |selector: &Value, labels: &Value| {
+        selector["matchLabels"].as_object().is_some_and(|m| m.iter().all(|(k, v)| &labels[k] == v))
+    };
+    let policies: Vec<&Value> = docs.iter().filter(|(_, v)| v["kind"] == "NetworkPolicy").map(|(_, v)| v).collect();
+    for component in ["wavelink-proxy", "wavelink-wavelet", "wavelink-controller"] {
+        let policy = policies
+            .iter()
+            .find(|p| p["spec"]["podSelector"]["matchLabels"]["app.kubernetes.io/name"] == component)
+            .unwrap_or_else(|| panic!("no NetworkPolicy selects {component}"));
+        let (_, ports) = workloads
+            .iter()
+            .find(|(labels, _)| selects(&policy["spec"]["podSelector"], labels))
+            .unwrap_or_else(|| panic!("the policy of {component} selects no pod of the manifests"));
+        for rule in policy["spec"]["ingress"].as_array().expect("ingress rules") {
+            for port in rule["ports"].as_array().expect("every rule names its ports") {
+                let name = port["port"].as_str().expect("ports by name");
+                assert!(ports.contains(name), "{component}: no container port {name:?}");
+            }
+            for peer in rule["from"].as_array().into_iter().flatten() {
+                if peer["podSelector"].is_object() {
+                    assert!(
+                        workloads.iter().any(|(labels, _)| selects(&peer["podSelector"], labels)),
+                        "{component}: a peer selector matches no pod of the manifests: {peer}"
+                    );
+                }
+            }
+        }
+    }
+    // The Wavelet's request port admits proxies only (anyone could start instances otherwise).
+    let wavelet = policies.iter().find(|p| p["metadata"]["name"] == "wavelink-wavelet").expect("wavelet policy");
+    let rule = wavelet["spec"]["ingress"]
+        .as_array()
+        .and_then(|rules| rules.iter().find(|r| r["ports"][0]["port"] == "wavelet"))
+        .expect("a rule for the wavelet port");
+    assert_eq!(rule["from"].as_array().map(Vec::len), Some(1));
+    assert_eq!(rule["from"][0]["podSelector"]["matchLabels"]["app.kubernetes.io/name"], "wavelink-proxy");
 }
 
 #[test]
@@ -130,7 +189,17 @@ fn the_shipped_config_and_example_function_are_accepted() {
         .expect("an example function");
     let deployment: Deployment = serde_json::from_value(function.1.clone()).expect("Deployment");
     let accepted = wavelink_kubernetes::catalog::function_of(&deployment).expect("labelled").expect("accepted");
-    assert_eq!(accepted.def.command, ["wavelink", "fn"]);
+    assert_eq!(accepted.def.command, ["wavelink", "fn", "--max-ms", "1000", "--max-mb", "64"]);
+    // The exposed example caps what one request may ask for, with flags the workload knows.
+    let parsed = <FnCommand as clap::Parser>::try_parse_from(&accepted.def.command[1..]).expect("the workload's flags");
+    assert_eq!((parsed.workload.max_ms, parsed.workload.max_mb), (1000, 64));
+}
+
+/// `wavelink fn ...` as the binary parses it.
+#[derive(clap::Parser)]
+struct FnCommand {
+    #[command(flatten)]
+    workload: wavelink_loadtest::workload::FnArgs,
 }
 
 /// The API resource of each kind the test apiserver can apply; the others are reported as

@@ -11,6 +11,9 @@
 //! | `status=S` | answer with status S instead of 200 |
 //! | `headers` | answer with the request's headers, one `name: value` per line (what the function saw) |
 //!
+//! `ms` and `sleep` are capped by `--max-ms` (10 minutes by default) and `mb` by `--max-mb` (16
+//! GiB): set them low for a function anyone can call.
+//!
 //! Every response carries `x-wavelink-exec-us` (time spent handling it), `x-wavelink-instance`
 //! (a stable id of this process) and `x-wavelink-in-flight` (requests this instance was handling
 //! when the request began, itself included); and `x-wavelink-message`, the value of `FN_MESSAGE`
@@ -40,6 +43,20 @@ use crate::listen_fds;
 const MAX_MS: u64 = 600_000;
 const MAX_MB: u64 = 16_384;
 
+/// What one request may ask for: an exposed function should allow far less than the defaults.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Most `ms` (CPU) and `sleep`, each.
+    pub ms: u64,
+    pub mb: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits { ms: MAX_MS, mb: MAX_MB }
+    }
+}
+
 #[derive(Debug, Clone, clap::Args)]
 pub struct FnArgs {
     /// Address to listen on. Port 0 picks a free port. Without it, a socket inherited as fd 3
@@ -52,6 +69,12 @@ pub struct FnArgs {
     /// On SIGTERM, how long in-flight requests may take before the process exits anyway.
     #[arg(long, default_value = "10s", value_parser = parse_duration_arg, value_name = "DURATION")]
     pub grace_period: Duration,
+    /// Most milliseconds of CPU (`ms=`) or sleep (`sleep=`) one request may ask for; more is a 400.
+    #[arg(long, env = "FN_MAX_MS", default_value_t = MAX_MS, value_name = "MS", value_parser = clap::value_parser!(u64).range(..=MAX_MS))]
+    pub max_ms: u64,
+    /// Most MiB one request may allocate (`mb=`); more is a 400.
+    #[arg(long, env = "FN_MAX_MB", default_value_t = MAX_MB, value_name = "MIB", value_parser = clap::value_parser!(u64).range(..=MAX_MB))]
+    pub max_mb: u64,
 }
 
 fn parse_duration_arg(text: &str) -> Result<Duration, String> {
@@ -63,6 +86,7 @@ struct Instance {
     in_flight: AtomicU32,
     /// `FN_MESSAGE` from the environment, echoed in every answer.
     message: Option<http::HeaderValue>,
+    limits: Limits,
 }
 
 /// Runs the workload until SIGTERM or SIGINT.
@@ -72,7 +96,8 @@ pub fn run(args: FnArgs) -> anyhow::Result<()> {
     std_listener.set_nonblocking(true).context("making the listener non-blocking")?;
     let id = args.instance_id.clone().unwrap_or_else(|| format!("{}-{:08x}", std::process::id(), fastrand::u32(..)));
     let message = std::env::var("FN_MESSAGE").ok().and_then(|m| http::HeaderValue::from_str(&m).ok());
-    let instance = Arc::new(Instance { id, in_flight: AtomicU32::new(0), message });
+    let limits = Limits { ms: args.max_ms, mb: args.max_mb };
+    let instance = Arc::new(Instance { id, in_flight: AtomicU32::new(0), message, limits });
     // Printed so a caller that asked for port 0 learns the port.
     println!("listening on {addr}");
 
@@ -146,7 +171,7 @@ pub struct Work {
 impl Work {
     /// Parses `ms`, `sleep`, `mb`, `status` and `headers` from a query string; other parameters
     /// are ignored.
-    pub fn from_query(query: &str) -> Result<Work, String> {
+    pub fn from_query(query: &str, limits: Limits) -> Result<Work, String> {
         let mut work = Work::default();
         for pair in query.split('&').filter(|p| !p.is_empty()) {
             let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
@@ -158,9 +183,9 @@ impl Work {
                     .ok_or_else(|| format!("{key}={value:?}: expected a whole number from 0 to {max}"))
             };
             match key {
-                "ms" => work.cpu_ms = number(MAX_MS)?,
-                "sleep" => work.sleep_ms = number(MAX_MS)?,
-                "mb" => work.memory_mb = number(MAX_MB)?,
+                "ms" => work.cpu_ms = number(limits.ms)?,
+                "sleep" => work.sleep_ms = number(limits.ms)?,
+                "mb" => work.memory_mb = number(limits.mb)?,
                 "status" => {
                     let code = number(599)?;
                     let status = u16::try_from(code)
@@ -182,7 +207,7 @@ async fn handle(request: Request<Incoming>, instance: Arc<Instance>) -> Result<R
     let started = Instant::now();
     let in_flight = instance.in_flight.fetch_add(1, SeqCst) + 1;
     let _in_flight = DecrementOnDrop(&instance.in_flight);
-    let (status, body) = match Work::from_query(request.uri().query().unwrap_or("")) {
+    let (status, body) = match Work::from_query(request.uri().query().unwrap_or(""), instance.limits) {
         Ok(work) => {
             let memory = if work.cpu_ms > 0 || work.memory_mb > 0 {
                 // Blocking work runs off the event loop, so concurrent requests proceed in parallel.
@@ -313,9 +338,10 @@ mod tests {
 
     #[test]
     fn work_is_parsed_from_the_query() {
-        assert_eq!(Work::from_query(""), Ok(Work::default()));
+        let parse = |q: &str| Work::from_query(q, Limits::default());
+        assert_eq!(parse(""), Ok(Work::default()));
         assert_eq!(
-            Work::from_query("ms=5&sleep=10&mb=2&status=503&other=x"),
+            parse("ms=5&sleep=10&mb=2&status=503&other=x"),
             Ok(Work {
                 cpu_ms: 5,
                 sleep_ms: 10,
@@ -324,10 +350,17 @@ mod tests {
                 echo_headers: false
             })
         );
-        assert!(Work::from_query("headers").unwrap().echo_headers);
+        assert!(parse("headers").unwrap().echo_headers);
         for bad in ["ms=abc", "ms=-1", "sleep=600001", "mb=99999", "status=99", "status=700", "ms"] {
-            let error = Work::from_query(bad).expect_err(bad);
+            let error = parse(bad).expect_err(bad);
             assert!(error.contains(bad.split('=').next().unwrap()), "{error}");
+        }
+        // An exposed function's own, lower limits.
+        let strict = Limits { ms: 100, mb: 8 };
+        assert!(Work::from_query("ms=100&sleep=100&mb=8", strict).is_ok());
+        for bad in ["ms=101", "sleep=101", "mb=9"] {
+            let error = Work::from_query(bad, strict).expect_err(bad);
+            assert!(error.contains("from 0 to"), "{error}");
         }
     }
 

@@ -40,11 +40,14 @@ pub fn containerd(test: &str) -> Option<TestContainerd> {
     Some(TestContainerd { namespace, socket: containerd.socket.clone(), containerd, _dir: dir })
 }
 
-/// The test image, built once per test binary.
+/// The test image, built once per test binary run, in cargo's temporary directory for tests
+/// under one name per test binary (a later run replaces it: nothing accumulates in /tmp).
 pub fn image_tar() -> &'static Path {
     static TAR: OnceLock<PathBuf> = OnceLock::new();
     TAR.get_or_init(|| {
-        let path = std::env::temp_dir().join(format!("wavelink-test-image-{}.tar", std::process::id()));
+        let binary = std::env::current_exe().ok().and_then(|e| e.file_stem().map(|s| s.to_string_lossy().into_owned()));
+        let path = Path::new(env!("CARGO_TARGET_TMPDIR"))
+            .join(format!("wavelink-test-image-{}.tar", binary.as_deref().unwrap_or("tests")));
         let busybox = private::which("busybox").expect("busybox");
         let status = super::wavelink()
             .args(["image", "--name", IMAGE, "--program", env!("CARGO_BIN_EXE_wavelink-fn"), "--out"])
