@@ -440,3 +440,54 @@ fn an_idle_function_has_no_series_or_samples_until_its_first_request() {
     let later: Vec<String> = active(newest);
     assert!(later.iter().all(|name| name != "idle"), "{later:?}");
 }
+
+#[test]
+fn http2_clients_get_each_stream_served_as_a_request_with_its_own_slot() {
+    use http_body_util::{BodyExt, Empty};
+    let a = start_fn("a");
+    let proxy = start_proxy(&function_yaml(
+        "wavelink.dev/container-concurrency: \"1\", wavelink.dev/queue-timeout: 30s",
+        &[&a],
+    ));
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let answers = runtime.block_on(async {
+        // h2c with prior knowledge, as gRPC clients speak it: one connection, four streams at once.
+        let stream = tokio::net::TcpStream::connect(proxy.listen).await.expect("connect");
+        let (sender, connection) = hyper::client::conn::http2::handshake(
+            hyper_util::rt::TokioExecutor::new(),
+            hyper_util::rt::TokioIo::new(stream),
+        )
+        .await
+        .expect("an HTTP/2 handshake");
+        tokio::spawn(connection);
+        let streams: Vec<_> = (0..4)
+            .map(|_| {
+                let mut sender = sender.clone();
+                tokio::spawn(async move {
+                    let request = http::Request::get(format!("http://{HOST}/?sleep=200"))
+                        .body(Empty::<bytes::Bytes>::new())
+                        .unwrap();
+                    let response = sender.send_request(request).await.expect("a response");
+                    let (parts, body) = response.into_parts();
+                    let body = body.collect().await.expect("a body").to_bytes();
+                    (parts.status, parts.headers, body)
+                })
+            })
+            .collect();
+        let mut answers = Vec::new();
+        for stream in streams {
+            answers.push(tokio::time::timeout(PATIENCE, stream).await.expect("in time").expect("the stream's task"));
+        }
+        answers
+    });
+    for (status, headers, body) in &answers {
+        assert_eq!(*status, 200, "{body:?}");
+        // Each stream held a slot of its own: the instance of concurrency 1 never ran two.
+        assert_eq!(headers.get("x-wavelink-in-flight").and_then(|v| v.to_str().ok()), Some("1"));
+        assert!(headers.get("x-request-id").is_some());
+    }
+    assert_eq!(proxy.function_stats("hello")["completed"]["regular"], 4);
+    // HTTP/1.1 clients are served as before on the same listener.
+    assert_eq!(get(proxy.listen, HOST, "/").unwrap().status, 200);
+    assert_no_slot_leaked(&proxy);
+}

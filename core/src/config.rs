@@ -228,6 +228,10 @@ pub struct ProxyConfig {
     /// track, duration, request id), as nginx's `access_log`.
     #[serde(default = "default_true")]
     pub access_log: bool,
+    /// Serve HTTP/2 without TLS to clients that start with its preface (h2c with prior
+    /// knowledge, as gRPC clients do); HTTP/1.1 clients are served as before.
+    #[serde(default = "default_true")]
+    pub h2c: bool,
 }
 
 impl Default for ProxyConfig {
@@ -244,6 +248,7 @@ impl Default for ProxyConfig {
             header_timeout: default_header_timeout(),
             metrics_expiry: default_metrics_expiry(),
             access_log: true,
+            h2c: true,
         }
     }
 }

@@ -36,6 +36,7 @@ pub struct ProxySettings {
     /// Idle time after which a function's metric series are dropped (`None`: never).
     pub metrics_expiry: Option<Duration>,
     pub access_log: bool,
+    pub h2c: bool,
 }
 
 impl ProxySettings {
@@ -55,6 +56,7 @@ impl ProxySettings {
             },
             metrics_expiry: Some(config.proxy.metrics_expiry).filter(|d| !d.is_zero()),
             access_log: config.proxy.access_log,
+            h2c: config.proxy.h2c,
         }
     }
 }
@@ -139,7 +141,7 @@ impl Proxy {
         let bounds = Bounds { limits: settings.connections, counters: self.connections.clone() };
         raise_open_files_limit(settings.connections.max_connections);
         let assembly = Assembly::new(settings.threads, settings.grace_period)
-            .proxy("wavelink proxy", ingress, settings.listen, settings.threads, bounds)
+            .proxy("wavelink proxy", ingress, settings.listen, settings.threads, bounds, settings.h2c)
             .admin("wavelink admin", admin, settings.admin)
             .background(
                 "stats sampler",

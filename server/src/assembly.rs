@@ -5,6 +5,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use pingora_core::apps::HttpServerOptions;
 use pingora_core::apps::http_app::ServeHttp;
 use pingora_core::server::{RunArgs, Server, ShutdownSignalWatch};
 use pingora_core::services::background::{BackgroundService, background_service};
@@ -36,13 +37,27 @@ impl Assembly {
 
     /// The request listener, served by a Pingora proxy on `threads` threads behind the
     /// connection bounds (the proxy must call [`crate::connections::header_received`] and
-    /// [`crate::connections::request_done`]).
-    pub fn proxy<P>(mut self, name: &str, proxy: P, listen: SocketAddr, threads: usize, bounds: Bounds) -> Self
+    /// [`crate::connections::request_done`]); with `h2c`, a connection that starts with the
+    /// HTTP/2 preface is served as HTTP/2 (cleartext, prior knowledge), each stream a request.
+    pub fn proxy<P>(
+        mut self,
+        name: &str,
+        proxy: P,
+        listen: SocketAddr,
+        threads: usize,
+        bounds: Bounds,
+        h2c: bool,
+    ) -> Self
     where
         P: ProxyHttp + Send + Sync + 'static,
         P::CTX: Send + Sync,
     {
-        let app = pingora_proxy::http_proxy(&self.server.configuration, proxy);
+        let mut app = pingora_proxy::http_proxy(&self.server.configuration, proxy);
+        if h2c {
+            let mut options = HttpServerOptions::default();
+            options.h2c = true;
+            app.server_options = Some(options);
+        }
         let mut service = Service::new(name.to_owned(), Guarded::new(app, bounds.limits, bounds.counters));
         service.add_tcp(&listen.to_string());
         service.threads = Some(threads);

@@ -7,8 +7,11 @@
 //! connection's stream: the first byte of a request header arms a deadline, the service marks
 //! the header received ([`header_received`], from `early_request_filter`) and the request over
 //! ([`request_done`], from `logging`); a read still waiting for the header at the deadline fails,
-//! and Pingora closes the connection. This is HTTP/1's framing: an HTTP/2 connection (not served
-//! yet) carries many requests at once and would need its own rule (its handshake's deadline).
+//! and Pingora closes the connection. This is HTTP/1's framing: an HTTP/2 connection carries
+//! many requests at once, so once its preface is seen (h2c with prior knowledge) the deadline no
+//! longer applies and HTTP/2's own limits do (Pingora's HTTP/2 idle timeout). The preface check
+//! itself is bounded by the header deadline and decides as soon as the bytes differ, so an
+//! HTTP/1 request shorter than the preface is not held up waiting for 24 bytes.
 
 use std::fmt;
 use std::future::Future;
@@ -212,6 +215,9 @@ impl Phase {
     }
 }
 
+/// The HTTP/2 connection preface (RFC 9113 §3.4).
+const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
 /// A client connection's stream with its header deadline.
 pub struct GuardedStream {
     inner: Stream,
@@ -220,11 +226,38 @@ pub struct GuardedStream {
     phase: Phase,
     /// The running deadline and the header count it was armed at.
     deadline: Option<(u32, Pin<Box<Sleep>>)>,
+    /// Bytes read to look for the HTTP/2 preface, handed to the next reads.
+    peeked: Vec<u8>,
+    /// An HTTP/2 connection: no HTTP/1 header deadline.
+    multiplexed: bool,
 }
 
 impl GuardedStream {
     fn new(inner: Stream, header_timeout: Duration, counters: Arc<ConnectionCounters>) -> Self {
-        GuardedStream { inner, header_timeout, counters, phase: Phase::default(), deadline: None }
+        GuardedStream {
+            inner,
+            header_timeout,
+            counters,
+            phase: Phase::default(),
+            deadline: None,
+            peeked: Vec::new(),
+            multiplexed: false,
+        }
+    }
+
+    /// Reads until the bytes are the whole HTTP/2 preface or differ from it (or the client
+    /// stops sending: end of stream).
+    async fn read_preface_or_less(&mut self) -> io::Result<()> {
+        let mut byte = [0u8; 64];
+        while self.peeked.len() < H2_PREFACE.len() && H2_PREFACE.starts_with(&self.peeked) {
+            let want = H2_PREFACE.len() - self.peeked.len();
+            let n = self.inner.read(&mut byte[..want]).await?;
+            if n == 0 {
+                break;
+            }
+            self.peeked.extend_from_slice(&byte[..n]);
+        }
+        Ok(())
     }
 
     /// Drops a deadline that no longer applies: its header arrived, or a request is running.
@@ -237,7 +270,11 @@ impl GuardedStream {
     }
 
     fn arm_deadline(&mut self) {
-        if self.deadline.is_none() && !self.header_timeout.is_zero() && !self.phase.in_request.load(Ordering::Acquire) {
+        if self.deadline.is_none()
+            && !self.multiplexed
+            && !self.header_timeout.is_zero()
+            && !self.phase.in_request.load(Ordering::Acquire)
+        {
             let headers = self.phase.headers.load(Ordering::Acquire);
             self.deadline = Some((headers, Box::pin(tokio::time::sleep(self.header_timeout))));
         }
@@ -253,6 +290,12 @@ impl fmt::Debug for GuardedStream {
 impl AsyncRead for GuardedStream {
     fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
         let this = &mut *self;
+        if !this.peeked.is_empty() {
+            let n = this.peeked.len().min(buf.remaining());
+            buf.put_slice(&this.peeked[..n]);
+            this.peeked.drain(..n);
+            return Poll::Ready(Ok(()));
+        }
         this.settle_deadline();
         let before = buf.filled().len();
         match Pin::new(&mut this.inner).poll_read(cx, buf) {
@@ -360,10 +403,33 @@ impl GetSocketDigest for GuardedStream {
     }
 }
 
+/// Pingora peeks for the HTTP/2 preface when h2c is on: `buf` gets the bytes read (what is not
+/// read stays zero, so it differs from the preface), and they are read again afterwards.
 #[async_trait]
 impl Peek for GuardedStream {
     async fn try_peek(&mut self, buf: &mut [u8]) -> io::Result<bool> {
-        self.inner.try_peek(buf).await
+        // The preface is part of the first request's header: its deadline runs from here.
+        self.arm_deadline();
+        let read = if self.header_timeout.is_zero() {
+            self.read_preface_or_less().await
+        } else {
+            match tokio::time::timeout(self.header_timeout, self.read_preface_or_less()).await {
+                Ok(read) => read,
+                Err(_) => {
+                    self.counters.header_timeouts.fetch_add(1, Ordering::Relaxed);
+                    return Err(io::Error::new(io::ErrorKind::TimedOut, "request header timeout"));
+                }
+            }
+        };
+        read?;
+        let n = self.peeked.len().min(buf.len());
+        buf[..n].copy_from_slice(&self.peeked[..n]);
+        buf[n..].fill(0);
+        self.multiplexed = self.peeked.as_slice() == H2_PREFACE;
+        if self.multiplexed {
+            self.deadline = None;
+        }
+        Ok(true)
     }
 }
 
@@ -424,6 +490,48 @@ mod tests {
         read_some(&mut server).await.unwrap();
         let error = tokio::time::timeout(Duration::from_secs(10), read_some(&mut server)).await.unwrap().unwrap_err();
         assert_eq!(error.kind(), io::ErrorKind::TimedOut);
+        assert_eq!(counters.header_timeouts(), 1);
+    }
+
+    #[tokio::test]
+    async fn an_http1_request_shorter_than_the_h2_preface_is_not_held_and_is_read_whole() {
+        let (mut server, mut client, _) = guarded_pair();
+        client.write_all(b"GET / HTTP/1.0\r\n\r\n").await.unwrap();
+        let mut peek = [0u8; 24];
+        // Decided at the first byte that differs, not after 24 bytes that never come.
+        let peeked = tokio::time::timeout(SHORT / 2, server.try_peek(&mut peek)).await.expect("decided at once");
+        assert!(peeked.unwrap());
+        assert_ne!(&peek, H2_PREFACE);
+        assert!(!server.multiplexed);
+        let mut request = vec![0u8; 18];
+        server.read_exact(&mut request).await.unwrap();
+        assert_eq!(request, b"GET / HTTP/1.0\r\n\r\n", "the peeked bytes are read again");
+    }
+
+    #[tokio::test]
+    async fn an_h2_connection_is_recognised_and_has_no_http1_header_deadline() {
+        let (mut server, mut client, counters) = guarded_pair();
+        client.write_all(H2_PREFACE).await.unwrap();
+        client.write_all(b"\0\0\0\x04\0\0\0\0\0").await.unwrap(); // an empty SETTINGS frame
+        let mut peek = [0u8; 24];
+        assert!(server.try_peek(&mut peek).await.unwrap());
+        assert_eq!(&peek, H2_PREFACE);
+        let mut first = vec![0u8; 33];
+        server.read_exact(&mut first).await.unwrap();
+        assert_eq!(&first[..24], H2_PREFACE);
+        // Streams may be idle for longer than a header may take: no HTTP/1 deadline here.
+        let waited = tokio::time::timeout(SHORT * 3, read_some(&mut server)).await;
+        assert!(waited.is_err(), "the read should still be waiting: {waited:?}");
+        assert_eq!(counters.header_timeouts(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_preface_that_stops_halfway_times_out() {
+        let (mut server, mut client, counters) = guarded_pair();
+        client.write_all(&H2_PREFACE[..10]).await.unwrap();
+        let mut peek = [0u8; 24];
+        let result = tokio::time::timeout(Duration::from_secs(10), server.try_peek(&mut peek)).await.unwrap();
+        assert_eq!(result.unwrap_err().kind(), io::ErrorKind::TimedOut);
         assert_eq!(counters.header_timeouts(), 1);
     }
 

@@ -123,6 +123,8 @@ impl Wavelet {
                     limits: ConnectionLimits::default(),
                     counters: Default::default(),
                 },
+                // The proxy speaks HTTP/1.1 to Wavelets.
+                false,
             )
             .admin("wavelet admin", admin, settings.admin)
             .background("instance reaper", Reaper { pools: self.pools.clone() })
