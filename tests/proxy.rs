@@ -367,9 +367,17 @@ fn metrics_count_requests_by_function_track_and_status_class() {
     wait_until("no function with instances", || with_instances().as_array().is_some_and(Vec::is_empty));
     assert_eq!(admin_get(&proxy, "/v1/functions").unwrap().json().as_array().map(Vec::len), Some(1));
     assert_eq!(admin_get(&proxy, "/nope").unwrap().status, 404);
-    let wrong_method =
+    // A call that is not a read needs the token before anything else is said about it.
+    let unauthenticated =
         send(proxy.admin, "POST /stats HTTP/1.1\r\nHost: a\r\nContent-Length: 0\r\nConnection: close\r\n\r\n").unwrap();
+    assert_eq!(unauthenticated.status, 401);
+    let wrong_method = send(
+        proxy.admin,
+        &format!("POST /stats HTTP/1.1\r\nHost: a\r\nAuthorization: Bearer {TEST_TOKEN}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"),
+    )
+    .unwrap();
     assert_eq!(wrong_method.status, 405);
+    assert_eq!(wrong_method.header("allow"), Some("GET"));
 }
 
 #[test]

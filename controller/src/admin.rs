@@ -12,11 +12,11 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use http::{Method, Response, StatusCode};
-use pingora_core::apps::http_app::ServeHttp;
 use pingora_core::protocols::http::ServerSession;
 use serde::Deserialize;
 use wavelink_core::FunctionId;
-use wavelink_server::admin::{allow, health, json, metrics, read_body, text};
+use wavelink_server::admin::{AdminEndpoints, allow, json, metrics, read_body, text};
+use wavelink_server::auth::InternalAuth;
 use wavelink_server::health::Health;
 
 use crate::backend::BackendError;
@@ -33,48 +33,60 @@ struct Poke {
 }
 
 #[async_trait]
-impl ServeHttp for AdminApi {
-    async fn response(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
-        let method = session.req_header().method.clone();
-        let path = session.req_header().uri.path().to_owned();
-        let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
-        match (&method, segments.as_slice()) {
-            (&Method::GET, ["healthz"]) => text(StatusCode::OK, "ok\n"),
-            (&Method::GET, ["readyz"]) => health(self.health.ready(), self.health.reason()),
-            (&Method::GET, ["metrics"]) => metrics(self.controller.metrics().encode()),
+impl AdminEndpoints for AdminApi {
+    fn health(&self) -> &Health {
+        &self.health
+    }
+
+    fn metrics(&self) -> Response<Vec<u8>> {
+        metrics(self.controller.metrics().encode())
+    }
+
+    fn auth(&self) -> Arc<InternalAuth> {
+        self.controller.internal_auth().clone()
+    }
+
+    async fn serve(
+        &self,
+        method: &Method,
+        segments: &[&str],
+        session: &mut ServerSession,
+    ) -> Option<Response<Vec<u8>>> {
+        Some(match (method, segments) {
             (&Method::GET, ["v1", "functions"]) => match self.controller.view().await {
                 Ok(view) => json(StatusCode::OK, &view),
                 Err(e) => text(StatusCode::SERVICE_UNAVAILABLE, &format!("{e}\n")),
             },
-            (&Method::POST, ["v1", "functions", namespace, name, "poke"]) => {
-                let authorization = session.req_header().headers.get(http::header::AUTHORIZATION);
-                if let Some(refusal) = self.controller.internal_auth().check_admin(authorization) {
-                    return refusal;
-                }
-                let id = match FunctionId::new(namespace, name) {
-                    Ok(id) => id,
-                    Err(e) => return text(StatusCode::BAD_REQUEST, &format!("{e}\n")),
-                };
-                let body = match read_body(session).await {
-                    Ok(body) => body,
-                    Err(message) => return text(StatusCode::BAD_REQUEST, &message),
-                };
-                let poke: Poke = match serde_json::from_slice(&body) {
-                    Ok(poke) => poke,
-                    Err(e) => return text(StatusCode::BAD_REQUEST, &format!("expected {{\"want\": N}}: {e}\n")),
-                };
-                match self.controller.poke(&id, poke.want).await {
-                    Ok(replicas) => json(StatusCode::OK, &serde_json::json!({ "replicas": replicas })),
-                    Err(e @ PokeError::Backend(BackendError::UnknownFunction(_))) => {
-                        text(StatusCode::NOT_FOUND, &format!("{e}\n"))
-                    }
-                    Err(e @ PokeError::Refused(..)) => text(StatusCode::CONFLICT, &format!("{e}\n")),
-                    Err(e) => text(StatusCode::SERVICE_UNAVAILABLE, &format!("{e}\n")),
-                }
-            }
-            (_, ["healthz" | "readyz" | "metrics"] | ["v1", "functions"]) => allow(&["GET"]),
+            (&Method::POST, ["v1", "functions", namespace, name, "poke"]) => self.poke(namespace, name, session).await,
+            (_, ["v1", "functions"]) => allow(&["GET"]),
             (_, ["v1", "functions", _, _, "poke"]) => allow(&["POST"]),
-            _ => text(StatusCode::NOT_FOUND, &format!("no admin endpoint at {path}\n")),
+            _ => return None,
+        })
+    }
+}
+
+impl AdminApi {
+    /// `POST .../poke` (the router has checked the caller's token).
+    async fn poke(&self, namespace: &str, name: &str, session: &mut ServerSession) -> Response<Vec<u8>> {
+        let id = match FunctionId::new(namespace, name) {
+            Ok(id) => id,
+            Err(e) => return text(StatusCode::BAD_REQUEST, &format!("{e}\n")),
+        };
+        let body = match read_body(session).await {
+            Ok(body) => body,
+            Err(message) => return text(StatusCode::BAD_REQUEST, &message),
+        };
+        let poke: Poke = match serde_json::from_slice(&body) {
+            Ok(poke) => poke,
+            Err(e) => return text(StatusCode::BAD_REQUEST, &format!("expected {{\"want\": N}}: {e}\n")),
+        };
+        match self.controller.poke(&id, poke.want).await {
+            Ok(replicas) => json(StatusCode::OK, &serde_json::json!({ "replicas": replicas })),
+            Err(e @ PokeError::Backend(BackendError::UnknownFunction(_))) => {
+                text(StatusCode::NOT_FOUND, &format!("{e}\n"))
+            }
+            Err(e @ PokeError::Refused(..)) => text(StatusCode::CONFLICT, &format!("{e}\n")),
+            Err(e) => text(StatusCode::SERVICE_UNAVAILABLE, &format!("{e}\n")),
         }
     }
 }

@@ -218,7 +218,7 @@ impl Controller {
         self
     }
 
-    pub fn internal_auth(&self) -> &InternalAuth {
+    pub fn internal_auth(&self) -> &Arc<InternalAuth> {
         &self.auth
     }
 

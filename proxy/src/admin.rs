@@ -16,7 +16,6 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use http::{Method, Response, StatusCode};
-use pingora_core::apps::http_app::ServeHttp;
 use pingora_core::protocols::http::ServerSession;
 use serde::Serialize;
 use tracing::info;
@@ -24,7 +23,8 @@ use wavelink_core::FunctionId;
 use wavelink_core::config::check_instance_address;
 use wavelink_core::stats::{COMPACT_STATS, FunctionStats, ProxyStats, RejectedStats, TrackCounts};
 
-use wavelink_server::admin::{allow, health, json, metrics, read_body, respond, text};
+use wavelink_server::admin::{AdminEndpoints, allow, json, metrics, read_body, respond, text};
+use wavelink_server::auth::InternalAuth;
 use wavelink_server::health::Health;
 
 use crate::function::FunctionState;
@@ -41,15 +41,35 @@ pub struct AdminApi {
 }
 
 #[async_trait]
-impl ServeHttp for AdminApi {
-    async fn response(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
-        let method = session.req_header().method.clone();
-        let path = session.req_header().uri.path().to_owned();
-        let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
-        match (&method, segments.as_slice()) {
-            (&Method::GET, ["healthz"]) => text(StatusCode::OK, "ok\n"),
-            (&Method::GET, ["readyz"]) => health(self.health.ready(), self.health.reason()),
-            (&Method::GET, ["metrics"]) => self.metrics(),
+impl AdminEndpoints for AdminApi {
+    fn health(&self) -> &Health {
+        &self.health
+    }
+
+    fn metrics(&self) -> Response<Vec<u8>> {
+        // Series exist only for functions that had traffic (the others cost nothing here).
+        for f in self.router.table().functions.iter() {
+            if let Some(metrics) = f.metrics_if_used() {
+                metrics.regular_in_flight.set(i64::from(f.load.regular.now()));
+                metrics.emergency_in_flight.set(i64::from(f.load.emergency.now()));
+                metrics.queued.set(i64::from(f.queued()));
+                metrics.regular_instances.set(f.routing().regular.len() as i64);
+            }
+        }
+        metrics(self.router.metrics().encode())
+    }
+
+    fn auth(&self) -> Arc<InternalAuth> {
+        self.router.links().auth.load_full()
+    }
+
+    async fn serve(
+        &self,
+        method: &Method,
+        segments: &[&str],
+        session: &mut ServerSession,
+    ) -> Option<Response<Vec<u8>>> {
+        Some(match (method, segments) {
             (&Method::GET, ["stats"]) => match stats_since(session.req_header().uri.query()) {
                 Ok(since) if accepts(session, COMPACT_STATS) => match self.stats(since).to_compact() {
                     Ok(bytes) => respond(StatusCode::OK, COMPACT_STATS, bytes),
@@ -69,38 +89,12 @@ impl ServeHttp for AdminApi {
                 Err((status, message)) => text(status, &message),
             },
             (&Method::PUT, ["v1", "functions", namespace, name, "instances"]) => {
-                let authorization = session.req_header().headers.get(http::header::AUTHORIZATION);
-                if let Some(refusal) = self.router.links().auth.load().check_admin(authorization) {
-                    return refusal;
-                }
-                let function = match self.find(namespace, name) {
-                    Ok(f) => f,
-                    Err((status, message)) => return text(status, &message),
-                };
-                let body = match read_body(session).await {
-                    Ok(body) => body,
-                    Err(message) => return text(StatusCode::BAD_REQUEST, &message),
-                };
-                let addrs: Vec<SocketAddr> = match serde_json::from_slice(&body) {
-                    Ok(addrs) => addrs,
-                    Err(e) => {
-                        let message = format!("expected a JSON list of \"ip:port\" strings: {e}\n");
-                        return text(StatusCode::BAD_REQUEST, &message);
-                    }
-                };
-                let own = [self.listen, self.admin];
-                if let Some(e) = addrs.iter().find_map(|a| check_instance_address(*a, &own).err()) {
-                    return text(StatusCode::BAD_REQUEST, &format!("{e}\n"));
-                }
-                let change = function.set_instances(&addrs);
-                info!(function = %function.id, added = change.added, removed = change.removed,
-                      kept = change.kept, "instances replaced");
-                json(StatusCode::OK, &change)
+                self.replace_instances(namespace, name, session).await
             }
-            (_, ["healthz" | "readyz" | "metrics" | "stats"] | ["v1", "functions" | "wavelets"]) => allow(&["GET"]),
+            (_, ["stats"] | ["v1", "functions" | "wavelets"]) => allow(&["GET"]),
             (_, ["v1", "functions", _, _, "instances"]) => allow(&["GET", "PUT"]),
-            _ => text(StatusCode::NOT_FOUND, &format!("no admin endpoint at {path}\n")),
-        }
+            _ => return None,
+        })
     }
 }
 
@@ -127,17 +121,31 @@ impl AdminApi {
         self.router.function(&id).ok_or_else(|| (StatusCode::NOT_FOUND, format!("no function {id} is configured\n")))
     }
 
-    fn metrics(&self) -> Response<Vec<u8>> {
-        // Series exist only for functions that had traffic (the others cost nothing here).
-        for f in self.router.table().functions.iter() {
-            if let Some(metrics) = f.metrics_if_used() {
-                metrics.regular_in_flight.set(i64::from(f.load.regular.now()));
-                metrics.emergency_in_flight.set(i64::from(f.load.emergency.now()));
-                metrics.queued.set(i64::from(f.queued()));
-                metrics.regular_instances.set(f.routing().regular.len() as i64);
+    /// `PUT .../instances` (the router has checked the caller's token).
+    async fn replace_instances(&self, namespace: &str, name: &str, session: &mut ServerSession) -> Response<Vec<u8>> {
+        let function = match self.find(namespace, name) {
+            Ok(f) => f,
+            Err((status, message)) => return text(status, &message),
+        };
+        let body = match read_body(session).await {
+            Ok(body) => body,
+            Err(message) => return text(StatusCode::BAD_REQUEST, &message),
+        };
+        let addrs: Vec<SocketAddr> = match serde_json::from_slice(&body) {
+            Ok(addrs) => addrs,
+            Err(e) => {
+                let message = format!("expected a JSON list of \"ip:port\" strings: {e}\n");
+                return text(StatusCode::BAD_REQUEST, &message);
             }
+        };
+        let own = [self.listen, self.admin];
+        if let Some(e) = addrs.iter().find_map(|a| check_instance_address(*a, &own).err()) {
+            return text(StatusCode::BAD_REQUEST, &format!("{e}\n"));
         }
-        metrics(self.router.metrics().encode())
+        let change = function.set_instances(&addrs);
+        info!(function = %function.id, added = change.added, removed = change.removed,
+              kept = change.kept, "instances replaced");
+        json(StatusCode::OK, &change)
     }
 
     /// Every function; with `since` (ms since the epoch), only those with samples after it or

@@ -1,8 +1,63 @@
-//! Small-response helpers for admin listeners (Pingora `ServeHttp` handlers).
+//! The admin listener every component has: one router for what they share (`/healthz`,
+//! `/readyz`, `/metrics`, 404 and 405 answers, and the rule that a call which is not a read
+//! needs the internal token), and small-response helpers for their own endpoints.
 
-use http::{Response, StatusCode};
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use http::{Method, Response, StatusCode};
+use pingora_core::apps::http_app::ServeHttp;
 use pingora_core::protocols::http::ServerSession;
 use serde::Serialize;
+
+use crate::auth::InternalAuth;
+use crate::health::Health;
+
+/// A component's own admin endpoints, served by [`AdminRouter`] after the shared ones.
+#[async_trait]
+pub trait AdminEndpoints: Send + Sync + 'static {
+    fn health(&self) -> &Health;
+    /// Prometheus text of the component's registry.
+    fn metrics(&self) -> Response<Vec<u8>>;
+    /// What a call that is not a read (any method but GET and HEAD) must carry.
+    fn auth(&self) -> Arc<InternalAuth>;
+    /// The answer for the component's own endpoint at `segments` (the path split at `/`), or
+    /// `None` when it has none there (404). A path it has with another method: its own 405.
+    async fn serve(&self, method: &Method, segments: &[&str], session: &mut ServerSession)
+    -> Option<Response<Vec<u8>>>;
+}
+
+/// Serves the endpoints every component shares, then the component's own.
+pub struct AdminRouter<E>(pub E);
+
+#[async_trait]
+impl<E: AdminEndpoints> ServeHttp for AdminRouter<E> {
+    async fn response(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
+        let endpoints = &self.0;
+        let method = session.req_header().method.clone();
+        let path = session.req_header().uri.path().to_owned();
+        let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
+        match (&method, segments.as_slice()) {
+            (&Method::GET, ["healthz"]) => text(StatusCode::OK, "ok\n"),
+            (&Method::GET, ["readyz"]) => health(endpoints.health().ready(), endpoints.health().reason()),
+            (&Method::GET, ["metrics"]) => endpoints.metrics(),
+            (_, ["healthz" | "readyz" | "metrics"]) => allow(&["GET"]),
+            _ => {
+                // Reads are open (health, metrics, listings); anything else changes state.
+                if method != Method::GET && method != Method::HEAD {
+                    let authorization = session.req_header().headers.get(http::header::AUTHORIZATION);
+                    if let Some(refusal) = endpoints.auth().check_admin(authorization) {
+                        return refusal;
+                    }
+                }
+                match endpoints.serve(&method, &segments, session).await {
+                    Some(response) => response,
+                    None => text(StatusCode::NOT_FOUND, &format!("no admin endpoint at {path}\n")),
+                }
+            }
+        }
+    }
+}
 
 /// Largest request body an admin endpoint reads.
 pub const MAX_BODY: usize = 1 << 20;

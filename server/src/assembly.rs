@@ -5,8 +5,8 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::admin::{AdminEndpoints, AdminRouter};
 use pingora_core::apps::HttpServerOptions;
-use pingora_core::apps::http_app::ServeHttp;
 use pingora_core::server::{RunArgs, Server, ShutdownSignalWatch};
 use pingora_core::services::background::{BackgroundService, background_service};
 use pingora_core::services::listening::Service;
@@ -65,9 +65,9 @@ impl Assembly {
         self
     }
 
-    /// The admin listener, on one thread.
-    pub fn admin<A: ServeHttp + Send + Sync + 'static>(mut self, name: &str, app: A, listen: SocketAddr) -> Self {
-        let mut service = Service::new(name.to_owned(), app);
+    /// The admin listener, on one thread: the shared endpoints, then the component's own.
+    pub fn admin<E: AdminEndpoints>(mut self, name: &str, endpoints: E, listen: SocketAddr) -> Self {
+        let mut service = Service::new(name.to_owned(), AdminRouter(endpoints));
         service.add_tcp(&listen.to_string());
         service.threads = Some(1);
         self.server.add_service(service);

@@ -12,10 +12,10 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use http::{Method, Response, StatusCode};
-use pingora_core::apps::http_app::ServeHttp;
 use pingora_core::protocols::http::ServerSession;
 use serde::Serialize;
-use wavelink_server::admin::{allow, health, json, metrics, text};
+use wavelink_server::admin::{AdminEndpoints, allow, json, metrics};
+use wavelink_server::auth::InternalAuth;
 use wavelink_server::health::Health;
 
 use crate::pool::Pools;
@@ -23,6 +23,8 @@ use crate::pool::Pools;
 pub struct AdminApi {
     pub pools: Arc<Pools>,
     pub health: Arc<Health>,
+    /// Nothing here changes state yet; the shared router requires it of anything that would.
+    pub auth: Arc<InternalAuth>,
 }
 
 #[derive(Serialize)]
@@ -37,18 +39,30 @@ struct InstanceListing {
 }
 
 #[async_trait]
-impl ServeHttp for AdminApi {
-    async fn response(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
-        let method = session.req_header().method.clone();
-        let path = session.req_header().uri.path().to_owned();
-        match (&method, path.trim_matches('/')) {
-            (&Method::GET, "healthz") => text(StatusCode::OK, "ok\n"),
-            (&Method::GET, "readyz") => health(self.health.ready(), self.health.reason()),
-            (&Method::GET, "metrics") => metrics(self.pools.metrics().encode()),
-            (&Method::GET, "v1/instances") => json(StatusCode::OK, &self.instances()),
-            (_, "healthz" | "readyz" | "metrics" | "v1/instances") => allow(&["GET"]),
-            _ => text(StatusCode::NOT_FOUND, &format!("no admin endpoint at {path}\n")),
-        }
+impl AdminEndpoints for AdminApi {
+    fn health(&self) -> &Health {
+        &self.health
+    }
+
+    fn metrics(&self) -> Response<Vec<u8>> {
+        metrics(self.pools.metrics().encode())
+    }
+
+    fn auth(&self) -> Arc<InternalAuth> {
+        self.auth.clone()
+    }
+
+    async fn serve(
+        &self,
+        method: &Method,
+        segments: &[&str],
+        _session: &mut ServerSession,
+    ) -> Option<Response<Vec<u8>>> {
+        Some(match (method, segments) {
+            (&Method::GET, ["v1", "instances"]) => json(StatusCode::OK, &self.instances()),
+            (_, ["v1", "instances"]) => allow(&["GET"]),
+            _ => return None,
+        })
     }
 }
 

@@ -111,7 +111,7 @@ impl Wavelet {
             spawn_timeout: settings.spawn_timeout,
             auth: settings.auth.clone(),
         };
-        let admin = AdminApi { pools: self.pools.clone(), health: self.health.clone() };
+        let admin = AdminApi { pools: self.pools.clone(), health: self.health.clone(), auth: settings.auth.clone() };
         let assembly = Assembly::new(settings.threads, settings.grace_period)
             .proxy(
                 "wavelet",
