@@ -344,8 +344,15 @@ impl Stack {
             .args(extra)
             .stdout(Stdio::null())
             .stderr(log);
-        let proc = Proc::spawn("wavelet", &mut command);
-        wait_until("wavelet ready", || ready(self.wavelets[index].1));
+        let mut proc = Proc::spawn("wavelet", &mut command);
+        wait_until("wavelet ready", || {
+            // A Wavelet that exited (a port taken between choosing and binding it) says why.
+            if let Ok(Some(status)) = proc.child.try_wait() {
+                let log = std::fs::read_to_string(self.wavelet_log_path(index)).unwrap_or_default();
+                panic!("the wavelet exited ({status}) before it was ready:\n{log}");
+            }
+            ready(self.wavelets[index].1)
+        });
         proc
     }
 
