@@ -499,3 +499,98 @@ fn http2_clients_get_each_stream_served_as_a_request_with_its_own_slot() {
     assert_eq!(get(proxy.listen, HOST, "/").unwrap().status, 200);
     assert_no_slot_leaked(&proxy);
 }
+
+/// An upstream that accepts one connection, agrees to a WebSocket upgrade and echoes what it
+/// gets until the client closes (bounded: it gives up after `PATIENCE`).
+fn start_upgrade_echo() -> (std::net::SocketAddr, std::thread::JoinHandle<()>) {
+    use std::io::Read;
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind the echo upstream");
+    let addr = listener.local_addr().expect("its address");
+    let handle = std::thread::spawn(move || {
+        listener.set_nonblocking(true).expect("nonblocking accept");
+        let deadline = Instant::now() + PATIENCE;
+        let mut conn = loop {
+            match listener.accept() {
+                Ok((conn, _)) => break conn,
+                Err(_) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(10)),
+                Err(e) => panic!("no connection from the proxy: {e}"),
+            }
+        };
+        conn.set_nonblocking(false).expect("blocking connection");
+        conn.set_read_timeout(Some(PATIENCE)).expect("read timeout");
+        let mut request = Vec::new();
+        let mut byte = [0u8; 1];
+        while !request.ends_with(b"\r\n\r\n") {
+            if conn.read(&mut byte).expect("the upgrade request") == 0 {
+                return;
+            }
+            request.push(byte[0]);
+        }
+        conn.write_all(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n")
+            .expect("the 101");
+        let mut buf = [0u8; 1024];
+        loop {
+            match conn.read(&mut buf) {
+                Ok(0) | Err(_) => return,
+                Ok(n) => {
+                    if conn.write_all(&buf[..n]).is_err() {
+                        return;
+                    }
+                }
+            }
+        }
+    });
+    (addr, handle)
+}
+
+#[test]
+fn a_websocket_holds_its_slot_while_open_outlives_the_request_timeout_and_frees_it_on_close() {
+    use std::io::Read;
+    let (upstream, echo) = start_upgrade_echo();
+    let proxy = start_proxy(&format!(
+        "  - {{ name: hello, instances: [\"{upstream}\"], annotations: {{ wavelink.dev/timeout: 1s, wavelink.dev/container-concurrency: \"1\" }} }}\n"
+    ));
+    let mut client = TcpStream::connect(proxy.listen).expect("connect");
+    client.set_read_timeout(Some(PATIENCE)).unwrap();
+    client
+        .write_all(
+            format!(
+                "GET /chat HTTP/1.1\r\nHost: {HOST}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+                 Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+            )
+            .as_bytes(),
+        )
+        .unwrap();
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        assert_eq!(
+            client.read(&mut byte).expect("the upgrade answer"),
+            1,
+            "closed: {}",
+            String::from_utf8_lossy(&head)
+        );
+        head.push(byte[0]);
+    }
+    let head = String::from_utf8_lossy(&head).into_owned();
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    let echo_once = |client: &mut TcpStream, message: &[u8]| {
+        client.write_all(message).unwrap();
+        let mut back = vec![0u8; message.len()];
+        client.read_exact(&mut back).expect("the echo");
+        assert_eq!(back, message);
+    };
+    echo_once(&mut client, b"first");
+    // The connection holds the function's one slot while it is open.
+    assert_eq!(proxy.function_stats("hello")["in_flight"]["regular"], 1);
+    // Longer than the function's 1 s timeout, quiet, then used again: not cut.
+    std::thread::sleep(Duration::from_millis(1600));
+    echo_once(&mut client, b"after the timeout");
+    assert_eq!(proxy.function_stats("hello")["in_flight"]["regular"], 1);
+    drop(client);
+    wait_until("the slot is freed when the connection closes", || {
+        proxy.function_stats("hello")["in_flight"]["regular"] == 0
+    });
+    echo.join().expect("the echo upstream");
+    assert_no_slot_leaked(&proxy);
+}

@@ -63,6 +63,11 @@ pub struct RequestCtx {
     arrived: Instant,
     /// The client's `x-request-id` if usable, else a new one.
     request_id: String,
+    /// The client asked to switch protocols (`Upgrade`: WebSocket and the like).
+    upgrade: bool,
+    /// The instance agreed (101): the connection is now a tunnel, held with its slot until
+    /// either side closes, and the request's `timeout` no longer applies.
+    upgraded: bool,
     function: Option<Arc<FunctionState>>,
     slot: Option<SlotGuard>,
     /// The track of the slot the request was last sent on.
@@ -93,6 +98,8 @@ impl ProxyHttp for Ingress {
         RequestCtx {
             arrived: Instant::now(),
             request_id: String::new(),
+            upgrade: false,
+            upgraded: false,
             function: None,
             slot: None,
             track: Track::None,
@@ -126,6 +133,7 @@ impl ProxyHttp for Ingress {
             Some(id) if usable_request_id(id.as_bytes()) => String::from_utf8_lossy(id.as_bytes()).into_owned(),
             _ => new_request_id(&mut fastrand::Rng::new()),
         };
+        ctx.upgrade = header.headers.contains_key(http::header::UPGRADE);
         let id_header = [(REQUEST_ID_HEADER, ctx.request_id.as_str())];
         let host = header
             .headers
@@ -211,8 +219,13 @@ impl ProxyHttp for Ingress {
         // the wait for the response to start, or the idle timeout when shorter (Knative's idle
         // timer also runs before the first byte).
         let spec = function.spec();
-        let read = spec.idle_timeout.map_or(spec.response_start(), |idle| idle.min(spec.response_start()));
-        peer.options.read_timeout = Some(read);
+        peer.options.read_timeout = if ctx.upgrade {
+            // The upstream read timeout is set once per connection, and an upgraded one (a
+            // WebSocket) may stay quiet for long: only the function's idle-timeout bounds it.
+            spec.idle_timeout
+        } else {
+            Some(spec.idle_timeout.map_or(spec.response_start(), |idle| idle.min(spec.response_start())))
+        };
         peer.options.write_timeout = Some(spec.timeout);
         Ok(Box::new(peer))
     }
@@ -258,6 +271,7 @@ impl ProxyHttp for Ingress {
             Some(v) if v == WAVELET_UNAVAILABLE.as_bytes() => Some(Refusal::Unavailable),
             _ => None,
         };
+        ctx.upgraded = response.status == http::StatusCode::SWITCHING_PROTOCOLS;
         if refusal.is_none()
             && let Some(slot) = &ctx.slot
         {
@@ -283,8 +297,10 @@ impl ProxyHttp for Ingress {
         _end_of_stream: bool,
         ctx: &mut RequestCtx,
     ) -> Result<Option<std::time::Duration>> {
-        // The whole request's bound; each wait for bytes is bounded by the read timeout.
+        // The whole request's bound; each wait for bytes is bounded by the read timeout. An
+        // upgraded connection is not a request any more (Knative cut WebSockets at its timeout).
         if let (Some(sent), Some(function)) = (ctx.sent, &ctx.function)
+            && !ctx.upgraded
             && sent.elapsed() > function.spec().timeout
         {
             eject_instance(ctx);
