@@ -449,18 +449,18 @@ fn an_idle_function_has_no_series_or_samples_until_its_first_request() {
     assert!(later.iter().all(|name| name != "idle"), "{later:?}");
 }
 
-#[test]
-fn http2_clients_get_each_stream_served_as_a_request_with_its_own_slot() {
-    use http_body_util::{BodyExt, Empty};
-    let a = start_fn("a");
-    let proxy = start_proxy(&function_yaml(
-        "wavelink.dev/container-concurrency: \"1\", wavelink.dev/queue-timeout: 30s",
-        &[&a],
-    ));
+type H2Answer = (http::StatusCode, http::HeaderMap, bytes::Bytes);
+
+/// Sends `requests` at once as streams of one HTTP/2 connection without TLS (h2c with prior
+/// knowledge, as gRPC clients speak it) and returns the answers in order.
+fn h2_requests(
+    addr: std::net::SocketAddr,
+    requests: Vec<http::Request<http_body_util::Full<bytes::Bytes>>>,
+) -> Vec<H2Answer> {
+    use http_body_util::BodyExt;
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-    let answers = runtime.block_on(async {
-        // h2c with prior knowledge, as gRPC clients speak it: one connection, four streams at once.
-        let stream = tokio::net::TcpStream::connect(proxy.listen).await.expect("connect");
+    runtime.block_on(async {
+        let stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
         let (sender, connection) = hyper::client::conn::http2::handshake(
             hyper_util::rt::TokioExecutor::new(),
             hyper_util::rt::TokioIo::new(stream),
@@ -468,13 +468,11 @@ fn http2_clients_get_each_stream_served_as_a_request_with_its_own_slot() {
         .await
         .expect("an HTTP/2 handshake");
         tokio::spawn(connection);
-        let streams: Vec<_> = (0..4)
-            .map(|_| {
+        let streams: Vec<_> = requests
+            .into_iter()
+            .map(|request| {
                 let mut sender = sender.clone();
                 tokio::spawn(async move {
-                    let request = http::Request::get(format!("http://{HOST}/?sleep=200"))
-                        .body(Empty::<bytes::Bytes>::new())
-                        .unwrap();
                     let response = sender.send_request(request).await.expect("a response");
                     let (parts, body) = response.into_parts();
                     let body = body.collect().await.expect("a body").to_bytes();
@@ -487,7 +485,21 @@ fn http2_clients_get_each_stream_served_as_a_request_with_its_own_slot() {
             answers.push(tokio::time::timeout(PATIENCE, stream).await.expect("in time").expect("the stream's task"));
         }
         answers
-    });
+    })
+}
+
+#[test]
+fn http2_clients_get_each_stream_served_as_a_request_with_its_own_slot() {
+    let a = start_fn("a");
+    let proxy = start_proxy(&function_yaml(
+        "wavelink.dev/container-concurrency: \"1\", wavelink.dev/queue-timeout: 30s",
+        &[&a],
+    ));
+    // One connection, four streams at once.
+    let requests = (0..4)
+        .map(|_| http::Request::get(format!("http://{HOST}/?sleep=200")).body(Default::default()).unwrap())
+        .collect();
+    let answers = h2_requests(proxy.listen, requests);
     for (status, headers, body) in &answers {
         assert_eq!(*status, 200, "{body:?}");
         // Each stream held a slot of its own: the instance of concurrency 1 never ran two.
@@ -497,6 +509,39 @@ fn http2_clients_get_each_stream_served_as_a_request_with_its_own_slot() {
     assert_eq!(proxy.function_stats("hello")["completed"]["regular"], 4);
     // HTTP/1.1 clients are served as before on the same listener.
     assert_eq!(get(proxy.listen, HOST, "/").unwrap().status, 200);
+    assert_no_slot_leaked(&proxy);
+}
+
+#[test]
+fn an_overloaded_function_answers_a_grpc_call_unavailable_in_grpc_terms() {
+    let a = start_fn("a");
+    // One slot and no queue: while it is taken, any other request is turned away at once.
+    let proxy = start_proxy(&function_yaml(
+        "wavelink.dev/container-concurrency: \"1\", wavelink.dev/queue-depth: \"0\"",
+        &[&a],
+    ));
+    let listen = proxy.listen;
+    let long = std::thread::spawn(move || get(listen, HOST, "/?sleep=2000").expect("the long request"));
+    wait_until("the slot is taken", || proxy.function_stats("hello")["in_flight"]["regular"] == 1);
+    let call = http::Request::post(format!("http://{HOST}/helloworld.Greeter/SayHello"))
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .body(http_body_util::Full::new(bytes::Bytes::from_static(b"\0\0\0\0\0")))
+        .unwrap();
+    let (status, headers, body) = h2_requests(proxy.listen, vec![call]).remove(0);
+    let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).unwrap_or_default().to_owned();
+    // A trailers-only gRPC answer: HTTP 200, grpc-status 14 (UNAVAILABLE, which clients retry).
+    assert_eq!(status, 200, "{headers:?} {body:?}");
+    assert_eq!(header("content-type"), "application/grpc");
+    assert_eq!(header("grpc-status"), "14", "{headers:?}");
+    assert!(!header("grpc-message").is_empty());
+    assert!(body.is_empty());
+    // An HTTP client of the same function still gets its 503 with Retry-After.
+    let plain = get(proxy.listen, HOST, "/").unwrap();
+    assert_eq!((plain.status, plain.header("retry-after")), (503, Some("1")));
+    assert_eq!(long.join().unwrap().status, 200);
+    // Both turned-away requests count as what they were: server errors, not successes.
+    assert_metric_lines(&proxy, &[r#"wavelink_requests_total{code="5xx",function="default/hello",track="none"} 2"#]);
     assert_no_slot_leaked(&proxy);
 }
 

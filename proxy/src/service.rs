@@ -33,7 +33,10 @@ use pingora_proxy::{FailToProxy, ProxyHttp, Session};
 use tracing::info;
 use wavelink_core::forwarded::{REQUEST_ID_HEADER, forwarded, new_request_id, usable_request_id, x_forwarded_for};
 use wavelink_core::function::host_without_port;
-use wavelink_core::wire::{FUNCTION_HEADER, TRACK_HEADER, WAVELET_FULL, WAVELET_HEADER, WAVELET_UNAVAILABLE};
+use wavelink_core::wire::{
+    FUNCTION_HEADER, TRACK_HEADER, WAVELET_FULL, WAVELET_HEADER, WAVELET_UNAVAILABLE, grpc_message,
+    grpc_status_for_http, is_grpc,
+};
 use wavelink_server::auth::TOKEN_HEADER;
 use wavelink_server::connections;
 use wavelink_server::headers::remove_internal_headers;
@@ -65,6 +68,11 @@ pub struct RequestCtx {
     request_id: String,
     /// The client asked to switch protocols (`Upgrade`: WebSocket and the like).
     upgrade: bool,
+    /// A gRPC call: the proxy's own answers are gRPC statuses, not bare HTTP errors.
+    grpc: bool,
+    /// The status the proxy answered with itself (for a gRPC call the HTTP status is 200, so
+    /// metrics and the access log count this one).
+    own_status: Option<u16>,
     /// The instance agreed (101): the connection is now a tunnel, held with its slot until
     /// either side closes, and the request's `timeout` no longer applies.
     upgraded: bool,
@@ -100,6 +108,8 @@ impl ProxyHttp for Ingress {
             request_id: String::new(),
             upgrade: false,
             upgraded: false,
+            grpc: false,
+            own_status: None,
             function: None,
             slot: None,
             track: Track::None,
@@ -134,7 +144,8 @@ impl ProxyHttp for Ingress {
             _ => new_request_id(&mut fastrand::Rng::new()),
         };
         ctx.upgrade = header.headers.contains_key(http::header::UPGRADE);
-        let id_header = [(REQUEST_ID_HEADER, ctx.request_id.as_str())];
+        ctx.grpc = header.headers.get(http::header::CONTENT_TYPE).is_some_and(|v| is_grpc(v.as_bytes()));
+        let (grpc, request_id) = (ctx.grpc, ctx.request_id.clone());
         let host = header
             .headers
             .get(http::header::HOST)
@@ -142,7 +153,8 @@ impl ProxyHttp for Ingress {
             .or_else(|| header.uri.host())
             .and_then(host_without_port);
         let Some(host) = host else {
-            respond(session, 400, &id_header, Bytes::from_static(b"missing Host header\n")).await?;
+            ctx.own_status = Some(400);
+            answer(session, grpc, 400, &request_id, &[], "missing Host header\n").await?;
             return Ok(true);
         };
         let Some(function) = self.router.lookup(host) else {
@@ -153,7 +165,8 @@ impl ProxyHttp for Ingress {
             }
             self.router.metrics().unknown_host.inc();
             let body = format!("no function is served at host {host:?}\n");
-            respond(session, 404, &id_header, Bytes::from(body)).await?;
+            ctx.own_status = Some(404);
+            answer(session, grpc, 404, &request_id, &[], &body).await?;
             return Ok(true);
         };
         function.load.arrived();
@@ -165,8 +178,8 @@ impl ProxyHttp for Ingress {
                 Some(Ok(slot)) => slot,
                 Some(Err(rejection)) => {
                     let body = format!("{}\n", rejection_message(function, rejection));
-                    let headers = [("retry-after", "1"), id_header[0]];
-                    respond(session, 503, &headers, Bytes::from(body)).await?;
+                    ctx.own_status = Some(503);
+                    answer(session, grpc, 503, &request_id, &[("retry-after", "1")], &body).await?;
                     return Ok(true);
                 }
                 None => {
@@ -387,18 +400,19 @@ impl ProxyHttp for Ingress {
         e
     }
 
-    async fn fail_to_proxy(&self, session: &mut Session, e: &Error, _ctx: &mut RequestCtx) -> FailToProxy {
+    async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut RequestCtx) -> FailToProxy {
         let code = failure_status(e);
         let reason = e.context.as_ref().map(|c| c.as_str().to_owned()).unwrap_or_else(|| e.etype().as_str().to_owned());
-        let body = Bytes::from(format!("{}\n", reason.lines().next().unwrap_or_default()));
+        let body = format!("{}\n", reason.lines().next().unwrap_or_default());
+        ctx.own_status = (code != 0).then_some(code);
         match code {
             0 => {}
             // Overload: tell the client when to come back, like the queue's 503.
             503 => {
-                let _ = respond(session, 503, &[("retry-after", "1")], body).await;
+                let _ = answer(session, ctx.grpc, 503, &ctx.request_id, &[("retry-after", "1")], &body).await;
             }
             _ => {
-                let _ = respond(session, code, &[], body).await;
+                let _ = answer(session, ctx.grpc, code, &ctx.request_id, &[], &body).await;
             }
         }
         FailToProxy { error_code: code, can_reuse_downstream: false }
@@ -425,7 +439,7 @@ impl ProxyHttp for Ingress {
         connections::request_done(session);
         // The exchange is over: free the slot before the connection is wound down.
         ctx.slot = None;
-        let status = session.response_written().map(|r| r.status.as_u16());
+        let status = ctx.own_status.or_else(|| session.response_written().map(|r| r.status.as_u16()));
         if let Some(function) = &ctx.function {
             function.metrics().record(ctx.track, status, ctx.arrived.elapsed().as_secs_f64());
         }
@@ -438,6 +452,28 @@ impl ProxyHttp for Ingress {
                   ms = ctx.arrived.elapsed().as_secs_f64() * 1000.0, request_id = %ctx.request_id);
         }
     }
+}
+
+/// The proxy's own answer: `status` with a one-line body, or for a gRPC call the gRPC status
+/// clients understand (a trailers-only response: HTTP 200, `grpc-status`, `grpc-message`), so
+/// an overloaded gRPC function is UNAVAILABLE (14) rather than an opaque HTTP 503.
+async fn answer(
+    session: &mut Session,
+    grpc: bool,
+    status: u16,
+    request_id: &str,
+    headers: &[(&'static str, &str)],
+    message: &str,
+) -> Result<()> {
+    let mut all: Vec<(&'static str, &str)> = headers.to_vec();
+    all.push((REQUEST_ID_HEADER, request_id));
+    if !grpc {
+        return respond(session, status, &all, Bytes::from(message.to_owned())).await;
+    }
+    let code = grpc_status_for_http(status).to_string();
+    let text = grpc_message(message);
+    all.extend([("content-type", "application/grpc"), ("grpc-status", code.as_str()), ("grpc-message", text.as_str())]);
+    respond(session, 200, &all, Bytes::new()).await
 }
 
 /// The status a failed request is answered with: the one chosen on the way, 504 for timeouts,
