@@ -32,7 +32,6 @@ pub struct Router {
     domain: String,
     table: ArcSwap<RouteTable>,
     metrics: Arc<ProxyMetrics>,
-    peer_settings: PeerSettings,
     links: Arc<Links>,
     /// The seconds `/stats` has samples for.
     sampled: crate::stats::SampledIntervals,
@@ -44,7 +43,6 @@ impl Router {
             domain: domain.trim_end_matches('.').to_ascii_lowercase(),
             table: ArcSwap::from_pointee(RouteTable::default()),
             metrics,
-            peer_settings,
             links: Arc::new(Links::new(Wavelets::new(&[], peer_settings), peer_settings)),
             sampled: crate::stats::SampledIntervals::default(),
         }
@@ -66,7 +64,7 @@ impl Router {
             return;
         }
         info!(wavelets = ?addrs, "spilling to these Wavelets");
-        self.links.wavelets.store(Arc::new(Wavelets::new(addrs, self.peer_settings)));
+        self.links.wavelets.store(Arc::new(Wavelets::new(addrs, self.links.peer_settings)));
         // Waiters may be able to spill now.
         for f in self.functions() {
             f.wake_waiters();

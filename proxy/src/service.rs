@@ -145,7 +145,6 @@ impl ProxyHttp for Ingress {
         };
         ctx.upgrade = header.headers.contains_key(http::header::UPGRADE);
         ctx.grpc = header.headers.get(http::header::CONTENT_TYPE).is_some_and(|v| is_grpc(v.as_bytes()));
-        let (grpc, request_id) = (ctx.grpc, ctx.request_id.clone());
         let host = header
             .headers
             .get(http::header::HOST)
@@ -153,8 +152,7 @@ impl ProxyHttp for Ingress {
             .or_else(|| header.uri.host())
             .and_then(host_without_port);
         let Some(host) = host else {
-            ctx.own_status = Some(400);
-            answer(session, grpc, 400, &request_id, &[], "missing Host header\n").await?;
+            answer(session, ctx, 400, &[], "missing Host header\n").await?;
             return Ok(true);
         };
         let Some(function) = self.router.lookup(host) else {
@@ -165,8 +163,7 @@ impl ProxyHttp for Ingress {
             }
             self.router.metrics().unknown_host.inc();
             let body = format!("no function is served at host {host:?}\n");
-            ctx.own_status = Some(404);
-            answer(session, grpc, 404, &request_id, &[], &body).await?;
+            answer(session, ctx, 404, &[], &body).await?;
             return Ok(true);
         };
         function.load.arrived();
@@ -178,8 +175,7 @@ impl ProxyHttp for Ingress {
                 Some(Ok(slot)) => slot,
                 Some(Err(rejection)) => {
                     let body = format!("{}\n", rejection_message(function, rejection));
-                    ctx.own_status = Some(503);
-                    answer(session, grpc, 503, &request_id, &[("retry-after", "1")], &body).await?;
+                    answer(session, ctx, 503, &[("retry-after", "1")], &body).await?;
                     return Ok(true);
                 }
                 None => {
@@ -254,9 +250,8 @@ impl ProxyHttp for Ingress {
         upstream_request.insert_header(REQUEST_ID_HEADER, ctx.request_id.as_str())?;
         if let Some(client) = session.client_addr().and_then(|a| a.as_inet()).map(|a| a.ip()) {
             let header_text = |name: &str| upstream_request.headers.get(name).and_then(|v| v.to_str().ok());
-            let host = header_text("host").map(str::to_owned);
             let for_list = x_forwarded_for(header_text("x-forwarded-for"), client);
-            let element = forwarded(header_text("forwarded"), client, "http", host.as_deref());
+            let element = forwarded(header_text("forwarded"), client, "http", header_text("host"));
             upstream_request.insert_header("x-forwarded-for", for_list)?;
             upstream_request.insert_header("forwarded", element)?;
         }
@@ -404,15 +399,14 @@ impl ProxyHttp for Ingress {
         let code = failure_status(e);
         let reason = e.context.as_ref().map(|c| c.as_str().to_owned()).unwrap_or_else(|| e.etype().as_str().to_owned());
         let body = format!("{}\n", reason.lines().next().unwrap_or_default());
-        ctx.own_status = (code != 0).then_some(code);
         match code {
             0 => {}
             // Overload: tell the client when to come back, like the queue's 503.
             503 => {
-                let _ = answer(session, ctx.grpc, 503, &ctx.request_id, &[("retry-after", "1")], &body).await;
+                let _ = answer(session, ctx, 503, &[("retry-after", "1")], &body).await;
             }
             _ => {
-                let _ = answer(session, ctx.grpc, code, &ctx.request_id, &[], &body).await;
+                let _ = answer(session, ctx, code, &[], &body).await;
             }
         }
         FailToProxy { error_code: code, can_reuse_downstream: false }
@@ -456,18 +450,19 @@ impl ProxyHttp for Ingress {
 
 /// The proxy's own answer: `status` with a one-line body, or for a gRPC call the gRPC status
 /// clients understand (a trailers-only response: HTTP 200, `grpc-status`, `grpc-message`), so
-/// an overloaded gRPC function is UNAVAILABLE (14) rather than an opaque HTTP 503.
+/// an overloaded gRPC function is UNAVAILABLE (14) rather than an opaque HTTP 503. The status
+/// is what metrics and the access log count.
 async fn answer(
     session: &mut Session,
-    grpc: bool,
+    ctx: &mut RequestCtx,
     status: u16,
-    request_id: &str,
     headers: &[(&'static str, &str)],
     message: &str,
 ) -> Result<()> {
+    ctx.own_status = Some(status);
     let mut all: Vec<(&'static str, &str)> = headers.to_vec();
-    all.push((REQUEST_ID_HEADER, request_id));
-    if !grpc {
+    all.push((REQUEST_ID_HEADER, &ctx.request_id));
+    if !ctx.grpc {
         return respond(session, status, &all, Bytes::from(message.to_owned())).await;
     }
     let code = grpc_status_for_http(status).to_string();
