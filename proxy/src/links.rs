@@ -75,17 +75,15 @@ impl Links {
         }
         let path = format!("/v1/functions/{}/{}/poke", function.namespace, function.name);
         let body = format!("{{\"want\":{want}}}").into_bytes();
-        let authorization = self.auth.load().authorization();
+        let auth = self.auth.load_full();
         tokio::spawn(async move {
-            let headers: Vec<(http::HeaderName, &str)> =
-                authorization.iter().map(|a| (http::header::AUTHORIZATION, a.as_str())).collect();
             for &controller in controllers.iter() {
-                let call = wavelink_server::client::call_with(
+                let call = wavelink_server::client::call_authorized(
                     controller,
                     http::Method::POST,
                     &path,
                     Some(body.clone()),
-                    &headers,
+                    &auth,
                     POKE_TIMEOUT,
                 );
                 if let Err(e) = call.await {

@@ -9,6 +9,8 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper_util::rt::TokioIo;
 
+use crate::auth::InternalAuth;
+
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
     #[error("{0}: {1}")]
@@ -30,6 +32,22 @@ pub async fn call(
     timeout: Duration,
 ) -> Result<Vec<u8>, ClientError> {
     Ok(call_with(addr, method, path, body, &[], timeout).await?.body)
+}
+
+/// [`call`] carrying `auth`'s token (`Authorization: Bearer`, when there is one): a call that
+/// changes state on another component.
+pub async fn call_authorized(
+    addr: SocketAddr,
+    method: http::Method,
+    path: &str,
+    body: Option<Vec<u8>>,
+    auth: &InternalAuth,
+    timeout: Duration,
+) -> Result<Vec<u8>, ClientError> {
+    let authorization = auth.authorization();
+    let headers: Vec<(http::header::HeaderName, &str)> =
+        authorization.iter().map(|a| (http::header::AUTHORIZATION, a.as_str())).collect();
+    Ok(call_with(addr, method, path, body, &headers, timeout).await?.body)
 }
 
 /// A successful answer.

@@ -393,10 +393,9 @@ impl Inner {
     async fn put(&self, proxy: SocketAddr, id: &FunctionId, addrs: &[SocketAddr]) {
         let body = serde_json::to_vec(addrs).unwrap_or_else(|_| b"[]".to_vec());
         let path = instances_path(id);
-        let authorization = self.auth.authorization();
-        let headers: Vec<(http::HeaderName, &str)> =
-            authorization.iter().map(|a| (http::header::AUTHORIZATION, a.as_str())).collect();
-        if let Err(e) = client::call_with(proxy, http::Method::PUT, &path, Some(body), &headers, ADMIN_TIMEOUT).await {
+        if let Err(e) =
+            client::call_authorized(proxy, http::Method::PUT, &path, Some(body), &self.auth, ADMIN_TIMEOUT).await
+        {
             debug!(function = %id, proxy = %proxy, error = %e, "could not update a proxy's instances; the next round retries");
         }
     }
