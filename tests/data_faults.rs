@@ -69,13 +69,7 @@ fn an_address_removed_and_re_added_while_busy_still_gets_one_request_at_a_time()
     let listen = proxy.listen;
     let first = std::thread::spawn(move || get(listen, HOST, "/?sleep=1500").expect("first"));
     wait_until("the first request runs", || instances_of(&proxy).iter().any(|i| i["in_flight"] == 1));
-    let put = |body: &str| {
-        let request = format!(
-            "PUT /v1/functions/default/hello/instances HTTP/1.1\r\nHost: a\r\nAuthorization: Bearer {TEST_TOKEN}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-            body.len()
-        );
-        assert_eq!(send(proxy.admin, &request).unwrap().status, 200);
-    };
+    let put = |body: &str| assert_eq!(put_instances(&proxy, "hello", body).status, 200);
     put("[]");
     put(&format!("[\"{}\"]", a.addr));
     let second = get(listen, HOST, "/").expect("second");

@@ -143,14 +143,7 @@ fn replacing_instances_takes_effect_without_dropping_in_flight_requests() {
     wait_until("the long request is on a", || proxy.function_stats("hello")["in_flight"]["regular"] == 1);
 
     let body = format!("[\"{}\"]", b.addr);
-    let put = send(
-        proxy.admin,
-        &format!(
-            "PUT /v1/functions/default/hello/instances HTTP/1.1\r\nHost: admin\r\nAuthorization: Bearer {TEST_TOKEN}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-            body.len()
-        ),
-    )
-    .unwrap();
+    let put = put_instances(&proxy, "hello", &body);
     assert_eq!(put.status, 200, "{}", put.text());
     let change: serde_json::Value = serde_json::from_slice(&put.body).unwrap();
     assert_eq!(change, serde_json::json!({"added": 1, "removed": 1, "kept": 0}));
@@ -169,18 +162,10 @@ fn replacing_instances_takes_effect_without_dropping_in_flight_requests() {
     assert_eq!(long.status, 200, "the in-flight request on the removed instance completed");
     assert_eq!(long.header("x-wavelink-instance"), Some("a"));
 
-    let bad = send(
-        proxy.admin,
-        &format!("PUT /v1/functions/default/hello/instances HTTP/1.1\r\nHost: admin\r\nAuthorization: Bearer {TEST_TOKEN}\r\nContent-Length: 13\r\nConnection: close\r\n\r\n[\"not-an-ip\"]"),
-    )
-    .unwrap();
+    let bad = put_instances(&proxy, "hello", "[\"not-an-ip\"]");
     assert_eq!(bad.status, 400);
     assert!(bad.text().contains("ip:port"), "{}", bad.text());
-    let unknown = send(
-        proxy.admin,
-        &format!("PUT /v1/functions/default/nope/instances HTTP/1.1\r\nHost: admin\r\nAuthorization: Bearer {TEST_TOKEN}\r\nContent-Length: 2\r\nConnection: close\r\n\r\n[]"),
-    )
-    .unwrap();
+    let unknown = put_instances(&proxy, "nope", "[]");
     assert_eq!(unknown.status, 404);
     // A change without the internal token, or with another: refused, and nothing changes.
     for credentials in ["", "Authorization: Bearer wavelink-other-token-0123456789\r\n"] {
@@ -200,14 +185,7 @@ fn replacing_instances_takes_effect_without_dropping_in_flight_requests() {
     // listener), nor is an address one cannot connect to: refused, and the list is unchanged.
     for own in [proxy.admin.to_string(), proxy.listen.to_string(), "0.0.0.0:80".to_owned()] {
         let body = format!("[\"{own}\"]");
-        let put = send(
-            proxy.admin,
-            &format!(
-                "PUT /v1/functions/default/hello/instances HTTP/1.1\r\nHost: admin\r\nAuthorization: Bearer {TEST_TOKEN}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                body.len()
-            ),
-        )
-        .unwrap();
+        let put = put_instances(&proxy, "hello", &body);
         assert_eq!(put.status, 400, "{own}: {}", put.text());
         assert!(put.text().contains(&own), "{}", put.text());
     }
@@ -358,11 +336,7 @@ fn metrics_count_requests_by_function_track_and_status_class() {
     // `?with-instances` leaves out functions without any (what a re-asserting controller reads).
     let with_instances = || admin_get(&proxy, "/v1/functions?with-instances").unwrap().json();
     assert_eq!(with_instances()[0]["function"], "default/hello");
-    let emptied = send(
-        proxy.admin,
-        &format!("PUT /v1/functions/default/hello/instances HTTP/1.1\r\nHost: a\r\nAuthorization: Bearer {TEST_TOKEN}\r\nContent-Length: 2\r\nConnection: close\r\n\r\n[]"),
-    )
-    .unwrap();
+    let emptied = put_instances(&proxy, "hello", "[]");
     assert!(emptied.status < 300, "{}", emptied.text());
     wait_until("no function with instances", || with_instances().as_array().is_some_and(Vec::is_empty));
     assert_eq!(admin_get(&proxy, "/v1/functions").unwrap().json().as_array().map(Vec::len), Some(1));

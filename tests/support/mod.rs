@@ -180,6 +180,16 @@ pub fn admin_get(proxy: &ProxyUnderTest, path: &str) -> std::io::Result<HttpResp
     send(proxy.admin, &format!("GET {path} HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n"))
 }
 
+/// Replaces the instances of `default/{name}` through the admin API, with the test token.
+pub fn put_instances(proxy: &ProxyUnderTest, name: &str, body: &str) -> HttpResponse {
+    let request = format!(
+        "PUT /v1/functions/default/{name}/instances HTTP/1.1\r\nHost: admin\r\nAuthorization: Bearer {TEST_TOKEN}\r\n\
+         Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    send(proxy.admin, &request).expect("the admin API answers")
+}
+
 /// Polls `condition` every 20 ms until it holds; panics after [`PATIENCE`].
 pub fn wait_until(what: &str, condition: impl FnMut() -> bool) {
     wait_within(what, PATIENCE, condition)
