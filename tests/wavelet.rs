@@ -10,16 +10,6 @@ use std::time::Duration;
 use nix::sys::signal::Signal;
 use support::*;
 
-/// A function in a namespace of its own: `<prefix>-<random>`, so its instances are told apart
-/// in /proc by their `WAVELINK_FUNCTION` environment variable, from other tests and other runs.
-struct TestFunction {
-    namespace: String,
-    yaml: String,
-    host: String,
-    marker: String,
-    _reaper: KillOnDrop,
-}
-
 fn function(prefix: &str, annotations: &str, extra: &str) -> TestFunction {
     function_with_command(prefix, "[\"wavelink\", \"fn\"]", annotations, extra)
 }
@@ -27,39 +17,6 @@ fn function(prefix: &str, annotations: &str, extra: &str) -> TestFunction {
 /// The same, run by the small `wavelink-fn` binary (found next to the Wavelet's binary).
 fn lean_function(prefix: &str, annotations: &str, extra: &str) -> TestFunction {
     function_with_command(prefix, "[\"wavelink-fn\"]", annotations, extra)
-}
-
-fn function_with_command(prefix: &str, command: &str, annotations: &str, extra: &str) -> TestFunction {
-    let namespace = format!("{prefix}-{:06x}", nonce() & 0xff_ffff);
-    let yaml = format!(
-        "  - name: burst\n    namespace: {namespace}\n    command: {command}\n    annotations: {{ {annotations} }}\n{}",
-        extra.replace("NAMESPACE", &namespace)
-    );
-    let marker = format!("WAVELINK_FUNCTION={namespace}/burst");
-    TestFunction {
-        host: format!("burst.{namespace}.example.com"),
-        _reaper: KillOnDrop(marker.clone()),
-        namespace,
-        yaml,
-        marker,
-    }
-}
-
-impl TestFunction {
-    /// The headers that route a request sent straight to a Wavelet, as the proxy does.
-    fn header(&self) -> String {
-        format!("x-wavelink-function: {}/burst\r\nx-wavelink-token: {TEST_TOKEN}\r\n", self.namespace)
-    }
-
-    /// A complete request for a Wavelet, asking for `path`.
-    fn direct(&self, path: &str) -> String {
-        format!("GET {path} HTTP/1.1\r\nHost: {}\r\n{}Connection: close\r\n\r\n", self.host, self.header())
-    }
-}
-
-/// Whatever happens in a test, no instance process of its function outlives it.
-fn wait_for_no_instances(marker: &str, limit: Duration) {
-    wait_within("no instance process left (checked in /proc)", limit, || processes_with_env(marker).is_empty());
 }
 
 #[test]

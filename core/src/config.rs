@@ -232,6 +232,67 @@ pub struct ProxyConfig {
     /// knowledge, as gRPC clients do); HTTP/1.1 clients are served as before.
     #[serde(default = "default_true")]
     pub h2c: bool,
+    /// A TLS listener beside the plaintext one (off when absent).
+    #[serde(default)]
+    pub tls: Option<TlsConfig>,
+}
+
+/// The `proxy.tls:` section: HTTPS (and HTTP/2 by ALPN) for clients.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct TlsConfig {
+    /// Where TLS clients connect.
+    pub listen: SocketAddr,
+    /// PEM certificate chains and keys; each serves the DNS names of its certificate (wildcards
+    /// `*.<domain>` included), chosen by the client's SNI. Files are re-read when they change.
+    #[serde(default)]
+    pub certificates: Vec<CertificateFiles>,
+    /// `namespace/name` of `kubernetes.io/tls` Secrets to serve (with `kubernetes:`), watched:
+    /// a changed Secret is served to new connections without a restart.
+    #[serde(default)]
+    pub secrets: Vec<String>,
+    /// Redirect every plaintext request to HTTPS (308); per function:
+    /// `wavelink.dev/https-redirect`.
+    #[serde(default)]
+    pub redirect: bool,
+    /// The port redirects name [default: the TLS listener's port]; set it when clients reach
+    /// the listener through another port (a load balancer's 443).
+    #[serde(default)]
+    pub redirect_port: Option<u16>,
+    /// Offer HTTP/2 by ALPN (`h2`, then `http/1.1`).
+    #[serde(default = "default_true")]
+    pub http2: bool,
+    /// How often certificate files are checked for a change.
+    #[serde(default = "default_reload_interval", deserialize_with = "duration_field")]
+    pub reload_interval: Duration,
+    /// Longest TLS handshake; a slower client is disconnected.
+    #[serde(default = "default_handshake_timeout", deserialize_with = "duration_field")]
+    pub handshake_timeout: Duration,
+}
+
+impl TlsConfig {
+    /// The port a redirect to HTTPS names.
+    pub fn redirect_port(&self) -> u16 {
+        self.redirect_port.unwrap_or(self.listen.port())
+    }
+}
+
+/// One certificate of `proxy.tls.certificates`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct CertificateFiles {
+    /// The certificate chain, leaf first (PEM).
+    pub cert: std::path::PathBuf,
+    /// Its private key (PEM: PKCS#8, PKCS#1 or SEC1).
+    pub key: std::path::PathBuf,
+}
+
+fn default_reload_interval() -> Duration {
+    Duration::from_secs(10)
+}
+
+fn default_handshake_timeout() -> Duration {
+    Duration::from_secs(10)
 }
 
 impl Default for ProxyConfig {
@@ -249,6 +310,7 @@ impl Default for ProxyConfig {
             metrics_expiry: default_metrics_expiry(),
             access_log: true,
             h2c: true,
+            tls: None,
         }
     }
 }
@@ -421,6 +483,8 @@ pub enum ConfigError {
     TwoSources,
     #[error("kubernetes.lease-duration must be at least 3s")]
     LeaseDuration,
+    #[error("proxy.tls: {0}")]
+    Tls(String),
 }
 
 impl LocalConfig {
@@ -449,6 +513,9 @@ impl LocalConfig {
                 return Err(ConfigError::Interval("decide-interval"));
             }
         }
+        if let Some(tls) = &config.proxy.tls {
+            config.check_tls(tls)?;
+        }
         if let Some(k) = &config.kubernetes {
             if !config.functions.is_empty() {
                 return Err(ConfigError::TwoSources);
@@ -460,6 +527,34 @@ impl LocalConfig {
         Ok(config)
     }
 
+    fn check_tls(&self, tls: &TlsConfig) -> Result<(), ConfigError> {
+        if tls.certificates.is_empty() && tls.secrets.is_empty() {
+            return Err(ConfigError::Tls("name at least one certificate (certificates:) or Secret (secrets:)".into()));
+        }
+        if !tls.secrets.is_empty() && self.kubernetes.is_none() {
+            return Err(ConfigError::Tls("secrets: need the kubernetes: section".into()));
+        }
+        if let Some(bad) =
+            tls.secrets.iter().find(|s| s.split_once('/').is_none_or(|(ns, n)| ns.is_empty() || n.is_empty()))
+        {
+            return Err(ConfigError::Tls(format!("secret {bad:?} is not namespace/name")));
+        }
+        if tls.listen == self.proxy.listen || tls.listen == self.proxy.admin {
+            return Err(ConfigError::Tls(format!("listen {} is already the proxy's listen or admin", tls.listen)));
+        }
+        if tls.handshake_timeout.is_zero() || tls.reload_interval.is_zero() {
+            return Err(ConfigError::Tls("handshake-timeout and reload-interval must be more than 0".into()));
+        }
+        Ok(())
+    }
+
+    /// The proxy's own listeners, which no instance may be.
+    pub fn proxy_listeners(&self) -> Vec<SocketAddr> {
+        let mut own = vec![self.proxy.listen, self.proxy.admin];
+        own.extend(self.proxy.tls.as_ref().map(|t| t.listen));
+        own
+    }
+
     /// Validates every function: the accepted ones in file order, and the rejected ones with the
     /// reason (invalid name, bad annotations, or a duplicate of an earlier entry).
     pub fn functions(&self) -> (Vec<FunctionDef>, Vec<RejectedFunction>) {
@@ -467,6 +562,7 @@ impl LocalConfig {
         let mut specs = SharedSpecs::default();
         let mut rejected = Vec::new();
         let mut seen = HashSet::new();
+        let own = self.proxy_listeners();
         for entry in &self.functions {
             let written = format!("{}/{}", entry.namespace, entry.name);
             let reject = |error: String| RejectedFunction { function: written.clone(), error };
@@ -485,7 +581,7 @@ impl LocalConfig {
                 rejected.push(reject(format!("env name {name:?} is empty or contains '=' or NUL")));
                 continue;
             }
-            if let Some(e) = entry.instances.iter().find_map(|a| check_instance_address(*a, &[]).err()) {
+            if let Some(e) = entry.instances.iter().find_map(|a| check_instance_address(*a, &own).err()) {
                 rejected.push(reject(e));
                 continue;
             }

@@ -17,6 +17,7 @@ pub mod size;
 pub mod slots;
 pub mod spec;
 pub mod stats;
+pub mod tls;
 pub mod trace;
 pub mod wire;
 

@@ -39,6 +39,8 @@ pub mod keys {
     pub const SPORADIC_THRESHOLD: &str = "wavelink.dev/sporadic-threshold";
     pub const PORT: &str = "wavelink.dev/port";
     pub const CONTAINER: &str = "wavelink.dev/container";
+    pub const PROTOCOL: &str = "wavelink.dev/protocol";
+    pub const HTTPS_REDIRECT: &str = "wavelink.dev/https-redirect";
 }
 
 /// What values a key accepts. Its `Display` is the "accepted range" of error messages and docs.
@@ -226,6 +228,20 @@ pub static ANNOTATIONS: &[AnnotationKey] = &[
         accepted: Accepted::Name,
         meaning: "the pod template's container an Emergency Instance runs (`containerd` runtime); empty: the first",
     },
+    AnnotationKey {
+        name: keys::PROTOCOL,
+        default: "http1",
+        accepted: Accepted::OneOf(&["http1", "h2c"]),
+        meaning: "how the function's instances (RIs and EIs) are spoken to: HTTP/1.1, or HTTP/2 without TLS \
+                  (`h2c`, needed for gRPC; Knative's port name `h2c`)",
+    },
+    AnnotationKey {
+        name: keys::HTTPS_REDIRECT,
+        default: "false",
+        accepted: Accepted::OneOf(&["false", "true"]),
+        meaning: "answer plaintext requests with a 308 to the same URL over HTTPS (needs the proxy's TLS \
+                  listener; `proxy.tls.redirect` does it for every function)",
+    },
 ];
 
 /// The annotation reference as a Markdown table (the one in `docs/annotations.md`).
@@ -294,6 +310,16 @@ impl ScalingMode {
     }
 }
 
+/// How a function's instances are spoken to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum Protocol {
+    /// HTTP/1.1 (each connection one request at a time).
+    #[default]
+    Http1,
+    /// HTTP/2 over cleartext with prior knowledge: gRPC servers and other HTTP/2-only ones.
+    H2c,
+}
+
 /// A function's validated configuration.
 #[derive(Debug, Clone, PartialEq)]
 pub struct FunctionSpec {
@@ -325,6 +351,9 @@ pub struct FunctionSpec {
     pub port: u16,
     /// The pod template's container EIs run; `None`: the first.
     pub container: Option<String>,
+    pub protocol: Protocol,
+    /// Plaintext requests are redirected to HTTPS.
+    pub https_redirect: bool,
 }
 
 impl FunctionSpec {
@@ -448,6 +477,11 @@ impl FunctionSpec {
             sporadic_threshold: Some(reader.duration(keys::SPORADIC_THRESHOLD)).filter(|d| !d.is_zero()),
             port: reader.integer(keys::PORT) as u16,
             container: Some(reader.name(keys::CONTAINER)).filter(|name| !name.is_empty()),
+            protocol: match reader.choice(keys::PROTOCOL) {
+                "h2c" => Protocol::H2c,
+                _ => Protocol::Http1,
+            },
+            https_redirect: reader.choice(keys::HTTPS_REDIRECT) == "true",
         };
 
         if let Some(max) = spec.max_scale
@@ -634,6 +668,18 @@ mod tests {
         assert_eq!(spec.queue_depth, 10_000);
         assert_eq!(spec.sporadic_threshold, Some(Duration::from_secs(60)));
         assert_eq!(spec.port, 8080);
+        assert_eq!(spec.protocol, Protocol::Http1);
+        assert!(!spec.https_redirect);
+    }
+
+    #[test]
+    fn protocol_and_https_redirect_are_read_and_checked() {
+        let spec = parse(&[(keys::PROTOCOL, "h2c"), (keys::HTTPS_REDIRECT, "true")]).unwrap();
+        assert_eq!((spec.protocol, spec.https_redirect), (Protocol::H2c, true));
+        let error = single_error(&[(keys::PROTOCOL, "grpc")]);
+        assert_eq!(error.to_string(), "wavelink.dev/protocol: \"grpc\" is not accepted; expected one of http1, h2c");
+        let error = single_error(&[(keys::HTTPS_REDIRECT, "yes")]);
+        assert!(error.to_string().contains("one of false, true"), "{error}");
     }
 
     #[test]

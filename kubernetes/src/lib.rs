@@ -10,6 +10,7 @@ pub mod catalog;
 pub mod events;
 pub mod leader;
 pub mod scale;
+pub mod secrets;
 pub mod watch;
 
 pub use catalog::{Catalog, ClusterFunction, ClusterRejection, NamespacedName};

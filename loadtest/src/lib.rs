@@ -12,6 +12,7 @@
 pub mod cli;
 pub mod client;
 pub mod engine;
+pub mod grpc;
 pub mod listen_fds;
 pub mod printer;
 pub mod progress;

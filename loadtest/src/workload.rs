@@ -11,6 +11,9 @@
 //! | `status=S` | answer with status S instead of 200 |
 //! | `headers` | answer with the request's headers, one `name: value` per line (what the function saw) |
 //!
+//! The same port speaks HTTP/1.1 and HTTP/2 (h2c, prior knowledge), and answers gRPC calls of
+//! `faas.Executor/Execute` with the same work and limits (see [`crate::grpc`]).
+//!
 //! `ms` and `sleep` are capped by `--max-ms` (10 minutes by default) and `mb` by `--max-mb` (16
 //! GiB): set them low for a function anyone can call.
 //!
@@ -30,9 +33,9 @@ use bytes::Bytes;
 use http::{Request, Response, StatusCode};
 use http_body_util::Full;
 use hyper::body::Incoming;
-use hyper::server::conn::http1;
 use hyper::service::service_fn;
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 use tokio::signal::unix::{SignalKind, signal};
@@ -81,12 +84,12 @@ fn parse_duration_arg(text: &str) -> Result<Duration, String> {
     wavelink_core::duration::parse_duration(text)
 }
 
-struct Instance {
-    id: String,
+pub(crate) struct Instance {
+    pub(crate) id: String,
     in_flight: AtomicU32,
     /// `FN_MESSAGE` from the environment, echoed in every answer.
     message: Option<http::HeaderValue>,
-    limits: Limits,
+    pub(crate) limits: Limits,
 }
 
 /// Runs the workload until SIGTERM or SIGINT.
@@ -127,6 +130,8 @@ async fn serve(listener: std::net::TcpListener, instance: Arc<Instance>, grace_p
     let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
     let mut interrupt = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
     let graceful = GracefulShutdown::new();
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder.http1().keep_alive(true);
     loop {
         let (stream, _) = tokio::select! {
             accepted = listener.accept() => match accepted {
@@ -143,8 +148,9 @@ async fn serve(listener: std::net::TcpListener, instance: Arc<Instance>, grace_p
         };
         let _ = stream.set_nodelay(true);
         let instance = instance.clone();
-        let service = service_fn(move |request| handle(request, instance.clone()));
-        let connection = http1::Builder::new().keep_alive(true).serve_connection(TokioIo::new(stream), service);
+        let service = service_fn(move |request| answer(request, instance.clone()));
+        // HTTP/1.1, or HTTP/2 for a client that starts with its preface (h2c: gRPC).
+        let connection = builder.serve_connection(TokioIo::new(stream), service).into_owned();
         let connection = graceful.watch(connection);
         tokio::spawn(async move {
             // A client going away mid-request is its business, not an error of the function.
@@ -203,10 +209,21 @@ impl Work {
     }
 }
 
-async fn handle(request: Request<Incoming>, instance: Arc<Instance>) -> Result<Response<Full<Bytes>>, Infallible> {
-    let started = Instant::now();
+/// One request: a gRPC call (`faas.Executor/Execute`) or an HTTP request with its query.
+async fn answer(
+    request: Request<Incoming>,
+    instance: Arc<Instance>,
+) -> Result<Response<tonic::body::Body>, Infallible> {
     let in_flight = instance.in_flight.fetch_add(1, SeqCst) + 1;
     let _in_flight = DecrementOnDrop(&instance.in_flight);
+    if crate::grpc::is_grpc(&request) {
+        return Ok(crate::grpc::serve(request, instance.clone(), in_flight).await);
+    }
+    Ok(handle(request, &instance, in_flight).await.map(tonic::body::Body::new))
+}
+
+async fn handle(request: Request<Incoming>, instance: &Instance, in_flight: u32) -> Response<Full<Bytes>> {
+    let started = Instant::now();
     let (status, body) = match Work::from_query(request.uri().query().unwrap_or(""), instance.limits) {
         Ok(work) => {
             let memory = if work.cpu_ms > 0 || work.memory_mb > 0 {
@@ -221,13 +238,13 @@ async fn handle(request: Request<Incoming>, instance: Arc<Instance>) -> Result<R
                 {
                     Ok(memory) => Some(memory),
                     Err(e) => {
-                        return Ok(reply(
-                            &instance,
+                        return reply(
+                            instance,
                             started,
                             in_flight,
                             StatusCode::INTERNAL_SERVER_ERROR,
                             format!("work failed: {e}\n"),
-                        ));
+                        );
                     }
                 }
             } else {
@@ -250,7 +267,7 @@ async fn handle(request: Request<Incoming>, instance: Arc<Instance>) -> Result<R
         }
         Err(message) => (StatusCode::BAD_REQUEST, Bytes::from(message + "\n")),
     };
-    Ok(reply(&instance, started, in_flight, status, body))
+    reply(instance, started, in_flight, status, body)
 }
 
 fn reply(

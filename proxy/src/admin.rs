@@ -36,8 +36,7 @@ pub struct AdminApi {
     pub router: Arc<Router>,
     pub health: Arc<Health>,
     /// The proxy's own listeners, which no instance may be.
-    pub listen: SocketAddr,
-    pub admin: SocketAddr,
+    pub own_listeners: Vec<SocketAddr>,
 }
 
 #[async_trait]
@@ -138,8 +137,7 @@ impl AdminApi {
                 return text(StatusCode::BAD_REQUEST, &message);
             }
         };
-        let own = [self.listen, self.admin];
-        if let Some(e) = addrs.iter().find_map(|a| check_instance_address(*a, &own).err()) {
+        if let Some(e) = addrs.iter().find_map(|a| check_instance_address(*a, &self.own_listeners).err()) {
             return text(StatusCode::BAD_REQUEST, &format!("{e}\n"));
         }
         let change = function.set_instances(&addrs);

@@ -14,6 +14,7 @@ use prometheus::core::{Collector, Desc};
 use prometheus::proto::MetricFamily;
 use wavelink_core::wire::{STATUS_CLASSES, status_class};
 use wavelink_server::connections::ConnectionCounters;
+use wavelink_server::tls::{CertificateStore, TlsCounters};
 
 /// Which track served a request. `None` is for requests answered by the proxy itself (503).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -132,6 +133,63 @@ impl Collector for ConnectionMetrics {
     }
 }
 
+/// The TLS listener's handshakes and certificates, read at scrape time.
+struct TlsMetrics {
+    counters: Arc<TlsCounters>,
+    store: Arc<CertificateStore>,
+    handshakes: IntCounterVec,
+    expiry: IntGaugeVec,
+    copying: Mutex<()>,
+}
+
+impl TlsMetrics {
+    fn new(counters: Arc<TlsCounters>, store: Arc<CertificateStore>) -> Result<Self, prometheus::Error> {
+        Ok(TlsMetrics {
+            counters,
+            store,
+            handshakes: IntCounterVec::new(
+                Opts::new(
+                    "wavelink_tls_handshakes_total",
+                    "TLS handshakes with clients, by result (ok, failed, timeout)",
+                ),
+                &["result"],
+            )?,
+            expiry: IntGaugeVec::new(
+                Opts::new(
+                    "wavelink_tls_certificate_expiry_timestamp_seconds",
+                    "When each certificate served expires (Unix time), by where it came from",
+                ),
+                &["certificate"],
+            )?,
+            copying: Mutex::new(()),
+        })
+    }
+}
+
+impl Collector for TlsMetrics {
+    fn desc(&self) -> Vec<&Desc> {
+        [&self.handshakes as &dyn Collector, &self.expiry].into_iter().flat_map(|c| c.desc()).collect()
+    }
+
+    fn collect(&self) -> Vec<MetricFamily> {
+        let _copying = self.copying.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        for (result, now) in [
+            ("ok", self.counters.completed()),
+            ("failed", self.counters.failed()),
+            ("timeout", self.counters.timed_out()),
+        ] {
+            let metric = self.handshakes.with_label_values(&[result]);
+            metric.inc_by(now.saturating_sub(metric.get()));
+        }
+        // Certificates come and go with their sources: the gauge shows those served now.
+        self.expiry.reset();
+        for certificate in self.store.certificates() {
+            self.expiry.with_label_values(&[certificate.origin.as_str()]).set(certificate.not_after);
+        }
+        [&self.handshakes as &dyn Collector, &self.expiry].into_iter().flat_map(|c| c.collect()).collect()
+    }
+}
+
 /// Histogram buckets in seconds, from sub-millisecond proxying to long function runs.
 const LATENCY_BUCKETS: &[f64] =
     &[0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0];
@@ -139,6 +197,11 @@ const LATENCY_BUCKETS: &[f64] =
 impl ProxyMetrics {
     pub fn new() -> Result<Self, prometheus::Error> {
         Self::with_connections(Arc::new(ConnectionCounters::default()))
+    }
+
+    /// Adds the TLS listener's metrics.
+    pub fn add_tls(&self, counters: Arc<TlsCounters>, store: Arc<CertificateStore>) -> Result<(), prometheus::Error> {
+        self.registry.register(Box::new(TlsMetrics::new(counters, store)?))
     }
 
     /// The metrics, with those of the client connections counted in `connections`.

@@ -6,19 +6,23 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use pingora_core::server::ShutdownSignalWatch;
-use tracing::info;
+use tracing::{info, warn};
 use wavelink_core::LocalConfig;
-use wavelink_server::assembly::{Assembly, Bounds};
+use wavelink_core::config::TlsConfig;
+use wavelink_server::assembly::{Assembly, Bounds, RequestListener};
 use wavelink_server::auth::InternalAuth;
 use wavelink_server::connections::{ConnectionCounters, ConnectionLimits, raise_open_files_limit};
 use wavelink_server::health::{Health, ProbeToken};
 use wavelink_server::shutdown::{Drain, SignalShutdown};
+use wavelink_server::tls::{
+    CertificateError, CertificateFiles, CertificateReloader, CertificateStore, TlsCounters, TlsTermination,
+};
 
 use crate::admin::AdminApi;
 use crate::instance::PeerSettings;
 use crate::metrics::ProxyMetrics;
 use crate::router::Router;
-use crate::service::Ingress;
+use crate::service::{HttpsRedirect, Ingress};
 use crate::stats::StatsSampler;
 
 /// How the proxy runs; the config file's `proxy:` section plus command-line overrides.
@@ -37,6 +41,8 @@ pub struct ProxySettings {
     pub metrics_expiry: Option<Duration>,
     pub access_log: bool,
     pub h2c: bool,
+    /// The TLS listener, if any.
+    pub tls: Option<TlsConfig>,
 }
 
 impl ProxySettings {
@@ -57,14 +63,26 @@ impl ProxySettings {
             metrics_expiry: Some(config.proxy.metrics_expiry).filter(|d| !d.is_zero()),
             access_log: config.proxy.access_log,
             h2c: config.proxy.h2c,
+            tls: config.proxy.tls.clone(),
         }
     }
 }
 
 #[derive(Debug, thiserror::Error)]
 pub enum ProxyError {
-    #[error("setting up metrics failed: {0}")]
+    #[error("setting up metrics failed")]
     Metrics(#[from] prometheus::Error),
+    #[error("proxy.tls")]
+    Certificate(#[from] CertificateError),
+    #[error("proxy.tls")]
+    Tls(#[from] rustls::Error),
+}
+
+/// The TLS listener's parts: what it serves, and the files it re-reads.
+struct TlsListener {
+    config: TlsConfig,
+    termination: Arc<TlsTermination>,
+    files: CertificateFiles,
 }
 
 /// A proxy ready to run: its routing table can be filled before and changed while it runs.
@@ -74,12 +92,27 @@ pub struct Proxy {
     health: Arc<Health>,
     probe_token: ProbeToken,
     connections: Arc<ConnectionCounters>,
+    certificates: Arc<CertificateStore>,
+    tls: Option<TlsListener>,
 }
 
 impl Proxy {
     pub fn new(settings: ProxySettings) -> Result<Self, ProxyError> {
         let connections = Arc::new(ConnectionCounters::default());
         let metrics = Arc::new(ProxyMetrics::with_connections(connections.clone())?);
+        let certificates = Arc::new(CertificateStore::default());
+        let tls = match &settings.tls {
+            Some(config) => {
+                let files = config.certificates.iter().map(|c| (c.cert.clone(), c.key.clone()));
+                let files = CertificateFiles::load(files, &certificates)?;
+                let counters = Arc::new(TlsCounters::default());
+                metrics.add_tls(counters.clone(), certificates.clone())?;
+                let termination =
+                    TlsTermination::new(certificates.clone(), config.http2, config.handshake_timeout, counters)?;
+                Some(TlsListener { config: config.clone(), termination: Arc::new(termination), files })
+            }
+            None => None,
+        };
         let peer_settings = PeerSettings { connect_timeout: settings.connect_timeout };
         let router = Arc::new(Router::new(&settings.domain, metrics, peer_settings));
         router.links().max_queued.store(settings.max_queued, std::sync::atomic::Ordering::Relaxed);
@@ -89,6 +122,8 @@ impl Proxy {
             health: Arc::new(Health::default()),
             probe_token: ProbeToken::random(),
             connections,
+            certificates,
+            tls,
         })
     }
 
@@ -108,6 +143,12 @@ impl Proxy {
     /// API's changes.
     pub fn set_internal_auth(&self, auth: Arc<InternalAuth>) {
         self.router.links().auth.store(auth);
+    }
+
+    /// What the TLS listener serves; sources other than the config's files (Kubernetes
+    /// Secrets) add theirs here.
+    pub fn certificates(&self) -> &Arc<CertificateStore> {
+        &self.certificates
     }
 
     pub fn router(&self) -> &Arc<Router> {
@@ -131,23 +172,58 @@ impl Proxy {
             probe_token: self.probe_token.clone(),
             keepalive_timeout: settings.keepalive_timeout,
             access_log: settings.access_log,
+            https: self
+                .tls
+                .as_ref()
+                .map(|tls| HttpsRedirect { all: tls.config.redirect, port: tls.config.redirect_port() }),
         };
         let admin = AdminApi {
             router: self.router.clone(),
             health: self.health.clone(),
-            listen: settings.listen,
-            admin: settings.admin,
+            own_listeners: std::iter::once(settings.listen)
+                .chain(std::iter::once(settings.admin))
+                .chain(self.tls.as_ref().map(|t| t.config.listen))
+                .collect(),
         };
-        let bounds = Bounds { limits: settings.connections, counters: self.connections.clone() };
+        let bounds = || Bounds { limits: settings.connections, counters: self.connections.clone() };
         raise_open_files_limit(settings.connections.max_connections);
-        let assembly = Assembly::new(settings.threads, settings.grace_period)
-            .proxy("wavelink proxy", ingress, settings.listen, settings.threads, bounds, settings.h2c)
+        let plaintext = RequestListener {
+            listen: settings.listen,
+            threads: settings.threads,
+            bounds: bounds(),
+            h2c: settings.h2c,
+            tls: None,
+        };
+        let mut assembly = Assembly::new(settings.threads, settings.grace_period)
+            .proxy("wavelink proxy", ingress.clone(), plaintext)
             .admin("wavelink admin", admin, settings.admin)
             .background(
                 "stats sampler",
                 StatsSampler { router: self.router.clone(), metrics_expiry: self.settings.metrics_expiry },
-            )
-            .readiness(self.health.clone(), settings.listen, self.probe_token.clone(), exit_if_listener_fails);
+            );
+        if let Some(tls) = self.tls {
+            if self.certificates.is_empty() {
+                warn!("the TLS listener has no certificate yet: handshakes fail until one is served");
+            }
+            let listener = RequestListener {
+                listen: tls.config.listen,
+                threads: settings.threads,
+                bounds: bounds(),
+                h2c: false,
+                tls: Some(tls.termination),
+            };
+            info!(listen = %tls.config.listen, http2 = tls.config.http2, redirect = tls.config.redirect, "TLS listener");
+            assembly = assembly.proxy("wavelink proxy tls", ingress, listener).background(
+                "certificate files",
+                CertificateReloader {
+                    files: parking_lot::Mutex::new(tls.files),
+                    store: self.certificates.clone(),
+                    interval: tls.config.reload_interval,
+                },
+            );
+        }
+        let assembly =
+            assembly.readiness(self.health.clone(), settings.listen, self.probe_token.clone(), exit_if_listener_fails);
         info!(listen = %settings.listen, admin = %settings.admin, domain = %settings.domain,
               threads = settings.threads, "proxy starting");
         assembly.run(shutdown);

@@ -33,6 +33,8 @@ use pingora_proxy::{FailToProxy, ProxyHttp, Session};
 use tracing::info;
 use wavelink_core::forwarded::{REQUEST_ID_HEADER, forwarded, new_request_id, usable_request_id, x_forwarded_for};
 use wavelink_core::function::host_without_port;
+use wavelink_core::spec::Protocol;
+use wavelink_core::tls::https_location;
 use wavelink_core::wire::{
     FUNCTION_HEADER, TRACK_HEADER, WAVELET_FULL, WAVELET_HEADER, WAVELET_UNAVAILABLE, grpc_message,
     grpc_status_for_http, is_grpc,
@@ -48,9 +50,17 @@ use crate::function::{FunctionState, Slot, SlotGuard};
 use crate::metrics::{Rejection, Track};
 use crate::router::Router;
 
+fn scheme(tls: bool) -> &'static str {
+    if tls { "https" } else { "http" }
+}
+
+/// Concurrent streams on one h2c connection to a Wavelet (its EIs of one function behind it).
+const WAVELET_H2_STREAMS: usize = 100;
+
 /// How many other instances a refused connection is retried on.
 const CONNECT_RETRIES: u8 = 2;
 
+#[derive(Clone)]
 pub struct Ingress {
     pub router: Arc<Router>,
     /// Recognises this process's own readiness probe.
@@ -59,6 +69,17 @@ pub struct Ingress {
     pub keepalive_timeout: std::time::Duration,
     /// One `wavelink::access` log line per request.
     pub access_log: bool,
+    /// With a TLS listener: where plaintext requests are redirected, and whether all are.
+    pub https: Option<HttpsRedirect>,
+}
+
+/// Redirects of plaintext requests to the TLS listener.
+#[derive(Debug, Clone, Copy)]
+pub struct HttpsRedirect {
+    /// Every function's (`proxy.tls.redirect`); otherwise those with `wavelink.dev/https-redirect`.
+    pub all: bool,
+    /// The port the `Location` names.
+    pub port: u16,
 }
 
 /// Per-request state. Dropping it ends the request's count in its function's load.
@@ -70,6 +91,8 @@ pub struct RequestCtx {
     upgrade: bool,
     /// A gRPC call: the proxy's own answers are gRPC statuses, not bare HTTP errors.
     grpc: bool,
+    /// The client's connection is TLS.
+    tls: bool,
     /// The status the proxy answered with itself (for a gRPC call the HTTP status is 200, so
     /// metrics and the access log count this one).
     own_status: Option<u16>,
@@ -109,6 +132,7 @@ impl ProxyHttp for Ingress {
             upgrade: false,
             upgraded: false,
             grpc: false,
+            tls: false,
             own_status: None,
             function: None,
             slot: None,
@@ -145,6 +169,7 @@ impl ProxyHttp for Ingress {
         };
         ctx.upgrade = header.headers.contains_key(http::header::UPGRADE);
         ctx.grpc = header.headers.get(http::header::CONTENT_TYPE).is_some_and(|v| is_grpc(v.as_bytes()));
+        ctx.tls = connections::is_tls(session);
         let host = header
             .headers
             .get(http::header::HOST)
@@ -166,6 +191,19 @@ impl ProxyHttp for Ingress {
             answer(session, ctx, 404, &[], &body).await?;
             return Ok(true);
         };
+        if let Some(https) = self.https
+            && !ctx.tls
+            && (https.all || function.spec().https_redirect)
+        {
+            let header = session.req_header();
+            let path = header.uri.path_and_query().map_or("/", |p| p.as_str());
+            let location = https_location(Some(host), path, https.port);
+            if let Some(location) = location {
+                // 308 keeps the method and body (301 lets clients turn a POST into a GET).
+                answer(session, ctx, 308, &[("location", location.as_str())], "use HTTPS\n").await?;
+                return Ok(true);
+            }
+        }
         function.load.arrived();
         let function = ctx.function.insert(function);
 
@@ -236,6 +274,15 @@ impl ProxyHttp for Ingress {
             Some(spec.idle_timeout.map_or(spec.response_start(), |idle| idle.min(spec.response_start())))
         };
         peer.options.write_timeout = Some(spec.timeout);
+        if spec.protocol == Protocol::H2c {
+            // HTTP/2 with prior knowledge: an RI takes as many streams on a connection as it
+            // takes requests; a Wavelet multiplexes the function's EIs behind one connection.
+            peer.options.set_http_version(2, 2);
+            peer.options.max_h2_streams = match ctx.track {
+                Track::Emergency => WAVELET_H2_STREAMS,
+                _ => spec.container_concurrency.max(1) as usize,
+            };
+        }
         Ok(Box::new(peer))
     }
 
@@ -251,11 +298,11 @@ impl ProxyHttp for Ingress {
         if let Some(client) = session.client_addr().and_then(|a| a.as_inet()).map(|a| a.ip()) {
             let header_text = |name: &str| upstream_request.headers.get(name).and_then(|v| v.to_str().ok());
             let for_list = x_forwarded_for(header_text("x-forwarded-for"), client);
-            let element = forwarded(header_text("forwarded"), client, "http", header_text("host"));
+            let element = forwarded(header_text("forwarded"), client, scheme(ctx.tls), header_text("host"));
             upstream_request.insert_header("x-forwarded-for", for_list)?;
             upstream_request.insert_header("forwarded", element)?;
         }
-        upstream_request.insert_header("x-forwarded-proto", "http")?;
+        upstream_request.insert_header("x-forwarded-proto", scheme(ctx.tls))?;
         if ctx.track == Track::Emergency
             && let Some(function) = &ctx.function
         {

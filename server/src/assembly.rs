@@ -14,6 +14,7 @@ use pingora_proxy::ProxyHttp;
 
 use crate::connections::{ConnectionCounters, ConnectionLimits, Guarded};
 use crate::health::{Health, ListenerProbe, ProbeToken};
+use crate::tls::TlsTermination;
 
 /// Pingora retries a busy port for about 30 s before giving up on it.
 const LISTENER_DEADLINE: Duration = Duration::from_secs(40);
@@ -22,6 +23,18 @@ const LISTENER_DEADLINE: Duration = Duration::from_secs(40);
 pub struct Bounds {
     pub limits: ConnectionLimits,
     pub counters: Arc<ConnectionCounters>,
+}
+
+/// One request listener.
+pub struct RequestListener {
+    pub listen: SocketAddr,
+    pub threads: usize,
+    pub bounds: Bounds,
+    /// On a plaintext listener, a connection that starts with the HTTP/2 preface is served as
+    /// HTTP/2 (cleartext, prior knowledge), each stream a request.
+    pub h2c: bool,
+    /// Clients speak TLS (HTTP/2 then by ALPN).
+    pub tls: Option<Arc<TlsTermination>>,
 }
 
 pub struct Assembly {
@@ -35,32 +48,27 @@ impl Assembly {
         Assembly { server }
     }
 
-    /// The request listener, served by a Pingora proxy on `threads` threads behind the
-    /// connection bounds (the proxy must call [`crate::connections::header_received`] and
-    /// [`crate::connections::request_done`]); with `h2c`, a connection that starts with the
-    /// HTTP/2 preface is served as HTTP/2 (cleartext, prior knowledge), each stream a request.
-    pub fn proxy<P>(
-        mut self,
-        name: &str,
-        proxy: P,
-        listen: SocketAddr,
-        threads: usize,
-        bounds: Bounds,
-        h2c: bool,
-    ) -> Self
+    /// A request listener, served by a Pingora proxy behind the connection bounds (the proxy
+    /// must call [`crate::connections::header_received`] and
+    /// [`crate::connections::request_done`]).
+    pub fn proxy<P>(mut self, name: &str, proxy: P, listener: RequestListener) -> Self
     where
         P: ProxyHttp + Send + Sync + 'static,
         P::CTX: Send + Sync,
     {
         let mut app = pingora_proxy::http_proxy(&self.server.configuration, proxy);
-        if h2c {
+        if listener.h2c && listener.tls.is_none() {
             let mut options = HttpServerOptions::default();
             options.h2c = true;
             app.server_options = Some(options);
         }
-        let mut service = Service::new(name.to_owned(), Guarded::new(app, bounds.limits, bounds.counters));
-        service.add_tcp(&listen.to_string());
-        service.threads = Some(threads);
+        let mut guarded = Guarded::new(app, listener.bounds.limits, listener.bounds.counters);
+        if let Some(tls) = listener.tls {
+            guarded = guarded.with_tls(tls);
+        }
+        let mut service = Service::new(name.to_owned(), guarded);
+        service.add_tcp(&listener.listen.to_string());
+        service.threads = Some(listener.threads);
         self.server.add_service(service);
         self
     }

@@ -24,6 +24,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use pingora_core::apps::ServerApp;
+use pingora_core::protocols::ALPN;
 use pingora_core::protocols::raw_connect::ProxyDigest;
 use pingora_core::protocols::{
     GetProxyDigest, GetSocketDigest, GetTimingDigest, Peek, Shutdown, SocketDigest, Ssl, Stream, TimingDigest,
@@ -35,6 +36,8 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::time::Sleep;
 use tracing::warn;
 use wavelink_core::slots::SlotCounter;
+
+use crate::tls::TlsTermination;
 
 /// How long a refused connection is given to take its 503.
 const REFUSAL_DEADLINE: Duration = Duration::from_secs(1);
@@ -77,16 +80,23 @@ impl ConnectionCounters {
     }
 }
 
-/// A Pingora app behind the connection bounds.
+/// A Pingora app behind the connection bounds (and, on a TLS listener, its TLS termination).
 pub struct Guarded<A> {
     inner: Arc<A>,
     limits: ConnectionLimits,
     counters: Arc<ConnectionCounters>,
+    tls: Option<Arc<TlsTermination>>,
 }
 
 impl<A> Guarded<A> {
     pub fn new(inner: A, limits: ConnectionLimits, counters: Arc<ConnectionCounters>) -> Self {
-        Guarded { inner: Arc::new(inner), limits, counters }
+        Guarded { inner: Arc::new(inner), limits, counters, tls: None }
+    }
+
+    /// Clients speak TLS on this listener: the handshake is done here, inside the bounds.
+    pub fn with_tls(mut self, tls: Arc<TlsTermination>) -> Self {
+        self.tls = Some(tls);
+        self
     }
 }
 
@@ -118,10 +128,26 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for Guarded<A> {
                     "client connection refused: too many open"
                 );
             }
-            refuse(stream).await;
+            // A plaintext 503 means nothing to a TLS client; it is closed at once.
+            if self.tls.is_none() {
+                refuse(stream).await;
+            }
             return None;
         };
-        let guarded: Stream = Box::new(GuardedStream::new(stream, self.limits.header_timeout, self.counters.clone()));
+        let mut guarded = match &self.tls {
+            Some(tls) => {
+                let tls_stream = tls.handshake(stream).await?;
+                let multiplexed = matches!(tls_stream.selected_alpn_proto(), Some(ALPN::H2));
+                let mut guarded =
+                    GuardedStream::new(Box::new(tls_stream), self.limits.header_timeout, self.counters.clone());
+                // HTTP/2 by ALPN: no HTTP/1 header deadline, as for h2c.
+                guarded.multiplexed = multiplexed;
+                guarded
+            }
+            None => GuardedStream::new(stream, self.limits.header_timeout, self.counters.clone()),
+        };
+        guarded.tls = self.tls.is_some();
+        let guarded: Stream = Box::new(guarded);
         // An HTTP app serves every keep-alive request of the connection inside one call; should
         // one hand the connection back, it is served here so that it stays counted once.
         let mut reused = self.inner.process_new(guarded, shutdown).await;
@@ -190,6 +216,12 @@ pub fn request_done(session: &Session) {
     }
 }
 
+/// Whether the client's connection is TLS (for `X-Forwarded-Proto` and redirects).
+pub fn is_tls(session: &Session) -> bool {
+    // An HTTP/2 stream has no stream of its own to look at; its connection's digest says it.
+    guarded(session).map_or_else(|| session.digest().is_some_and(|d| d.ssl_digest.is_some()), |s| s.tls)
+}
+
 fn guarded(session: &Session) -> Option<&GuardedStream> {
     session.as_downstream().stream()?.as_any().downcast_ref::<GuardedStream>()
 }
@@ -230,6 +262,8 @@ pub struct GuardedStream {
     peeked: Vec<u8>,
     /// An HTTP/2 connection: no HTTP/1 header deadline.
     multiplexed: bool,
+    /// Arrived over TLS.
+    tls: bool,
 }
 
 impl GuardedStream {
@@ -242,6 +276,7 @@ impl GuardedStream {
             deadline: None,
             peeked: Vec::new(),
             multiplexed: false,
+            tls: false,
         }
     }
 

@@ -12,6 +12,7 @@ pub mod health;
 pub mod replay;
 pub mod respond;
 pub mod shutdown;
+pub mod tls;
 
 use std::time::Duration;
 

@@ -8,9 +8,19 @@ use anyhow::{Context, bail};
 use wavelink_core::{KubernetesConfig, LocalConfig};
 use wavelink_proxy::Proxy;
 
+use std::str::FromStr;
+use std::sync::Arc;
+
+use tracing::warn;
+use wavelink_kubernetes::NamespacedName;
+use wavelink_kubernetes::secrets::{SecretState, watch_tls_secret};
+use wavelink_server::tls::{ServedCertificate, log_loaded};
+
 use super::cluster::{Cluster, namespaced_name};
 use super::{TokenArgs, load_config, parse_duration};
 
+/// Longest wait for the first state of the TLS Secrets.
+const SECRETS_FIRST_LIST_TIMEOUT: Duration = Duration::from_secs(30);
 /// The Wavelets' request port when their Service names no port `wavelet`.
 const DEFAULT_WAVELET_PORT: u16 = 8091;
 /// The controllers' admin port when their Service names no port `admin`.
@@ -64,6 +74,7 @@ pub fn run(args: ProxyArgs) -> anyhow::Result<()> {
     // The routing table has what it needs: the parsed config (thousands of functions, perhaps)
     // is not kept for the proxy's lifetime.
     let kubernetes = config.kubernetes.take();
+    let tls_secrets = config.proxy.tls.as_ref().map(|t| t.secrets.clone()).unwrap_or_default();
     drop(config);
     if kubernetes.is_none() {
         crate::allocator::end_setup();
@@ -73,7 +84,11 @@ pub fn run(args: ProxyArgs) -> anyhow::Result<()> {
     }
     // Kept alive while the proxy runs: it feeds the routing table.
     let _cluster = match &kubernetes {
-        Some(settings) => Some(follow_cluster(&proxy, settings)?),
+        Some(settings) => {
+            let cluster = follow_cluster(&proxy, settings)?;
+            follow_tls_secrets(&proxy, &cluster, &tls_secrets)?;
+            Some(cluster)
+        }
         None => None,
     };
     let shutdown = proxy.signal_shutdown();
@@ -100,6 +115,52 @@ fn follow_cluster(proxy: &Proxy, settings: &KubernetesConfig) -> anyhow::Result<
         }
     });
     Ok(cluster)
+}
+
+/// Serves the certificates of the `kubernetes.io/tls` Secrets named in `proxy.tls.secrets`,
+/// following their changes; waits (boundedly) for each one's first state, so a proxy that
+/// serves TLS from Secrets does not start without them.
+fn follow_tls_secrets(proxy: &Proxy, cluster: &Cluster, secrets: &[String]) -> anyhow::Result<()> {
+    let names = secrets
+        .iter()
+        .map(|s| NamespacedName::from_str(s).map_err(|e| anyhow::anyhow!("proxy.tls.secrets: {e}")))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let (seen_tx, mut seen) = tokio::sync::watch::channel(0usize);
+    for name in names.iter().cloned() {
+        let store = proxy.certificates().clone();
+        let seen_tx = seen_tx.clone();
+        let mut first = true;
+        let on_change = move |secret: &NamespacedName, state: SecretState| {
+            let source = format!("secret {secret}");
+            match state {
+                SecretState::Usable(tls) => {
+                    match ServedCertificate::from_pem(&format!("secret {secret}"), &tls.cert_pem, &tls.key_pem) {
+                        Ok(certificate) => {
+                            log_loaded(&certificate);
+                            store.set(&source, vec![Arc::new(certificate)]);
+                        }
+                        Err(e) => warn!(error = %e, "TLS Secret unusable; still serving its last good certificate"),
+                    }
+                }
+                SecretState::Unusable(why) => {
+                    warn!(secret = %secret, why, "TLS Secret not served");
+                    store.set(&source, Vec::new());
+                }
+            }
+            if std::mem::take(&mut first) {
+                seen_tx.send_modify(|n| *n += 1);
+            }
+        };
+        cluster.runtime.spawn(watch_tls_secret(cluster.client.clone(), name, on_change));
+    }
+    let wanted = names.len();
+    let all_seen = cluster.runtime.block_on(async {
+        tokio::time::timeout(SECRETS_FIRST_LIST_TIMEOUT, seen.wait_for(|n| *n >= wanted)).await.is_ok()
+    });
+    if !all_seen {
+        warn!(timeout = ?SECRETS_FIRST_LIST_TIMEOUT, "not every TLS Secret could be read yet; serving those that were");
+    }
+    Ok(())
 }
 
 fn check_config(config: &LocalConfig) -> anyhow::Result<()> {

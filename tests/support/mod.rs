@@ -136,6 +136,12 @@ pub struct ProxyUnderTest {
 /// Starts a proxy whose config has `functions_yaml` as its `functions:` list (YAML flow or
 /// block), domain `example.com`, and waits until it is ready.
 pub fn start_proxy(functions_yaml: &str) -> ProxyUnderTest {
+    start_proxy_with("", functions_yaml)
+}
+
+/// [`start_proxy`] with more of the `proxy:` section (YAML flow entries, each starting with a
+/// comma: `, tls: {...}`).
+pub fn start_proxy_with(proxy_yaml: &str, functions_yaml: &str) -> ProxyUnderTest {
     let dir = TempDir::new("proxy");
     let listen: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
     let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
@@ -143,7 +149,7 @@ pub fn start_proxy(functions_yaml: &str) -> ProxyUnderTest {
     let token_file = dir.0.join("internal-token");
     std::fs::write(&token_file, format!("{TEST_TOKEN}\n")).expect("write token");
     let text = format!(
-        "domain: example.com\ninternal-token-file: \"{}\"\nproxy: {{ listen: \"{listen}\", admin: \"{admin}\", grace-period: 20s }}\nfunctions:\n{functions_yaml}\n",
+        "domain: example.com\ninternal-token-file: \"{}\"\nproxy: {{ listen: \"{listen}\", admin: \"{admin}\", grace-period: 20s{proxy_yaml} }}\nfunctions:\n{functions_yaml}\n",
         token_file.display()
     );
     std::fs::write(&config, text).expect("write config");
@@ -505,4 +511,47 @@ pub fn burst_with(addr: SocketAddr, host: &str, path: &str, n: usize, extra: &st
         })
         .collect();
     threads.into_iter().map(|t| t.join().expect("client thread")).collect()
+}
+
+/// A function in a namespace of its own: `<prefix>-<random>`, so its instances are told apart
+/// in /proc by their `WAVELINK_FUNCTION` environment variable, from other tests and other runs.
+pub struct TestFunction {
+    pub namespace: String,
+    pub yaml: String,
+    pub host: String,
+    pub marker: String,
+    _reaper: KillOnDrop,
+}
+
+pub fn function_with_command(prefix: &str, command: &str, annotations: &str, extra: &str) -> TestFunction {
+    let namespace = format!("{prefix}-{:06x}", nonce() & 0xff_ffff);
+    let yaml = format!(
+        "  - name: burst\n    namespace: {namespace}\n    command: {command}\n    annotations: {{ {annotations} }}\n{}",
+        extra.replace("NAMESPACE", &namespace)
+    );
+    let marker = format!("WAVELINK_FUNCTION={namespace}/burst");
+    TestFunction {
+        host: format!("burst.{namespace}.example.com"),
+        _reaper: KillOnDrop(marker.clone()),
+        namespace,
+        yaml,
+        marker,
+    }
+}
+
+impl TestFunction {
+    /// The headers that route a request sent straight to a Wavelet, as the proxy does.
+    pub fn header(&self) -> String {
+        format!("x-wavelink-function: {}/burst\r\nx-wavelink-token: {TEST_TOKEN}\r\n", self.namespace)
+    }
+
+    /// A complete request for a Wavelet, asking for `path`.
+    pub fn direct(&self, path: &str) -> String {
+        format!("GET {path} HTTP/1.1\r\nHost: {}\r\n{}Connection: close\r\n\r\n", self.host, self.header())
+    }
+}
+
+/// Whatever happens in a test, no instance process of its function outlives it.
+pub fn wait_for_no_instances(marker: &str, limit: Duration) {
+    wait_within("no instance process left (checked in /proc)", limit, || processes_with_env(marker).is_empty());
 }

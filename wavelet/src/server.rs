@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use pingora_core::server::ShutdownSignalWatch;
 use tracing::{info, warn};
-use wavelink_server::assembly::{Assembly, Bounds};
+use wavelink_server::assembly::{Assembly, Bounds, RequestListener};
 use wavelink_server::connections::ConnectionLimits;
 use wavelink_server::health::{Health, ProbeToken};
 use wavelink_server::shutdown::{Drain, SignalShutdown};
@@ -50,7 +50,7 @@ pub struct WaveletSettings {
 pub enum WaveletError {
     #[error(transparent)]
     Setup(#[from] SetupError),
-    #[error("setting up metrics failed: {0}")]
+    #[error("setting up metrics failed")]
     Metrics(#[from] prometheus::Error),
     #[error(transparent)]
     Containerd(#[from] ConnectError),
@@ -116,15 +116,18 @@ impl Wavelet {
             .proxy(
                 "wavelet",
                 proxy,
-                settings.listen,
-                settings.threads,
-                Bounds {
-                    // Its clients are proxies: the defaults bound them, unseen by metrics.
-                    limits: ConnectionLimits::default(),
-                    counters: Default::default(),
+                RequestListener {
+                    listen: settings.listen,
+                    threads: settings.threads,
+                    bounds: Bounds {
+                        // Its clients are proxies: the defaults bound them, unseen by metrics.
+                        limits: ConnectionLimits::default(),
+                        counters: Default::default(),
+                    },
+                    // The proxy speaks HTTP/1.1 to Wavelets, and h2c for h2c functions.
+                    h2c: true,
+                    tls: None,
                 },
-                // The proxy speaks HTTP/1.1 to Wavelets.
-                false,
             )
             .admin("wavelet admin", admin, settings.admin)
             .background("instance reaper", Reaper { pools: self.pools.clone() })

@@ -20,6 +20,7 @@ use pingora_http::{RequestHeader, ResponseHeader};
 use pingora_proxy::{ProxyHttp, Session};
 use wavelink_core::FunctionId;
 use wavelink_core::function::host_without_port;
+use wavelink_core::spec::Protocol;
 use wavelink_core::wire::{FUNCTION_HEADER, WAVELET_FULL, WAVELET_HEADER, WAVELET_UNAVAILABLE};
 use wavelink_server::auth::{InternalAuth, TOKEN_HEADER};
 use wavelink_server::connections;
@@ -158,7 +159,18 @@ impl ProxyHttp for WaveletProxy {
             ctx.cold_since = ctx.lease.as_ref().filter(|l| l.cold).map(|l| l.ei.spawned);
         }
         match &ctx.lease {
-            Some(lease) => Ok(Box::new(lease.ei.peer.clone())),
+            Some(lease) => {
+                let mut peer = lease.ei.peer.clone();
+                if let Some(pool) = &ctx.pool {
+                    let spec = &pool.def.load().spec;
+                    if spec.protocol == Protocol::H2c {
+                        // HTTP/2 with prior knowledge, as many streams as the EI takes requests.
+                        peer.options.set_http_version(2, 2);
+                        peer.options.max_h2_streams = spec.container_concurrency.max(1) as usize;
+                    }
+                }
+                Ok(Box::new(peer))
+            }
             None => Error::e_explain(ErrorType::HTTPStatus(502), "no instance could be started for the retry"),
         }
     }
