@@ -6,6 +6,8 @@
 #[path = "support/cluster.rs"]
 mod cluster;
 mod support;
+#[path = "support/tls_client.rs"]
+mod tls_client;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -253,4 +255,58 @@ fn in_sync_mode_the_proxy_asks_every_controller_for_an_ri_and_only_the_leader_wr
     });
     assert!(metric(leader_admin, &writes) >= 1.0);
     assert_eq!(metric(follower_admin, &writes), 0.0, "a follower wrote:\n{}", setup.log("controller-follower"));
+}
+
+#[test]
+fn the_proxy_serves_a_tls_secret_and_follows_its_renewal_and_deletion() {
+    use k8s_openapi::api::core::v1::Secret;
+    use kube::api::{DeleteParams, PostParams};
+    use tls_client::{certificate, tls_connect};
+
+    let Some(cluster) = test_cluster("tls-secret") else { return };
+    let names = [format!("*.{}.example.com", cluster.namespace)];
+    let names: Vec<&str> = names.iter().map(String::as_str).collect();
+    let (first, renewed) = (certificate(&names), certificate(&names));
+    let secrets: Api<Secret> = Api::namespaced(cluster.client.clone(), &cluster.namespace);
+    cluster.serve_secrets();
+    let data = |cert: &tls_client::TestCertificate| {
+        let pem = |text: &str| k8s_openapi::ByteString(text.as_bytes().to_vec());
+        Some([("tls.crt".to_owned(), pem(&cert.cert_pem)), ("tls.key".to_owned(), pem(&cert.key_pem))].into())
+    };
+    let secret = |cert: &tls_client::TestCertificate| Secret {
+        metadata: kube::api::ObjectMeta { name: Some("site-tls".into()), ..Default::default() },
+        type_: Some("kubernetes.io/tls".into()),
+        data: data(cert),
+        ..Default::default()
+    };
+    cluster.runtime.block_on(secrets.create(&PostParams::default(), &secret(&first))).expect("create the Secret");
+
+    let setup = setup(&cluster);
+    let tls = cluster::loopback();
+    let config = std::fs::read_to_string(&setup.config).expect("config");
+    let config = config.replace(
+        "grace-period: 1s }",
+        &format!("grace-period: 1s, tls: {{ listen: \"{tls}\", secrets: [{}/site-tls] }} }}", cluster.namespace),
+    );
+    std::fs::write(&setup.config, config).expect("config");
+    let _proxy = setup.start_proxy(&cluster);
+
+    let host = format!("hello.{}.example.com", cluster.namespace);
+    let served = |host: &str| {
+        cluster.runtime.block_on(async {
+            tokio::time::timeout(PATIENCE, tls_connect(tls, Some(host), &[])).await.ok()?.ok().map(|c| c.leaf)
+        })
+    };
+    // Served from the start: the proxy waits for its Secrets before it is ready.
+    assert_eq!(served(&host), Some(first.der.clone()), "the Secret's certificate");
+
+    // Renewed (as cert-manager does: the same Secret, new data): new connections get it.
+    let mut current = cluster.runtime.block_on(secrets.get("site-tls")).expect("get the Secret");
+    current.data = data(&renewed);
+    cluster.runtime.block_on(secrets.replace("site-tls", &PostParams::default(), &current)).expect("renew");
+    wait_until("the renewed certificate is served", || served(&host) == Some(renewed.der.clone()));
+
+    // Deleted: nothing is served from it any more.
+    cluster.runtime.block_on(secrets.delete("site-tls", &DeleteParams::default())).expect("delete");
+    wait_until("handshakes fail without a certificate", || served(&host).is_none());
 }

@@ -166,6 +166,24 @@ fn follow_tls_secrets(proxy: &Proxy, cluster: &Cluster, secrets: &[String]) -> a
 fn check_config(config: &LocalConfig) -> anyhow::Result<()> {
     let (accepted, rejected) = config.functions();
     println!("proxy    listen {} admin {}", config.proxy.listen, config.proxy.admin);
+    let mut problems = 0;
+    if let Some(tls) = &config.proxy.tls {
+        println!("tls      listen {} http2 {} redirect {}", tls.listen, tls.http2, tls.redirect);
+        for files in &tls.certificates {
+            match ServedCertificate::from_files(&files.cert, &files.key) {
+                Ok(certificate) => {
+                    println!("ok       certificate {} for {}", files.cert.display(), certificate.names.join(", "))
+                }
+                Err(e) => {
+                    problems += 1;
+                    println!("bad      certificate {e}");
+                }
+            }
+        }
+        for secret in &tls.secrets {
+            println!("tls      certificate from Secret {secret} (read at start)");
+        }
+    }
     for w in &config.wavelets {
         let admin = w.admin.map_or_else(|| "-".to_owned(), |a| a.to_string());
         println!("wavelet  address {} admin {admin} max-instances {}", w.address, w.max_instances);
@@ -185,6 +203,9 @@ fn check_config(config: &LocalConfig) -> anyhow::Result<()> {
     }
     if !rejected.is_empty() {
         bail!("{} of {} functions rejected", rejected.len(), accepted.len() + rejected.len());
+    }
+    if problems > 0 {
+        bail!("{problems} certificate(s) unusable");
     }
     Ok(())
 }

@@ -109,6 +109,38 @@ impl TestCluster {
         self.runtime.block_on(slices.create(&PostParams::default(), &slice)).expect("create endpoint slice");
     }
 
+    /// Makes the test apiserver serve core/v1 Secrets, which it does not by itself: registered
+    /// as `../shared/k8s-testenv/crds.py` registers the other built-in types (a schema-light
+    /// resource at the real path). Such a Secret is stored as written: give `data`, not
+    /// `stringData`.
+    pub fn serve_secrets(&self) {
+        use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+        let crds: Api<CustomResourceDefinition> = Api::all(self.client.clone());
+        let crd: CustomResourceDefinition = serde_json::from_value(serde_json::json!({
+            "apiVersion": "apiextensions.k8s.io/v1",
+            "kind": "CustomResourceDefinition",
+            "metadata": { "name": "secrets.core", "annotations": { "api-approved.kubernetes.io": "unapproved, test environment" } },
+            "spec": {
+                "group": "",
+                "scope": "Namespaced",
+                "names": { "plural": "secrets", "singular": "secret", "kind": "Secret", "listKind": "SecretList" },
+                "versions": [{ "name": "v1", "served": true, "storage": true,
+                               "schema": { "openAPIV3Schema": { "type": "object", "x-kubernetes-preserve-unknown-fields": true } } }]
+            }
+        }))
+        .expect("CRD JSON");
+        match self.runtime.block_on(crds.create(&PostParams::default(), &crd)) {
+            Ok(_) => {}
+            Err(kube::Error::Api(status)) if status.code == 409 => {}
+            Err(e) => panic!("registering Secrets with the test apiserver: {e}"),
+        }
+        wait_until("Secrets are served", || {
+            self.runtime.block_on(crds.get("secrets.core")).ok().and_then(|c| c.status).is_some_and(|status| {
+                status.conditions.unwrap_or_default().iter().any(|c| c.type_ == "Established" && c.status == "True")
+            })
+        });
+    }
+
     /// The `kubernetes:` section of a config for components working in this namespace (the
     /// Wavelets are the endpoints of Service `wavelink-wavelet`, the controllers those of
     /// `wavelink-controller-admin`).
