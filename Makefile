@@ -33,6 +33,7 @@ bench-deps:
 bench: build bench-deps
 	$(CARGO) build --release --locked -p wavelink-proxy --example bare_pingora --example route_table
 	bench/proxy.sh
+	bench/tls.sh
 	bench/fn_startup.py
 	bench/ei.py
 	@if [ "$$(id -u)" = 0 ]; then bench/ei_containerd.py; else echo "bench/ei_containerd.py skipped: containerd needs root"; fi

@@ -25,21 +25,8 @@ for tool in "$BIN" "$BARE" "$NGINX" "$HAPROXY"; do [ -x "$tool" ] || { echo "mis
 command -v wrk >/dev/null || { echo "missing wrk (make bench installs it)" >&2; exit 1; }
 
 DIR=$(mktemp -d "${TMPDIR:-/tmp}/wavelink-bench.XXXXXX")
-PGIDS=()
-cleanup() {
-  for g in "${PGIDS[@]}"; do kill -KILL -- "-$g" 2>/dev/null || true; done
-  rm -rf "$DIR"
-}
-trap cleanup EXIT INT TERM
-
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-wait_port() { for _ in $(seq 200); do (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0; sleep 0.05; done; echo "port $1 never opened" >&2; return 1; }
-# Starts a command in its own process group (setsid: the script has no job control, so the
-# child is not a group leader and becomes one); STARTED is its group, also kept for cleanup.
-start() { setsid "$@" >"$DIR/$(basename "$1").log" 2>&1 & STARTED=$!; disown; PGIDS+=("$STARTED"); }
-# user+sys CPU ticks of every process in a process group.
-group_ticks() { ps -o pid= -g "$1" | while read -r p; do awk '{print $14+$15}' "/proc/$p/stat" 2>/dev/null; done | awk '{s+=$1} END {print s+0}'; }
-render() { sed -e "s#@DIR@#$DIR#g" -e "s#@LISTEN@#$2#g" -e "s#@UPSTREAM@#$3#g" -e "s#@ADMIN@#${4:-}#g" "$1"; }
+# shellcheck source=bench/lib.sh
+. "$HERE/lib.sh"
 
 FN_PORT=$(free_port)
 start "$BIN" fn --listen "127.0.0.1:$FN_PORT"
@@ -62,7 +49,6 @@ for p in "$WL_PORT" "$BP_PORT" "$NG_PORT" "$HA_PORT"; do wait_port "$p"; done
 declare -A PORT=([direct]=$FN_PORT [wavelink]=$WL_PORT [pingora-bare]=$BP_PORT [nginx]=$NG_PORT [haproxy]=$HA_PORT)
 declare -A GROUP=([direct]="" [wavelink]=$WL_PGID [pingora-bare]=$BP_PGID [nginx]=$NG_PGID [haproxy]=$HA_PGID)
 TARGETS=(direct wavelink pingora-bare nginx haproxy)
-CLK_TCK=$(getconf CLK_TCK)
 
 # Converts wrk's "812.00us" / "1.23ms" / "1.02s" to microseconds.
 to_us() { awk -v v="$1" 'BEGIN { n=v+0; if (v ~ /us$/) print n; else if (v ~ /ms$/) print n*1000; else if (v ~ /s$/) print n*1000000; else print n }'; }

@@ -18,8 +18,8 @@ if [ "${1:-}" = test ] || [ "${1:-}" = bench ]; then
   need_pkgs+=(containerd runc containerd busybox-static iproute2 nftables)
 fi
 if [ "${1:-}" = bench ]; then
-  need_cmds+=(wrk nginx haproxy perf crun)
-  need_pkgs+=(wrk nginx-light haproxy linux-perf crun)
+  need_cmds+=(wrk nginx haproxy perf crun h2load ab openssl)
+  need_pkgs+=(wrk nginx-light haproxy linux-perf crun nghttp2-client apache2-utils openssl)
 fi
 
 missing=()

@@ -359,3 +359,50 @@ fn zombie_children(parent: u32) -> usize {
         })
         .count()
 }
+
+#[test]
+fn a_websocket_spilled_to_an_emergency_instance_keeps_it_while_open_and_frees_it_on_close() {
+    use tungstenite::Message;
+    let f = lean_function(
+        "ws",
+        "wavelink.dev/scaling-mode: fast-only, wavelink.dev/container-concurrency: \"1\", wavelink.dev/timeout: 1s, \
+         wavelink.dev/emergency-keepalive: 1s",
+        "",
+    );
+    let stack = Stack::new(&f.yaml, &[4]);
+    let _wavelet = stack.start_wavelet(0);
+    let _proxy = stack.start_proxy();
+    let emergency_in_flight = || {
+        let stats = get(stack.proxy_admin, "admin", "/stats").expect("stats").json();
+        stats["functions"][0]["in_flight"]["emergency"].as_u64().unwrap_or(u64::MAX)
+    };
+
+    let stream = std::net::TcpStream::connect(stack.proxy_listen).expect("connect");
+    stream.set_read_timeout(Some(PATIENCE)).expect("read timeout");
+    let (mut socket, response) =
+        tungstenite::client::client(format!("ws://{}/chat", f.host), stream).expect("a WebSocket handshake");
+    assert_eq!(response.status(), 101);
+    assert_eq!(response.headers()["x-wavelink-track"], "emergency");
+    let mut echo = |text: &str| {
+        socket.send(Message::text(text)).expect("send");
+        match socket.read().expect("the echo") {
+            Message::Text(back) => assert_eq!(back.as_str(), text),
+            other => panic!("expected a text echo, got {other:?}"),
+        }
+    };
+    echo("first");
+    // The socket holds its emergency slot, and with it its EI, while it is open...
+    assert_eq!(emergency_in_flight(), 1);
+    // ...past the function's 1 s timeout and its 1 s EI keepalive: a quiet socket is not cut.
+    std::thread::sleep(Duration::from_millis(2500));
+    echo("after the timeout and the keepalive");
+    assert_eq!(emergency_in_flight(), 1);
+    assert_eq!(processes_with_env(&f.marker).len(), 1, "the EI lives while its socket is open");
+
+    socket.close(None).expect("close");
+    // The close handshake completes (the echo returns the close), then the connection ends.
+    let deadline = std::time::Instant::now() + PATIENCE;
+    while !matches!(socket.read(), Err(_) | Ok(Message::Close(_))) && std::time::Instant::now() < deadline {}
+    wait_until("the slot is freed when the socket closes", || emergency_in_flight() == 0);
+    wait_for_no_instances(&f.marker, Duration::from_secs(15));
+}

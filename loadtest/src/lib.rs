@@ -17,6 +17,7 @@ pub mod listen_fds;
 pub mod printer;
 pub mod progress;
 pub mod trace;
+pub mod websocket;
 pub mod workload;
 
 use std::sync::Arc;

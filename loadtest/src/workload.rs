@@ -11,8 +11,9 @@
 //! | `status=S` | answer with status S instead of 200 |
 //! | `headers` | answer with the request's headers, one `name: value` per line (what the function saw) |
 //!
-//! The same port speaks HTTP/1.1 and HTTP/2 (h2c, prior knowledge), and answers gRPC calls of
-//! `faas.Executor/Execute` with the same work and limits (see [`crate::grpc`]).
+//! The same port speaks HTTP/1.1 and HTTP/2 (h2c, prior knowledge), answers gRPC calls of
+//! `faas.Executor/Execute` with the same work and limits (see [`crate::grpc`]), and echoes on a
+//! WebSocket for a request that asks to upgrade (see [`crate::websocket`]).
 //!
 //! `ms` and `sleep` are capped by `--max-ms` (10 minutes by default) and `mb` by `--max-mb` (16
 //! GiB): set them low for a function anyone can call.
@@ -86,7 +87,7 @@ fn parse_duration_arg(text: &str) -> Result<Duration, String> {
 
 pub(crate) struct Instance {
     pub(crate) id: String,
-    in_flight: AtomicU32,
+    pub(crate) in_flight: AtomicU32,
     /// `FN_MESSAGE` from the environment, echoed in every answer.
     message: Option<http::HeaderValue>,
     pub(crate) limits: Limits,
@@ -150,7 +151,7 @@ async fn serve(listener: std::net::TcpListener, instance: Arc<Instance>, grace_p
         let instance = instance.clone();
         let service = service_fn(move |request| answer(request, instance.clone()));
         // HTTP/1.1, or HTTP/2 for a client that starts with its preface (h2c: gRPC).
-        let connection = builder.serve_connection(TokioIo::new(stream), service).into_owned();
+        let connection = builder.serve_connection_with_upgrades(TokioIo::new(stream), service).into_owned();
         let connection = graceful.watch(connection);
         tokio::spawn(async move {
             // A client going away mid-request is its business, not an error of the function.
@@ -218,6 +219,9 @@ async fn answer(
     let _in_flight = DecrementOnDrop(&instance.in_flight);
     if crate::grpc::is_grpc(&request) {
         return Ok(crate::grpc::serve(request, instance.clone(), in_flight).await);
+    }
+    if crate::websocket::is_websocket(&request) {
+        return Ok(crate::websocket::accept(request, instance.clone()).map(tonic::body::Body::new));
     }
     Ok(handle(request, &instance, in_flight).await.map(tonic::body::Body::new))
 }
