@@ -13,6 +13,8 @@ pub mod duration;
 pub mod forwarded;
 pub mod function;
 pub mod lease;
+pub mod routing;
+pub mod sim;
 pub mod size;
 pub mod slots;
 pub mod spec;

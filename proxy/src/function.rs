@@ -23,6 +23,7 @@ use tokio::sync::oneshot;
 use wavelink_core::{FunctionId, FunctionSpec};
 
 use pingora_core::upstreams::peer::HttpPeer;
+use wavelink_core::routing::{QueueRefusal, admit_to_queue, take_slot};
 use wavelink_core::spec::{ScalingMode, Track};
 
 use crate::instance::{Instance, reserve_any};
@@ -244,10 +245,7 @@ impl FunctionState {
 
     /// A free slot now, or `None`. Never overtakes requests already waiting.
     pub fn try_acquire(self: &Arc<Self>) -> Option<SlotGuard> {
-        if self.queued() > 0 {
-            return None;
-        }
-        self.reserve(&self.routing.load())
+        self.reserve(&self.routing.load(), self.queued())
     }
 
     /// A slot, waiting in the queue up to the function's `queue-timeout` if none is free.
@@ -267,13 +265,14 @@ impl FunctionState {
         let (hand_off, receive) = oneshot::channel();
         let ticket = {
             let mut waiters = self.waiters.lock();
-            if waiters.len() >= spec.queue_depth as usize {
-                self.metrics().record_rejection(Rejection::QueueFull);
-                return Err(Rejection::QueueFull);
-            }
-            if !self.links.try_enqueue() {
-                self.metrics().record_rejection(Rejection::ProxyQueueFull);
-                return Err(Rejection::ProxyQueueFull);
+            let waiting = u32::try_from(waiters.len()).unwrap_or(u32::MAX);
+            if let Err(refusal) = admit_to_queue(waiting, spec.queue_depth, || self.links.try_enqueue()) {
+                let rejection = match refusal {
+                    QueueRefusal::FunctionQueueFull => Rejection::QueueFull,
+                    QueueRefusal::ProxyQueueFull => Rejection::ProxyQueueFull,
+                };
+                self.metrics().record_rejection(rejection);
+                return Err(rejection);
             }
             let ticket = self.next_ticket.fetch_add(1, Relaxed);
             waiters.push_back(Waiter { ticket, hand_off });
@@ -301,9 +300,10 @@ impl FunctionState {
         }
     }
 
-    /// A slot on the first of the mode's tracks that has one free.
-    fn reserve(self: &Arc<Self>, routing: &Routing) -> Option<SlotGuard> {
-        routing.spec.scaling_mode.tracks().iter().find_map(|track| {
+    /// A slot on the first of the mode's tracks that has one free, unless `waiting` requests
+    /// are ahead (core::routing, the choice the simulator makes too).
+    fn reserve(self: &Arc<Self>, routing: &Routing, waiting: u32) -> Option<SlotGuard> {
+        take_slot(routing.spec.scaling_mode, waiting, |track| {
             let slot = match track {
                 Track::Regular => self.reserve_regular(routing)?,
                 Track::Emergency => self.reserve_emergency(routing.spec.emergency_max, &[])?,
@@ -341,7 +341,8 @@ impl FunctionState {
             while !waiters.is_empty() {
                 let slot = match undelivered.take() {
                     Some(slot) => slot,
-                    None => match self.reserve(&routing) {
+                    // For the head of the queue: nobody is ahead of it.
+                    None => match self.reserve(&routing, 0) {
                         Some(slot) => slot,
                         None => break,
                     },

@@ -20,7 +20,7 @@ use nix::unistd::Pid;
 use serde::Serialize;
 use wavelink_core::ScalingMode;
 use wavelink_core::trace::Trace;
-use wavelink_core::trace::arrivals::{ArrivalPattern, ScheduleOptions, schedule};
+use wavelink_core::trace::arrivals::{ArrivalPattern, ScheduleOptions, Work, schedule};
 use wavelink_core::trace::report::{Record, Report, summarize};
 use wavelink_core::trace::synthetic::{SyntheticOptions, generate};
 use wavelink_loadtest::trace::replay::{ReplayPlan, ReplayProgress, replay};
@@ -71,6 +71,11 @@ pub struct ExperimentArgs {
     /// Most Emergency Instances alive on the node at once.
     #[arg(long, default_value_t = 256, value_name = "N")]
     max_instances: u32,
+    /// What an invocation's runtime is spent on: `cpu` (burnt) or `sleep` (for real traces,
+    /// whose CPU needs exceed this machine: concurrency, instances, cold starts and memory-time
+    /// stay real).
+    #[arg(long, default_value = "cpu", value_name = "cpu|sleep")]
+    work: Work,
     /// Cap on the runtime an invocation asks for.
     #[arg(long, default_value_t = 10_000, value_name = "MS")]
     max_runtime_ms: u32,
@@ -142,6 +147,8 @@ fn parse_annotation(text: &str) -> Result<(String, String), String> {
 #[derive(Debug, Clone, Serialize)]
 pub struct ModeResult {
     pub mode: &'static str,
+    /// What each runtime was spent on (`cpu` or `sleep`).
+    pub work: &'static str,
     pub report: Report,
     /// RIs and EIs started during the replay.
     pub regular_starts: f64,
@@ -218,12 +225,13 @@ pub fn run(args: ExperimentArgs) -> anyhow::Result<()> {
     let names: Vec<String> = trace.functions.iter().map(|f| f.name()).collect();
     let length = invocations.last().map_or(Duration::ZERO, |i| i.at);
     println!(
-        "experiment: {} invocations of {} functions over {:.0} s per mode, modes {}, RI start delay {:?}",
+        "experiment: {} invocations of {} functions over {:.0} s per mode, modes {}, RI start delay {:?}, work {}",
         invocations.len(),
         names.len(),
         length.as_secs_f64(),
         args.modes.iter().map(|m| mode_name(*m)).collect::<Vec<_>>().join(", "),
-        args.ri_start_delay
+        args.ri_start_delay,
+        args.work.as_str()
     );
     // With containers: containerd (given, or a private one for this run) and the image in it.
     let (_containerd, runtime_env) = match args.runtime {
@@ -261,7 +269,7 @@ pub fn run(args: ExperimentArgs) -> anyhow::Result<()> {
         results.push(result);
         all_records.push(records);
     }
-    let table = results_table(&results, args.ri_start_delay, args.runtime);
+    let table = results_table(&results, args.ri_start_delay, args.runtime, args.work);
     print!("\n{table}");
     std::fs::write(args.out.join("results.md"), &table).context("writing results.md")?;
     let json = serde_json::to_vec_pretty(&results).context("encoding results")?;
@@ -307,7 +315,7 @@ fn import_image(out: &std::path::Path, socket: &std::path::Path) -> anyhow::Resu
 }
 
 /// The side-by-side table (Markdown), with ratios to `dual` when it ran.
-pub fn results_table(results: &[ModeResult], ri_start_delay: Duration, runtime: RuntimeKind) -> String {
+pub fn results_table(results: &[ModeResult], ri_start_delay: Duration, runtime: RuntimeKind, work: Work) -> String {
     let dual = results.iter().find(|r| r.mode == "dual");
     let ratio = |value: f64, base: Option<f64>| match base {
         Some(b) if b > 0.0 => format!("{:.2}", value / b),
@@ -318,8 +326,15 @@ pub fn results_table(results: &[ModeResult], ri_start_delay: Duration, runtime: 
         RuntimeKind::Process => "process (instances are process groups of wavelink-fn)",
         RuntimeKind::Containerd => "containerd (instances are containers of the wavelink-fn image)",
     };
-    let _ =
-        writeln!(out, "RI start delay (modelled pod start): {} ms; runtime: {runtime}\n", ri_start_delay.as_millis());
+    let work = match work {
+        Work::Cpu => "cpu (each runtime burnt as CPU)",
+        Work::Sleep => "sleep (each runtime slept: the trace's CPU is not spent)",
+    };
+    let _ = writeln!(
+        out,
+        "RI start delay (modelled pod start): {} ms; runtime: {runtime}; work: {work}\n",
+        ri_start_delay.as_millis()
+    );
     let _ = writeln!(
         out,
         "| mode | geomean p99 slowdown | ×dual | p50 ms | p99 ms | EI share | failed | cold starts (RI+EI) | memory GiB-s | ×dual | platform CPU s | ×dual |"
@@ -439,6 +454,7 @@ fn run_mode(
         timeout: Duration::from_secs(120),
         max_connections: 4096,
         threads: 2,
+        work: args.work,
     };
     let started = Instant::now();
     let records = replay(&plan, invocations, &Arc::new(ReplayProgress::default())).map_err(anyhow::Error::msg)?;
@@ -460,8 +476,11 @@ fn run_mode(
         0.0
     };
     let tree = children_cpu() - children_before;
-    let requested_work: f64 =
-        records.iter().filter(|r| r.succeeded()).map(|r| f64::from(r.requested_ms) / 1000.0).sum();
+    // Sleeping asks for no CPU.
+    let requested_work: f64 = match args.work {
+        Work::Cpu => records.iter().filter(|r| r.succeeded()).map(|r| f64::from(r.requested_ms) / 1000.0).sum(),
+        Work::Sleep => 0.0,
+    };
     let own = components.proxy + components.wavelet + components.controller + components.up;
     let cpu = CpuSeconds {
         proxy: components.proxy,
@@ -476,6 +495,7 @@ fn run_mode(
     Ok((
         ModeResult {
             mode: mode_name(mode),
+            work: args.work.as_str(),
             report,
             regular_starts: after.regular_starts - before.regular_starts,
             emergency_starts: after.emergency_starts - before.emergency_starts,

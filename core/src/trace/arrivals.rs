@@ -32,6 +32,49 @@ impl FromStr for ArrivalPattern {
     }
 }
 
+/// What an invocation's runtime is spent on when it is replayed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Work {
+    /// Burning CPU for the runtime (`?ms=`): real work, slowed by contention as on a cluster.
+    #[default]
+    Cpu,
+    /// Sleeping for it (`?sleep=`): concurrency, instance counts, cold starts and memory-time are
+    /// real while the CPU the trace would need on a cluster is not (a real trace on a small
+    /// machine).
+    Sleep,
+}
+
+impl Work {
+    /// The function workload's query asking for this invocation's work and memory.
+    pub fn query(self, runtime_ms: u32, memory_mb: u32) -> String {
+        let key = match self {
+            Work::Cpu => "ms",
+            Work::Sleep => "sleep",
+        };
+        if memory_mb > 0 { format!("/?{key}={runtime_ms}&mb={memory_mb}") } else { format!("/?{key}={runtime_ms}") }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Work::Cpu => "cpu",
+            Work::Sleep => "sleep",
+        }
+    }
+}
+
+impl std::str::FromStr for Work {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
+        match text {
+            "cpu" => Ok(Work::Cpu),
+            "sleep" => Ok(Work::Sleep),
+            other => Err(format!("{other:?} is not a kind of work (cpu, sleep)")),
+        }
+    }
+}
+
 /// One invocation of the schedule.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Invocation {
@@ -111,6 +154,14 @@ pub fn schedule(trace: &Trace, options: &ScheduleOptions) -> Vec<Invocation> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn work_asks_the_workload_to_burn_or_to_sleep() {
+        assert_eq!(Work::Cpu.query(20, 0), "/?ms=20");
+        assert_eq!(Work::Sleep.query(20, 8), "/?sleep=20&mb=8");
+        assert_eq!("sleep".parse::<Work>(), Ok(Work::Sleep));
+        assert!("idle".parse::<Work>().is_err());
+    }
     use crate::trace::azure;
 
     fn trace() -> Trace {

@@ -13,7 +13,7 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use clap::Args;
 use wavelink_core::spec::Track;
-use wavelink_core::trace::arrivals::{ArrivalPattern, ScheduleOptions, schedule};
+use wavelink_core::trace::arrivals::{ArrivalPattern, ScheduleOptions, Work, schedule};
 use wavelink_core::trace::report::{Record, Report, summarize};
 use wavelink_core::trace::synthetic::{SyntheticOptions, generate};
 use wavelink_core::trace::{Trace, azure};
@@ -57,6 +57,11 @@ pub struct TraceArgs {
     /// for quick experiments and tests.
     #[arg(long, default_value_t = 1.0, value_name = "F", value_parser = parse_speedup)]
     pub speedup: f64,
+    /// What an invocation's runtime is spent on: `cpu` (burnt, as on a cluster) or `sleep` (a
+    /// real trace on a small machine: concurrency, instances, cold starts and memory-time stay
+    /// real, the CPU the trace would need does not).
+    #[arg(long, default_value = "cpu", value_name = "cpu|sleep")]
+    pub work: Work,
     /// Cap on the runtime an invocation asks for (the trace's may not fit the machine).
     #[arg(long, default_value_t = 60_000, value_name = "MS")]
     pub max_runtime_ms: u32,
@@ -225,16 +230,18 @@ pub fn run(args: &TraceArgs) -> anyhow::Result<()> {
         timeout: args.timeout,
         max_connections: args.max_connections,
         threads: args.threads,
+        work: args.work,
     };
     let length = invocations.last().map_or(Duration::ZERO, |i| i.at);
     eprintln!(
-        "replaying {} invocations of {} functions over {} at {} ({:?} arrivals, seed {})",
+        "replaying {} invocations of {} functions over {} at {} ({:?} arrivals, seed {}, work: {})",
         invocations.len(),
         names.len(),
         wavelink_core::duration::HumanDuration(Duration::from_secs(length.as_secs() + 1)),
         args.target,
         args.arrivals,
-        args.seed
+        args.seed,
+        args.work.as_str()
     );
     let progress = Arc::new(replay::ReplayProgress::default());
     let ticker = Ticker::start({

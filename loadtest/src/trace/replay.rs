@@ -12,7 +12,7 @@ use std::time::Duration;
 use parking_lot::Mutex;
 use tokio::sync::Semaphore;
 use tokio::time::Instant;
-use wavelink_core::trace::arrivals::Invocation;
+use wavelink_core::trace::arrivals::{Invocation, Work};
 use wavelink_core::trace::report::Record;
 
 use crate::client::{Connection, get_request};
@@ -28,6 +28,8 @@ pub struct ReplayPlan {
     /// Most connections open at once; beyond, invocations wait (and their wait counts).
     pub max_connections: usize,
     pub threads: usize,
+    /// What each invocation's runtime is spent on.
+    pub work: Work,
 }
 
 /// Shared counters for a progress display.
@@ -54,14 +56,7 @@ pub fn replay(
     let requests: Arc<Vec<Vec<u8>>> = Arc::new(
         schedule
             .iter()
-            .map(|i| {
-                let path = if i.memory_mb > 0 {
-                    format!("/?ms={}&mb={}", i.runtime_ms, i.memory_mb)
-                } else {
-                    format!("/?ms={}", i.runtime_ms)
-                };
-                get_request(&path, &plan.hosts[i.function], &[])
-            })
+            .map(|i| get_request(&plan.work.query(i.runtime_ms, i.memory_mb), &plan.hosts[i.function], &[]))
             .collect(),
     );
     runtime.block_on(async {
