@@ -66,6 +66,12 @@ enum Command {
     /// slowdown, latency, EI share, cold starts, instance memory-time, platform CPU, and ratios to
     /// dual. Results, records, logs and plots go to --out.
     Experiment(Box<commands::experiment::ExperimentArgs>),
+    /// Simulate a trace on a cluster of N nodes through WaveLink's own policy code, per mode.
+    ///
+    /// The proxy's per-request choice, the autoscaler and the Wavelets' reuse and keep-alive run
+    /// in virtual time against modelled pod starts, EI cold starts, instance memory and CPU
+    /// contention: traces and clusters too large for this machine. Same table as `experiment`.
+    Simulate(Box<commands::simulate::SimulateArgs>),
     /// Print the annotation reference: every wavelink.dev/* key, its default and accepted values.
     Annotations,
     /// Write an OCI image (a layout tar for `ctr images import`) of a program and its libraries.
@@ -90,6 +96,7 @@ fn main() -> std::process::ExitCode {
         Command::Fn(args) => wavelink_loadtest::workload::run(args),
         Command::Load(args) => wavelink_loadtest::run(*args),
         Command::Experiment(args) => commands::experiment::run(*args),
+        Command::Simulate(args) => commands::simulate::run(*args),
         Command::Image(args) => commands::image::run(args),
         Command::Annotations => {
             print!("{}", wavelink_core::spec::markdown_table());

@@ -811,4 +811,43 @@ mod tests {
             assert!(f.routing().regular.iter().all(|i| i.in_flight() == 0));
         });
     }
+
+    /// The proxy and the simulator route with the same code (core::routing): given the same
+    /// function (dual, one RI of concurrency 1, emergency-max 1) and three overlapping requests,
+    /// both put the first on the RI, spill the second to an EI, and make the third wait.
+    #[test]
+    fn the_proxy_and_the_simulator_make_the_same_choice() {
+        use wavelink_core::sim::{SimConfig, StartDelay, simulate};
+        use wavelink_core::trace::arrivals::Invocation;
+        let annotations = [
+            (keys::CONTAINER_CONCURRENCY, "1"),
+            (keys::EMERGENCY_MAX, "1"),
+            (keys::MIN_SCALE, "1"),
+            (keys::SPORADIC_THRESHOLD, "0"),
+        ];
+        let f = with_wavelets(1, 1, &annotations);
+        let proxy: Vec<Option<Track>> = {
+            let held: Vec<Option<SlotGuard>> = (0..3).map(|_| f.try_acquire()).collect();
+            held.iter().map(|slot| slot.as_ref().map(SlotGuard::track)).collect()
+        };
+        assert_eq!(proxy, [Some(Track::Regular), Some(Track::Emergency), None]);
+
+        // The same function in the simulator: its RI routable from the start, three requests
+        // of 100 ms arriving 1 ms apart.
+        let spec = Arc::new(FunctionSpec::from_annotations(annotations.iter().copied()).unwrap());
+        let config = SimConfig {
+            ri_start_delay: StartDelay::Fixed(Duration::ZERO),
+            ei_cold_start: Duration::ZERO,
+            cpu_contention: false,
+            ..SimConfig::default()
+        };
+        let arrivals: Vec<Invocation> = (0..3)
+            .map(|i| Invocation { at: Duration::from_millis(10 + i), function: 0, runtime_ms: 100, memory_mb: 0 })
+            .collect();
+        let outcome = simulate(&config, &[spec], &arrivals).unwrap();
+        let waited: Vec<bool> = outcome.records.iter().map(|r| r.e2e_us > 100_000).collect();
+        let tracks: Vec<Option<Track>> = outcome.records.iter().map(|r| r.track).collect();
+        assert_eq!(tracks[..2], proxy[..2], "the first two are placed as the proxy places them");
+        assert_eq!(waited, [false, false, true], "and the third waits, as with the proxy");
+    }
 }

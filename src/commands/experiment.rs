@@ -79,30 +79,12 @@ pub struct ExperimentArgs {
     /// Cap on the runtime an invocation asks for.
     #[arg(long, default_value_t = 10_000, value_name = "MS")]
     max_runtime_ms: u32,
-    /// Synthetic trace: functions in all.
-    #[arg(long, default_value_t = 6)]
-    functions: usize,
-    /// Synthetic trace: of those, functions with bursts only.
-    #[arg(long, default_value_t = 2)]
-    sporadic: usize,
-    /// Synthetic trace: its length.
-    #[arg(long = "trace-minutes", default_value_t = 5, value_name = "N")]
-    trace_minutes: usize,
-    /// Synthetic trace: sustained invocations per second of the least and most loaded function.
-    #[arg(long, default_value = "0.5..4", value_parser = parse_range, value_name = "LOW..HIGH")]
-    sustained_rps: (f64, f64),
-    /// Synthetic trace: invocations a burst adds to each of its minutes.
-    #[arg(long, default_value_t = 300)]
-    burst_size: u32,
-    /// Synthetic trace: minutes between a function's bursts.
-    #[arg(long, default_value_t = 3)]
-    burst_every: usize,
-    /// Synthetic trace: median runtime per invocation.
-    #[arg(long, default_value_t = 20.0, value_name = "MS")]
-    runtime_ms: f64,
-    /// Synthetic trace: median memory per invocation.
-    #[arg(long, default_value_t = 8.0, value_name = "MIB")]
-    memory_mb: f64,
+    #[command(flatten)]
+    synthetic: SyntheticTraceArgs,
+    /// Also simulate each mode (`wavelink simulate`'s model, same trace, seed and settings, this
+    /// machine as one node) and print simulated next to measured: the simulator's validation.
+    #[arg(long)]
+    simulate: bool,
     /// How instances run: `process`, or `containerd` (every EI, and every RI of the local
     /// backend, a container of the `wavelink-fn` image, so sandbox cold starts cost what they
     /// cost; needs root).
@@ -114,12 +96,64 @@ pub struct ExperimentArgs {
     containerd_socket: Option<PathBuf>,
 }
 
+/// The synthetic trace used when no trace directory is given (shared with `wavelink simulate`,
+/// so both run the same trace by default).
+#[derive(Debug, Clone, clap::Args)]
+pub struct SyntheticTraceArgs {
+    /// Synthetic trace: functions in all.
+    #[arg(long, default_value_t = 6)]
+    pub functions: usize,
+    /// Synthetic trace: of those, functions with bursts only.
+    #[arg(long, default_value_t = 2)]
+    pub sporadic: usize,
+    /// Synthetic trace: its length.
+    #[arg(long = "trace-minutes", default_value_t = 5, value_name = "N")]
+    pub trace_minutes: usize,
+    /// Synthetic trace: sustained invocations per second of the least and most loaded function.
+    #[arg(long, default_value = "0.5..4", value_parser = parse_range, value_name = "LOW..HIGH")]
+    pub sustained_rps: (f64, f64),
+    /// Synthetic trace: invocations a burst adds to each of its minutes.
+    #[arg(long, default_value_t = 300)]
+    pub burst_size: u32,
+    /// Synthetic trace: minutes between a function's bursts.
+    #[arg(long, default_value_t = 3)]
+    pub burst_every: usize,
+    /// Synthetic trace: median runtime per invocation.
+    #[arg(long, default_value_t = 20.0, value_name = "MS")]
+    pub runtime_ms: f64,
+    /// Synthetic trace: median memory per invocation.
+    #[arg(long, default_value_t = 8.0, value_name = "MIB")]
+    pub memory_mb: f64,
+}
+
+impl SyntheticTraceArgs {
+    /// The trace in `dir`, or this synthetic one.
+    pub fn trace(&self, dir: Option<&std::path::Path>, seed: u64) -> anyhow::Result<Trace> {
+        match dir {
+            Some(dir) => read_trace(dir),
+            None => generate(&SyntheticOptions {
+                functions: self.functions,
+                sporadic: self.sporadic,
+                minutes: self.trace_minutes,
+                sustained_rps: self.sustained_rps,
+                burst_size: self.burst_size,
+                burst_minutes: 1,
+                burst_every: self.burst_every,
+                runtime_ms: self.runtime_ms,
+                memory_mb: self.memory_mb,
+                seed,
+            })
+            .map_err(|e| anyhow::anyhow!("synthetic trace: {e}")),
+        }
+    }
+}
+
 /// The containerd namespace the experiment's image and instances live in.
 const CONTAINERD_NAMESPACE: &str = "wavelink-experiment";
 /// The image functions run with `--runtime containerd`.
 const IMAGE: &str = concat!("localhost/wavelink-fn:", env!("CARGO_PKG_VERSION"));
 
-fn parse_mode(text: &str) -> Result<ScalingMode, String> {
+pub fn parse_mode(text: &str) -> Result<ScalingMode, String> {
     match text {
         "dual" => Ok(ScalingMode::Dual),
         "async" => Ok(ScalingMode::Async),
@@ -129,7 +163,7 @@ fn parse_mode(text: &str) -> Result<ScalingMode, String> {
     }
 }
 
-fn mode_name(mode: ScalingMode) -> &'static str {
+pub fn mode_name(mode: ScalingMode) -> &'static str {
     match mode {
         ScalingMode::Dual => "dual",
         ScalingMode::Async => "async",
@@ -138,7 +172,7 @@ fn mode_name(mode: ScalingMode) -> &'static str {
     }
 }
 
-fn parse_annotation(text: &str) -> Result<(String, String), String> {
+pub fn parse_annotation(text: &str) -> Result<(String, String), String> {
     let (key, value) = text.split_once('=').ok_or_else(|| format!("{text:?} is not KEY=VALUE"))?;
     Ok((key.trim().to_owned(), value.trim().to_owned()))
 }
@@ -193,22 +227,7 @@ pub fn run(args: ExperimentArgs) -> anyhow::Result<()> {
     if !(args.speedup.is_finite() && args.speedup >= 1.0) {
         bail!("--speedup must be at least 1");
     }
-    let trace = match &args.trace {
-        Some(dir) => read_trace(dir)?,
-        None => generate(&SyntheticOptions {
-            functions: args.functions,
-            sporadic: args.sporadic,
-            minutes: args.trace_minutes,
-            sustained_rps: args.sustained_rps,
-            burst_size: args.burst_size,
-            burst_minutes: 1,
-            burst_every: args.burst_every,
-            runtime_ms: args.runtime_ms,
-            memory_mb: args.memory_mb,
-            seed: args.seed,
-        })
-        .map_err(|e| anyhow::anyhow!("synthetic trace: {e}"))?,
-    };
+    let trace = args.synthetic.trace(args.trace.as_deref(), args.seed)?;
     let options = ScheduleOptions {
         pattern: args.arrivals,
         seed: args.seed,
@@ -269,7 +288,10 @@ pub fn run(args: ExperimentArgs) -> anyhow::Result<()> {
         results.push(result);
         all_records.push(records);
     }
-    let table = results_table(&results, args.ri_start_delay, args.runtime, args.work);
+    let mut table = results_table(&results, args.ri_start_delay, args.runtime, args.work);
+    if args.simulate {
+        table.push_str(&validation(&args, &results, trace.functions.len(), &invocations)?);
+    }
     print!("\n{table}");
     std::fs::write(args.out.join("results.md"), &table).context("writing results.md")?;
     let json = serde_json::to_vec_pretty(&results).context("encoding results")?;
@@ -279,6 +301,65 @@ pub fn run(args: ExperimentArgs) -> anyhow::Result<()> {
     write_plots(&args.out.join("plots"), &labelled)?;
     println!("experiment: results, records, logs and plots in {}", args.out.display());
     Ok(())
+}
+
+/// The simulator on the same trace and settings, next to what was measured.
+fn validation(
+    args: &ExperimentArgs,
+    measured: &[ModeResult],
+    functions: usize,
+    invocations: &[wavelink_core::trace::arrivals::Invocation],
+) -> anyhow::Result<String> {
+    let config = wavelink_core::sim::SimConfig {
+        nodes: 1,
+        cores_per_node: std::thread::available_parallelism().map_or(2.0, |n| n.get() as f64),
+        max_emergency_per_node: args.max_instances,
+        ri_start_delay: wavelink_core::sim::StartDelay::Fixed(args.ri_start_delay),
+        // bench/ei.py and bench/ei_containerd.py: first byte of a new EI.
+        ei_cold_start: match args.runtime {
+            RuntimeKind::Process => Duration::from_millis(2),
+            RuntimeKind::Containerd => Duration::from_millis(45),
+        },
+        cpu_contention: args.work == Work::Cpu,
+        seed: args.seed,
+        ..Default::default()
+    };
+    let error = |simulated: f64, real: f64| {
+        if real == 0.0 { "-".to_owned() } else { format!("{:+.0}%", 100.0 * (simulated - real) / real) }
+    };
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "\nSimulated (core::sim, same trace, seed and settings, this machine as one node of {} cores, contention {}) next to measured; goals: memory-time within 15%, cold starts within 20%, geomean p99 slowdown within 25%:\n",
+        config.cores_per_node,
+        if config.cpu_contention { "on" } else { "off" }
+    );
+    let _ = writeln!(
+        out,
+        "| mode | memory GiB-s measured | simulated | error | cold starts measured | simulated | error | geomean p99 slowdown measured | simulated | error |"
+    );
+    let _ = writeln!(out, "|---|---|---|---|---|---|---|---|---|---|");
+    for real in measured {
+        let mode = parse_mode(real.mode).map_err(anyhow::Error::msg)?;
+        let (sim, _) = super::simulate::simulate_mode(&config, mode, &args.annotations, functions, invocations)?;
+        let real_starts = real.regular_starts + real.emergency_starts;
+        let sim_starts = (sim.regular_starts + sim.emergency_starts) as f64;
+        let _ = writeln!(
+            out,
+            "| {} | {:.1} | {:.1} | {} | {:.0} | {:.0} | {} | {:.2} | {:.2} | {} |",
+            real.mode,
+            real.memory_gib_s(),
+            sim.memory_gib_s(),
+            error(sim.memory_gib_s(), real.memory_gib_s()),
+            real_starts,
+            sim_starts,
+            error(sim_starts, real_starts),
+            real.report.geomean_p99_slowdown,
+            sim.report.geomean_p99_slowdown,
+            error(sim.report.geomean_p99_slowdown, real.report.geomean_p99_slowdown),
+        );
+    }
+    Ok(out)
 }
 
 /// A stopped stack must have removed every container it started (checked with `ctr`).
@@ -378,22 +459,29 @@ fn free_addr() -> anyhow::Result<SocketAddr> {
     listener.local_addr().context("finding a free port")
 }
 
-/// The config of one mode's stack.
-fn config_text(args: &ExperimentArgs, mode: ScalingMode, names: &[String], addrs: &[SocketAddr; 5]) -> String {
-    let [listen, admin, wavelet, wavelet_admin, controller] = addrs;
+/// The annotations every function gets in `mode`'s run: container-concurrency 1, then the
+/// user's, then the mode (shared with `wavelink simulate`, so both model the same functions).
+pub fn mode_annotations(mode: ScalingMode, extra: &[(String, String)]) -> Vec<(String, String)> {
     let mut annotations: Vec<(String, String)> = vec![("wavelink.dev/container-concurrency".into(), "1".into())];
     if mode == ScalingMode::FastOnly {
         // FaaS-only: an idle instance lives as long as the autoscaler would keep an RI (its
         // stable window), like a keep-alive policy of Dirigent-style platforms.
-        let window = args.annotations.iter().find(|(k, _)| k == "wavelink.dev/window").map_or("60s", |(_, v)| v);
+        let window = extra.iter().find(|(k, _)| k == "wavelink.dev/window").map_or("60s", |(_, v)| v);
         annotations.push(("wavelink.dev/emergency-keepalive".into(), window.to_owned()));
     }
-    for (key, value) in &args.annotations {
+    for (key, value) in extra {
         annotations.retain(|(k, _)| k != key);
         annotations.push((key.clone(), value.clone()));
     }
     annotations.retain(|(k, _)| k != "wavelink.dev/scaling-mode");
     annotations.push(("wavelink.dev/scaling-mode".into(), mode_name(mode).into()));
+    annotations
+}
+
+/// The config of one mode's stack.
+fn config_text(args: &ExperimentArgs, mode: ScalingMode, names: &[String], addrs: &[SocketAddr; 5]) -> String {
+    let [listen, admin, wavelet, wavelet_admin, controller] = addrs;
+    let annotations = mode_annotations(mode, &args.annotations);
     let annotations: Vec<String> = annotations.iter().map(|(k, v)| format!("{k}: \"{v}\"")).collect();
     let mut text = format!(
         "domain: {DOMAIN}\n\

@@ -5,6 +5,7 @@ pub mod controller;
 pub mod experiment;
 pub mod image;
 pub mod proxy;
+pub mod simulate;
 pub mod up;
 pub mod wavelet;
 

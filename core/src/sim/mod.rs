@@ -8,8 +8,9 @@
 //! Modelled costs (each a [`SimConfig`] field with a documented default):
 //! - an RI becomes routable `ri_start_delay` after the autoscaler asks for it (a pod start);
 //! - an EI serves its first request `ei_cold_start` after the Wavelet is asked for it;
-//! - an instance holds `instance_base_mib` while it lives, plus each running invocation's
-//!   memory while it runs (the trace's per-invocation memory);
+//! - an instance holds `instance_base_mib` while it lives, plus the most memory its running
+//!   invocations asked for at once so far (the trace's per-invocation memory; allocators keep
+//!   what they freed, as wavelink-fn's RSS shows);
 //! - CPU contention: an invocation that starts on a node running more invocations than it has
 //!   cores is slowed by that ratio for its whole run (processor sharing frozen at its start: exact
 //!   for a steady load, cheap to compute).

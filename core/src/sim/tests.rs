@@ -43,8 +43,10 @@ fn a_burst_with_no_ri_goes_to_new_emergency_instances_with_their_cold_start() {
     assert!(outcome.records.iter().all(|r| r.track == Some(Track::Emergency) && r.status == Some(200)));
     assert!((outcome.records[0].slowdown() - 1.1).abs() < 1e-9);
     assert_eq!((outcome.regular_starts, outcome.emergency_starts), (0, 2));
-    // Memory: the EIs lived 0-160 ms and 50-160 ms at 1 MiB; each run held 10 MiB for 100 ms.
-    assert!((outcome.emergency_memory_mib_s - (0.16 + 0.11 + 2.0)).abs() < 1e-9, "{}", outcome.emergency_memory_mib_s);
+    // Memory: the EIs lived 0-160 ms and 50-160 ms at 1 MiB, and each kept its run's 10 MiB from
+    // the run's start (10 ms, 60 ms) to its end (160 ms).
+    let expected = 0.16 + 0.11 + 10.0 * 0.15 + 10.0 * 0.10;
+    assert!((outcome.emergency_memory_mib_s - expected).abs() < 1e-9, "{}", outcome.emergency_memory_mib_s);
     assert_eq!(outcome.regular_memory_mib_s, 0.0);
 }
 
