@@ -318,7 +318,7 @@ fn validation(
         // bench/ei.py and bench/ei_containerd.py: first byte of a new EI.
         ei_cold_start: match args.runtime {
             RuntimeKind::Process => Duration::from_millis(2),
-            RuntimeKind::Containerd => Duration::from_millis(45),
+            RuntimeKind::Containerd => Duration::from_millis(12),
         },
         cpu_contention: args.work == Work::Cpu,
         seed: args.seed,

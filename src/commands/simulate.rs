@@ -29,8 +29,8 @@ use super::parse_duration;
 ///   - an RI is routable --ri-start-delay after the autoscaler asks for it (the experiment's
 ///     modelled pod start; give a range such as 1s..5s for a spread);
 ///   - an EI serves its first request --ei-cold-start after it is asked for (the process runtime's
-///     first byte, bench/ei.py: about 2 ms; the containerd runtime's is 30-60 ms,
-///     bench/ei_containerd.py);
+///     first byte, bench/ei.py: about 2 ms; the containerd runtime's about 12 ms with prepared
+///     instances and 94 ms without, bench/ei_containerd.py);
 ///   - an instance holds --instance-base-mib while alive (the RSS of an idle wavelink-fn) plus
 ///     each running invocation's memory (from the trace's memory.csv);
 ///   - invocations that start on a node running more than --cores-per-node are slowed by that
