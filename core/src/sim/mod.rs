@@ -88,6 +88,9 @@ pub struct SimConfig {
     pub poke_ceiling: u32,
     /// Most requests waiting at the proxy, every function together (`proxy.max-queued`).
     pub max_queued: u32,
+    /// Functions were deployed before the trace starts (as the experiment's stack is ready before
+    /// its replay): their `initial-scale` RIs are routable at 0 and not counted as cold starts.
+    pub deployed_before: bool,
     pub seed: u64,
 }
 
@@ -104,6 +107,7 @@ impl Default for SimConfig {
             decide_interval: Duration::from_secs(2),
             poke_ceiling: 100,
             max_queued: 10_000,
+            deployed_before: true,
             seed: 1,
         }
     }

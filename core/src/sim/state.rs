@@ -27,6 +27,9 @@ pub fn simulate(config: &SimConfig, specs: &Specs, invocations: &[Invocation]) -
         return Err("the cluster needs nodes, cores and a decide interval above 0".into());
     }
     let mut sim = Sim::new(config, specs, invocations);
+    if config.deployed_before {
+        sim.deploy();
+    }
     sim.run();
     Ok(sim.finish())
 }
@@ -268,6 +271,16 @@ impl<'a> Sim<'a> {
             emergency_alive: 0,
             minute: Minute::default(),
         }
+    }
+
+    /// The autoscaler's first round before the trace: each function's `initial-scale` RIs, warm
+    /// when the trace starts.
+    fn deploy(&mut self) {
+        self.decide();
+        for ri in 0..self.regular.len() {
+            self.regular[ri].ready = true;
+        }
+        self.out.regular_starts = 0;
     }
 
     fn run(&mut self) {

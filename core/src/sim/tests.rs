@@ -23,6 +23,7 @@ fn small_cluster() -> SimConfig {
         ei_cold_start: Duration::from_millis(10),
         instance_base_mib: 1.0,
         cpu_contention: false,
+        deployed_before: false,
         ..SimConfig::default()
     }
 }
@@ -63,6 +64,16 @@ fn an_async_function_waits_for_its_first_ri_and_the_next_request_queues_behind()
     assert!((outcome.records[0].slowdown() - 11.0).abs() < 1e-9);
     // The RI lived from 0 to the last completion at 1.2 s.
     assert!((outcome.regular_memory_mib_s - 1.2).abs() < 1e-9);
+}
+
+#[test]
+fn functions_deployed_before_the_trace_start_with_their_initial_ris_warm() {
+    let specs = [spec(&[(keys::SCALING_MODE, "async"), (keys::INITIAL_SCALE, "2")])];
+    let config = SimConfig { deployed_before: true, ..small_cluster() };
+    let outcome = simulate(&config, &specs, &[invocation(0, 100, 0), invocation(0, 100, 0)]).expect("simulated");
+    // Both initial RIs serve at once: no wait, and no cold start during the trace.
+    assert_eq!(e2e_ms(&outcome), [100, 100]);
+    assert_eq!(outcome.regular_starts, 0);
 }
 
 #[test]
