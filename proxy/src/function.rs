@@ -839,6 +839,7 @@ mod tests {
             ri_start_delay: StartDelay::Fixed(Duration::ZERO),
             ei_cold_start: Duration::ZERO,
             cpu_contention: false,
+            hop_latency: Duration::ZERO,
             ..SimConfig::default()
         };
         let arrivals: Vec<Invocation> = (0..3)

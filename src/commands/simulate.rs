@@ -35,7 +35,9 @@ use super::parse_duration;
 ///     each running invocation's memory (from the trace's memory.csv);
 ///   - invocations that start on a node running more than --cores-per-node are slowed by that
 ///     ratio for their whole run (processor sharing, frozen at the start); --no-contention turns it
-///     off (what `--work sleep` does to a real replay).
+///     off (what `--work sleep` does to a real replay);
+///   - --hop-latency on every request end to end (client, proxy, instance and back);
+///   - functions are deployed before the trace starts: initial-scale RIs are warm at its start.
 ///
 /// Not modelled: network delays, failures, more than one proxy.
 ///
@@ -98,6 +100,10 @@ pub struct SimulateArgs {
     /// No CPU contention: each invocation takes its runtime whatever else runs.
     #[arg(long)]
     no_contention: bool,
+    /// What the way from the client to the instance and back adds to each request (bench/proxy.sh:
+    /// about 0.5 ms through the proxy on loopback under load).
+    #[arg(long, default_value = "500us", value_parser = parse_duration, value_name = "DURATION")]
+    hop_latency: Duration,
     /// How often the autoscaler decides (the controller's decide-interval).
     #[arg(long, default_value = "2s", value_parser = parse_duration, value_name = "DURATION")]
     decide_interval: Duration,
@@ -170,6 +176,7 @@ pub fn run(args: SimulateArgs) -> anyhow::Result<()> {
         instance_base_mib: args.instance_base_mib,
         cpu_contention: !args.no_contention,
         decide_interval: args.decide_interval,
+        hop_latency: args.hop_latency,
         seed: args.seed,
         ..SimConfig::default()
     };

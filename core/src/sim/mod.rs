@@ -13,7 +13,8 @@
 //!   what they freed, as wavelink-fn's RSS shows);
 //! - CPU contention: an invocation that starts on a node running more invocations than it has
 //!   cores is slowed by that ratio for its whole run (processor sharing frozen at its start: exact
-//!   for a steady load, cheap to compute).
+//!   for a steady load, cheap to compute);
+//! - `hop_latency` on every request, end to end (client → proxy → instance and back).
 //!
 //! Scope: one proxy (its queue bounds are the proxy's), one Wavelet per node, RIs placed on the
 //! node with the fewest instances. No network delay and no failure is modelled.
@@ -88,6 +89,10 @@ pub struct SimConfig {
     pub poke_ceiling: u32,
     /// Most requests waiting at the proxy, every function together (`proxy.max-queued`).
     pub max_queued: u32,
+    /// What the way to the instance and back adds to each request end to end (the client to the
+    /// proxy to the instance, on a cluster's network): the simulation charges it, never queues
+    /// on it.
+    pub hop_latency: Duration,
     /// Functions were deployed before the trace starts (as the experiment's stack is ready before
     /// its replay): their `initial-scale` RIs are routable at 0 and not counted as cold starts.
     pub deployed_before: bool,
@@ -108,6 +113,7 @@ impl Default for SimConfig {
             poke_ceiling: 100,
             max_queued: 10_000,
             deployed_before: true,
+            hop_latency: Duration::from_micros(500),
             seed: 1,
         }
     }

@@ -508,7 +508,7 @@ impl<'a> Sim<'a> {
             function: fi,
             requested_ms: (r.runtime_us / 1000) as u32,
             exec_us: Some(ran_us),
-            e2e_us: t - r.arrival_us,
+            e2e_us: t - r.arrival_us + self.config.hop_latency.as_micros() as u64,
             status: Some(200),
             track: Some(placement.track()),
         };
@@ -587,7 +587,7 @@ impl<'a> Sim<'a> {
             function: r.function as usize,
             requested_ms: (r.runtime_us / 1000) as u32,
             exec_us: None,
-            e2e_us: self.now_us - r.arrival_us,
+            e2e_us: self.now_us - r.arrival_us + self.config.hop_latency.as_micros() as u64,
             status: Some(OVERLOADED),
             track: None,
         });

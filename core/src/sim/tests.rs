@@ -24,6 +24,7 @@ fn small_cluster() -> SimConfig {
         instance_base_mib: 1.0,
         cpu_contention: false,
         deployed_before: false,
+        hop_latency: Duration::ZERO,
         ..SimConfig::default()
     }
 }
