@@ -406,3 +406,30 @@ fn a_websocket_spilled_to_an_emergency_instance_keeps_it_while_open_and_frees_it
     wait_until("the slot is freed when the socket closes", || emergency_in_flight() == 0);
     wait_for_no_instances(&f.marker, Duration::from_secs(15));
 }
+
+#[test]
+fn an_emergency_instance_lives_out_its_keepalive_however_long_the_thread_that_started_it_idles() {
+    // PR_SET_PDEATHSIG is tied to the thread that starts a child; instances were started from
+    // tokio's blocking pool, whose idle threads exit after 10 s, and died with them.
+    let f = lean_function(
+        "pdeath",
+        "wavelink.dev/scaling-mode: fast-only, wavelink.dev/container-concurrency: \"1\", \
+         wavelink.dev/emergency-keepalive: 60s",
+        "",
+    );
+    let stack = Stack::new(&f.yaml, &[4]);
+    let _wavelet = stack.start_wavelet(0);
+    let _proxy = stack.start_proxy();
+    let first = get(stack.proxy_listen, &f.host, "/").expect("first request");
+    assert_eq!(first.status, 200);
+    let instance = first.header("x-wavelink-instance").expect("instance id").to_owned();
+    let pids = processes_with_env(&f.marker);
+    assert_eq!(pids.len(), 1);
+    // Longer than tokio's blocking-thread keep-alive (10 s), well within the EI's (60 s).
+    std::thread::sleep(Duration::from_secs(13));
+    assert_eq!(processes_with_env(&f.marker), pids, "the idle instance is still alive");
+    let second = get(stack.proxy_listen, &f.host, "/").expect("second request");
+    assert_eq!(second.status, 200);
+    assert_eq!(second.header("x-wavelink-instance"), Some(instance.as_str()), "served by the same instance");
+    assert_eq!(stack.wavelet_metric(0, "wavelink_emergency_instances_destroyed_total{reason=\"exited\"}"), 0.0);
+}

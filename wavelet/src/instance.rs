@@ -93,9 +93,11 @@ impl Runtime {
         state: &Arc<StateDir>,
     ) -> Result<Instance, StartError> {
         match self.as_ref() {
-            Runtime::Process(_) => {
+            Runtime::Process(process_runtime) => {
                 let (runtime, def, state) = (self.clone(), def.clone(), state.clone());
-                let started = tokio::task::spawn_blocking(move || {
+                // From the spawner thread, which never exits (see `spawner`): the instance's
+                // parent-death signal is tied to the thread that starts it.
+                let started = process_runtime.spawner().run(move || {
                     let Runtime::Process(process_runtime) = runtime.as_ref() else { unreachable!("matched above") };
                     let launch = Launch {
                         function: &def.id,
@@ -110,7 +112,8 @@ impl Runtime {
                     }
                     Ok::<_, SpawnError>(Unclaimed { instance: Some(Instance::Process(process)), runtime, state })
                 });
-                let unclaimed = started.await.map_err(|e| SpawnError::Thread(e.to_string()))??;
+                let unclaimed =
+                    started.await.ok_or_else(|| SpawnError::Thread("the spawner thread is gone".into()))??;
                 Ok(unclaimed.claim())
             }
             Runtime::Containerd(runtime) => Ok(Instance::Container(runtime.start(def.clone()).await?)),

@@ -25,6 +25,7 @@ pub mod server;
 pub mod service;
 pub mod setup;
 pub mod spawn;
+pub mod spawner;
 pub mod state;
 
 pub use server::{Wavelet, WaveletError, WaveletSettings};

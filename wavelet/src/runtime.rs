@@ -24,6 +24,7 @@ use wavelink_core::FunctionId;
 
 use crate::cgroup::{Cgroup, Cgroups};
 use crate::spawn::{self, Plan};
+use crate::spawner::Spawner;
 
 /// The user instances run as.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -178,6 +179,8 @@ pub struct ProcessRuntime {
     /// Instances get SIGKILL when this process dies (not for RIs, which outlive it).
     die_with_parent: bool,
     next: AtomicU64,
+    /// The thread instances are started from (their parent-death signal is tied to it).
+    spawner: Spawner,
 }
 
 /// The project's own programs, found next to the running binary before `PATH` is searched, so
@@ -198,13 +201,27 @@ impl ProcessRuntime {
         ports: PortRange,
     ) -> std::io::Result<Self> {
         let self_exe = std::env::current_exe()?;
-        Ok(ProcessRuntime { run_as, cgroups, ports, self_exe, kind, die_with_parent: true, next: AtomicU64::new(0) })
+        Ok(ProcessRuntime {
+            run_as,
+            cgroups,
+            ports,
+            self_exe,
+            kind,
+            die_with_parent: true,
+            next: AtomicU64::new(0),
+            spawner: Spawner::new()?,
+        })
     }
 
     /// Instances outlive this process (the local backend's RIs); a successor adopts them.
     pub fn outliving_parent(mut self) -> Self {
         self.die_with_parent = false;
         self
+    }
+
+    /// Where instances must be started from: see [`crate::spawner`].
+    pub fn spawner(&self) -> &Spawner {
+        &self.spawner
     }
 
     pub fn run_as(&self) -> Option<&RunAs> {
