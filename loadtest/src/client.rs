@@ -20,6 +20,10 @@ pub enum ClientError {
     Read(std::io::Error),
     #[error("the server closed the connection before a complete response")]
     Closed,
+    /// The connection ended (closed or reset) before any byte of the response: on a kept
+    /// connection, usually the server's keep-alive timeout racing the request.
+    #[error("the connection ended before any byte of a response")]
+    NoResponse,
     #[error("malformed response: {0}")]
     Malformed(String),
 }
@@ -87,8 +91,12 @@ impl Connection {
                     if self.buf.len() - self.start > MAX_HEADER {
                         return Err(ClientError::Malformed("response header too large".into()));
                     }
-                    if self.fill().await? == 0 {
-                        return Err(ClientError::Closed);
+                    let nothing_yet = self.buf.len() == self.start;
+                    match self.fill().await {
+                        Ok(0) | Err(_) if nothing_yet => return Err(ClientError::NoResponse),
+                        Ok(0) => return Err(ClientError::Closed),
+                        Ok(_) => {}
+                        Err(e) => return Err(e),
                     }
                 }
                 Err(e) => return Err(ClientError::Malformed(e.to_string())),
@@ -288,6 +296,13 @@ mod tests {
         let addr = serve(vec![b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nshort"]).await;
         let mut conn = Connection::connect(addr).await.unwrap();
         assert!(matches!(conn.send(&get_request("/", "x", &[])).await, Err(ClientError::Closed)));
+    }
+
+    #[tokio::test]
+    async fn a_connection_closed_before_any_answer_says_so() {
+        let addr = serve(vec![b""]).await;
+        let mut conn = Connection::connect(addr).await.unwrap();
+        assert!(matches!(conn.send(&get_request("/", "x", &[])).await, Err(ClientError::NoResponse)));
     }
 
     #[test]

@@ -98,7 +98,9 @@ impl Measurements {
         match error {
             ClientError::Connect(_) => self.errors.connect += 1,
             ClientError::Write(_) => self.errors.write += 1,
-            ClientError::Read(_) | ClientError::Closed | ClientError::Malformed(_) => self.errors.read += 1,
+            ClientError::Read(_) | ClientError::Closed | ClientError::NoResponse | ClientError::Malformed(_) => {
+                self.errors.read += 1
+            }
         }
     }
 

@@ -15,7 +15,7 @@ use tokio::time::Instant;
 use wavelink_core::trace::arrivals::{Invocation, Work};
 use wavelink_core::trace::report::Record;
 
-use crate::client::{Connection, get_request};
+use crate::client::{ClientError, Connection, get_request};
 
 /// Lateness up to this is the timer's; beyond it, the replay fell behind and it counts.
 const TIMER_SLACK: Duration = Duration::from_millis(2);
@@ -78,12 +78,19 @@ pub fn replay(
             tasks.push(tokio::spawn(async move {
                 let pooled = idle.lock().pop();
                 let outcome = tokio::time::timeout(timeout, async {
-                    let mut connection = match pooled {
-                        Some(connection) => connection,
-                        None => Connection::connect(addr).await?,
-                    };
+                    if let Some(mut connection) = pooled {
+                        // A kept connection the server closed while it was idle (its keep-alive
+                        // timeout) ends before any answer: the GET is sent again on a new one,
+                        // as HTTP clients do for idempotent requests (RFC 9110 §9.2.2).
+                        match connection.send(&requests[index]).await {
+                            Ok(response) => return Ok((connection, response)),
+                            Err(ClientError::NoResponse | ClientError::Write(_)) => {}
+                            Err(e) => return Err(e),
+                        }
+                    }
+                    let mut connection = Connection::connect(addr).await?;
                     let response = connection.send(&requests[index]).await?;
-                    Ok::<_, crate::client::ClientError>((connection, response))
+                    Ok::<_, ClientError>((connection, response))
                 })
                 .await;
                 let done = Instant::now();
