@@ -70,33 +70,48 @@ struct Emergency {
     pending: Vec<u32>,
 }
 
-/// What an instance holds beyond its base: the most its running invocations asked for at once
-/// so far. Allocators and language runtimes rarely give freed memory back (measured: after two
-/// 8 MiB requests wavelink-fn's RSS stays 8 MiB higher, after 20 MiB ones 20 MiB higher).
+/// What an instance holds beyond its base. Measured on wavelink-fn (glibc): memory a request
+/// allocated in pieces of up to 32 MiB stays with the process after it (RSS keeps the largest
+/// such request's memory), larger pieces are mapped and unmapped per request and go.
 #[derive(Default)]
 struct Held {
-    running_mib: f64,
-    held_mib: f64,
-    /// Memory-time of `held_mib` accounted up to here.
+    /// Running requests' memory that stays after them, and the most of it held at once.
+    small_running_mib: f64,
+    retained_mib: f64,
+    /// Running requests' memory that goes with them.
+    large_running_mib: f64,
+    /// Memory-time accounted up to here.
     since_us: u64,
     mib_s: f64,
 }
 
 impl Held {
-    fn start(&mut self, t_us: u64, mib: f64) {
-        self.running_mib += mib;
-        if self.running_mib > self.held_mib {
-            self.account(t_us);
-            self.held_mib = self.running_mib;
+    /// A request starts with `mib`; returns whether its memory is fresh (first-touched pages)
+    /// rather than retained from earlier requests.
+    fn start(&mut self, t_us: u64, mib: f64, retained_max: f64) -> bool {
+        self.account(t_us);
+        if mib > retained_max {
+            self.large_running_mib += mib;
+            return true;
+        }
+        self.small_running_mib += mib;
+        let fresh = self.small_running_mib > self.retained_mib;
+        self.retained_mib = self.retained_mib.max(self.small_running_mib);
+        fresh
+    }
+
+    fn end(&mut self, t_us: u64, mib: f64, retained_max: f64) {
+        self.account(t_us);
+        if mib > retained_max {
+            self.large_running_mib = (self.large_running_mib - mib).max(0.0);
+        } else {
+            self.small_running_mib = (self.small_running_mib - mib).max(0.0);
         }
     }
 
-    fn end(&mut self, mib: f64) {
-        self.running_mib = (self.running_mib - mib).max(0.0);
-    }
-
     fn account(&mut self, t_us: u64) {
-        self.mib_s += self.held_mib * t_us.saturating_sub(self.since_us) as f64 / US as f64;
+        let held = self.retained_mib + self.large_running_mib;
+        self.mib_s += held * t_us.saturating_sub(self.since_us) as f64 / US as f64;
         self.since_us = t_us;
     }
 }
@@ -479,18 +494,21 @@ impl<'a> Sim<'a> {
         let t = self.now_us;
         let (memory, placement) =
             (self.requests[request as usize].memory_mib, self.requests[request as usize].placement);
-        match placement {
-            Some(Placement::Regular { ri }) => self.regular[ri as usize].memory.start(t, memory),
-            Some(Placement::Emergency { ei }) => self.emergency[ei as usize].memory.start(t, memory),
-            None => {}
-        }
+        let retained_max = self.config.retained_max_mib;
+        let fresh = match placement {
+            Some(Placement::Regular { ri }) => self.regular[ri as usize].memory.start(t, memory, retained_max),
+            Some(Placement::Emergency { ei }) => self.emergency[ei as usize].memory.start(t, memory, retained_max),
+            None => true,
+        };
+        // Touching the request's memory is work too: first-touched pages cost a fault each.
+        let touch_ms = memory * if fresh { self.config.touch_ms_per_mib } else { self.config.retouch_ms_per_mib };
         let n = &mut self.nodes[node as usize];
         n.running += 1;
         let factor =
             if self.config.cpu_contention { (f64::from(n.running) / self.config.cores_per_node).max(1.0) } else { 1.0 };
         let r = &mut self.requests[request as usize];
         r.started_us = t;
-        let runtime = (r.runtime_us as f64 * factor).round() as u64;
+        let runtime = ((r.runtime_us as f64 + touch_ms * 1000.0) * factor).round() as u64;
         self.events.push(t + runtime, Event::Finish { request });
     }
 
@@ -518,7 +536,7 @@ impl<'a> Sim<'a> {
         match placement {
             Placement::Regular { ri } => {
                 let reg = &mut self.regular[ri as usize];
-                reg.memory.end(memory);
+                reg.memory.end(t, memory, self.config.retained_max_mib);
                 self.nodes[reg.node as usize].running -= 1;
                 reg.in_flight -= 1;
                 if reg.leaving && reg.in_flight == 0 {
@@ -528,7 +546,7 @@ impl<'a> Sim<'a> {
             Placement::Emergency { ei } => {
                 let keepalive = self.functions[fi].spec.emergency_keepalive;
                 let e = &mut self.emergency[ei as usize];
-                e.memory.end(memory);
+                e.memory.end(t, memory, self.config.retained_max_mib);
                 self.nodes[e.node as usize].running -= 1;
                 self.nodes[e.node as usize].emergency_in_flight -= 1;
                 self.functions[fi].emergency_in_flight -= 1;

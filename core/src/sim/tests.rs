@@ -25,6 +25,8 @@ fn small_cluster() -> SimConfig {
         cpu_contention: false,
         deployed_before: false,
         hop_latency: Duration::ZERO,
+        touch_ms_per_mib: 0.0,
+        retouch_ms_per_mib: 0.0,
         ..SimConfig::default()
     }
 }
@@ -65,6 +67,29 @@ fn an_async_function_waits_for_its_first_ri_and_the_next_request_queues_behind()
     assert!((outcome.records[0].slowdown() - 11.0).abs() < 1e-9);
     // The RI lived from 0 to the last completion at 1.2 s.
     assert!((outcome.regular_memory_mib_s - 1.2).abs() < 1e-9);
+}
+
+#[test]
+fn memory_up_to_the_allocators_threshold_stays_and_costs_less_to_touch_again() {
+    // One warm RI (initial-scale 1, deployed before): 10 MiB, 10 MiB again, then 40 MiB.
+    let specs = [spec(&[(keys::SCALING_MODE, "async")])];
+    let config = SimConfig {
+        deployed_before: true,
+        touch_ms_per_mib: 1.0,
+        retouch_ms_per_mib: 0.1,
+        retained_max_mib: 32.0,
+        ..small_cluster()
+    };
+    let arrivals = [invocation(0, 100, 10), invocation(1000, 100, 10), invocation(2000, 100, 40)];
+    let outcome = simulate(&config, &specs, &arrivals).expect("simulated");
+    // Fresh pages: 10 ms more; kept ones: 1 ms; 40 MiB is above the threshold: fresh again.
+    assert_eq!(e2e_ms(&outcome), [110, 101, 140]);
+    // Memory: the RI's base (1 MiB, 0-2.14 s), the 10 MiB it keeps from its first request's start
+    // to the end, and the 40 MiB only while its request ran (2.0-2.14 s); plus the base of the
+    // second RI the autoscaler asks for at 2 s (demand 1 at a 70% target wants 2 RIs).
+    let expected = 2.14 + 10.0 * 2.14 + 40.0 * 0.14 + 0.14;
+    assert_eq!(outcome.regular_starts, 1);
+    assert!((outcome.regular_memory_mib_s - expected).abs() < 1e-6, "{} vs {expected}", outcome.regular_memory_mib_s);
 }
 
 #[test]
