@@ -395,13 +395,39 @@ fn import_image(out: &std::path::Path, socket: &std::path::Path) -> anyhow::Resu
     Ok(())
 }
 
-/// The side-by-side table (Markdown), with ratios to `dual` when it ran.
-pub fn results_table(results: &[ModeResult], ri_start_delay: Duration, runtime: RuntimeKind, work: Work) -> String {
-    let dual = results.iter().find(|r| r.mode == "dual");
-    let ratio = |value: f64, base: Option<f64>| match base {
+/// The columns every per-mode table has (the experiment's and the simulator's).
+pub const MODE_COLUMNS: &str =
+    "geomean p99 slowdown | ×dual | p50 ms | p99 ms | EI share | failed | cold starts (RI+EI) | memory GiB-s | ×dual";
+
+/// `value` over `base` as "1.23", or "-" without a base.
+pub fn ratio(value: f64, base: Option<f64>) -> String {
+    match base {
         Some(b) if b > 0.0 => format!("{:.2}", value / b),
         _ => "-".to_owned(),
-    };
+    }
+}
+
+/// The cells of [`MODE_COLUMNS`] for one mode; `dual` is dual's report and memory-time.
+pub fn mode_cells(report: &Report, starts: (f64, f64), memory_gib_s: f64, dual: Option<(&Report, f64)>) -> String {
+    format!(
+        "{:.2} | {} | {:.1} | {:.1} | {:.1}% | {} | {:.0}+{:.0} | {:.1} | {}",
+        report.geomean_p99_slowdown,
+        ratio(report.geomean_p99_slowdown, dual.map(|(d, _)| d.geomean_p99_slowdown)),
+        report.p50_latency_ms,
+        report.p99_latency_ms,
+        100.0 * report.emergency_share(),
+        report.failed,
+        starts.0,
+        starts.1,
+        memory_gib_s,
+        ratio(memory_gib_s, dual.map(|(_, m)| m)),
+    )
+}
+
+/// The side-by-side table (Markdown), with ratios to `dual` when it ran.
+pub fn results_table(results: &[ModeResult], ri_start_delay: Duration, runtime: RuntimeKind, work: Work) -> String {
+    let dual = results.iter().find(|r| r.mode == "dual").map(|d| (&d.report, d.memory_gib_s()));
+    let dual_cpu = results.iter().find(|r| r.mode == "dual").map(|d| d.cpu.platform());
     let mut out = String::new();
     let runtime = match runtime {
         RuntimeKind::Process => "process (instances are process groups of wavelink-fn)",
@@ -416,29 +442,12 @@ pub fn results_table(results: &[ModeResult], ri_start_delay: Duration, runtime: 
         "RI start delay (modelled pod start): {} ms; runtime: {runtime}; work: {work}\n",
         ri_start_delay.as_millis()
     );
-    let _ = writeln!(
-        out,
-        "| mode | geomean p99 slowdown | ×dual | p50 ms | p99 ms | EI share | failed | cold starts (RI+EI) | memory GiB-s | ×dual | platform CPU s | ×dual |"
-    );
+    let _ = writeln!(out, "| mode | {MODE_COLUMNS} | platform CPU s | ×dual |");
     let _ = writeln!(out, "|---|---|---|---|---|---|---|---|---|---|---|---|");
     for r in results {
-        let _ = writeln!(
-            out,
-            "| {} | {:.2} | {} | {:.1} | {:.1} | {:.1}% | {} | {:.0}+{:.0} | {:.1} | {} | {:.1} | {} |",
-            r.mode,
-            r.report.geomean_p99_slowdown,
-            ratio(r.report.geomean_p99_slowdown, dual.map(|d| d.report.geomean_p99_slowdown)),
-            r.report.p50_latency_ms,
-            r.report.p99_latency_ms,
-            100.0 * r.report.emergency_share(),
-            r.report.failed,
-            r.regular_starts,
-            r.emergency_starts,
-            r.memory_gib_s(),
-            ratio(r.memory_gib_s(), dual.map(ModeResult::memory_gib_s)),
-            r.cpu.platform(),
-            ratio(r.cpu.platform(), dual.map(|d| d.cpu.platform())),
-        );
+        let cells = mode_cells(&r.report, (r.regular_starts, r.emergency_starts), r.memory_gib_s(), dual);
+        let cpu = r.cpu.platform();
+        let _ = writeln!(out, "| {} | {cells} | {cpu:.1} | {} |", r.mode, ratio(cpu, dual_cpu));
     }
     let _ = writeln!(out, "\nCPU seconds by part:\n");
     let _ = writeln!(out, "| mode | proxy | Wavelet | controller | instances | of which requested work |");

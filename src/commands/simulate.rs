@@ -16,7 +16,9 @@ use wavelink_loadtest::trace::parse_pattern;
 use wavelink_loadtest::trace::plot::draw_instances;
 use wavelink_loadtest::trace::write_plots;
 
-use super::experiment::{SyntheticTraceArgs, mode_annotations, mode_name, parse_annotation, parse_mode};
+use super::experiment::{
+    MODE_COLUMNS, SyntheticTraceArgs, mode_annotations, mode_cells, mode_name, parse_annotation, parse_mode,
+};
 use super::parse_duration;
 
 /// Simulates a trace on a cluster of N nodes, once per scaling mode, through WaveLink's own
@@ -238,11 +240,7 @@ pub fn simulate_mode(
 
 /// The table of `wavelink experiment`, without CPU, with ratios to dual.
 pub fn simulated_table(results: &[SimulatedMode], config: &SimConfig) -> String {
-    let dual = results.iter().find(|r| r.mode == "dual");
-    let ratio = |value: f64, base: Option<f64>| match base {
-        Some(b) if b > 0.0 => format!("{:.2}", value / b),
-        _ => "-".to_owned(),
-    };
+    let dual = results.iter().find(|r| r.mode == "dual").map(|d| (&d.report, d.memory_gib_s()));
     let mut out = String::new();
     let delay = match config.ri_start_delay {
         StartDelay::Fixed(d) => format!("{} ms", d.as_millis()),
@@ -258,28 +256,13 @@ pub fn simulated_table(results: &[SimulatedMode], config: &SimConfig) -> String 
         config.instance_base_mib,
         if config.cpu_contention { "on" } else { "off" }
     );
-    let _ = writeln!(
-        out,
-        "| mode | geomean p99 slowdown | ×dual | p50 ms | p99 ms | EI share | failed | cold starts (RI+EI) | memory GiB-s | ×dual | events/s |"
-    );
+    let _ = writeln!(out, "| mode | {MODE_COLUMNS} | events/s |");
     let _ = writeln!(out, "|---|---|---|---|---|---|---|---|---|---|---|");
     for r in results {
-        let _ = writeln!(
-            out,
-            "| {} | {:.2} | {} | {:.1} | {:.1} | {:.1}% | {} | {}+{} | {:.1} | {} | {:.2}M |",
-            r.mode,
-            r.report.geomean_p99_slowdown,
-            ratio(r.report.geomean_p99_slowdown, dual.map(|d| d.report.geomean_p99_slowdown)),
-            r.report.p50_latency_ms,
-            r.report.p99_latency_ms,
-            100.0 * r.report.emergency_share(),
-            r.report.failed,
-            r.regular_starts,
-            r.emergency_starts,
-            r.memory_gib_s(),
-            ratio(r.memory_gib_s(), dual.map(SimulatedMode::memory_gib_s)),
-            r.events as f64 / r.wall_seconds.max(1e-9) / 1e6,
-        );
+        let starts = (r.regular_starts as f64, r.emergency_starts as f64);
+        let cells = mode_cells(&r.report, starts, r.memory_gib_s(), dual);
+        let events_per_second = r.events as f64 / r.wall_seconds.max(1e-9) / 1e6;
+        let _ = writeln!(out, "| {} | {cells} | {events_per_second:.2}M |", r.mode);
     }
     out
 }

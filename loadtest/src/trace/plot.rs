@@ -88,46 +88,33 @@ pub fn draw_timeline(path: &Path, records: &[Record]) -> Result<(), String> {
             (false, _) => failed[second] += 1,
         }
     }
-    let peak = (0..seconds).map(|s| regular[s] + emergency[s] + failed[s]).max().unwrap_or(1).max(1);
-    let root = SVGBackend::new(path, (1100, 480)).into_drawing_area();
-    let error = |e: &dyn std::fmt::Display| format!("drawing {}: {e}", path.display());
-    root.fill(&WHITE).map_err(|e| error(&e))?;
-    let mut chart = ChartBuilder::on(&root)
-        .caption("Invocations per second by track", ("sans-serif", 22))
-        .margin(16)
-        .x_label_area_size(44)
-        .y_label_area_size(56)
-        .build_cartesian_2d(0u32..seconds as u32, 0u32..peak + peak / 10 + 1)
-        .map_err(|e| error(&e))?;
-    chart.configure_mesh().x_desc("second of the replay").y_desc("invocations").draw().map_err(|e| error(&e))?;
     // Stacked areas: regular at the bottom, emergency on top, failures on top of both.
     let stacks = [
         ("regular", COLORS[0], (0..seconds).map(|s| regular[s]).collect::<Vec<_>>()),
         ("emergency", COLORS[1], (0..seconds).map(|s| regular[s] + emergency[s]).collect()),
         ("failed", COLORS[3], (0..seconds).map(|s| regular[s] + emergency[s] + failed[s]).collect()),
     ];
-    for (label, color, heights) in stacks.iter().rev() {
-        let color = *color;
-        chart
-            .draw_series(AreaSeries::new(heights.iter().enumerate().map(|(s, h)| (s as u32, *h)), 0, color.filled()))
-            .map_err(|e| error(&e))?
-            .label(*label)
-            .legend(move |(x, y)| Rectangle::new([(x, y - 5), (x + 14, y + 5)], color.filled()));
-    }
-    chart
-        .configure_series_labels()
-        .position(SeriesLabelPosition::UpperRight)
-        .background_style(WHITE.mix(0.8))
-        .border_style(BLACK)
-        .draw()
-        .map_err(|e| error(&e))?;
-    root.present().map_err(|e| error(&e))
+    draw_stacked(path, "Invocations per second by track", ("second of the replay", "invocations"), &stacks)
 }
 
 /// Instances alive at the end of each minute, Regular under Emergency (a simulation's timeline).
 pub fn draw_instances(path: &Path, title: &str, minutes: &[(u32, u32)]) -> Result<(), String> {
-    let count = minutes.len().max(1);
-    let peak = minutes.iter().map(|(r, e)| r + e).max().unwrap_or(1).max(1);
+    let stacks = [
+        ("regular", COLORS[0], minutes.iter().map(|(r, _)| *r).collect::<Vec<_>>()),
+        ("emergency", COLORS[1], minutes.iter().map(|(r, e)| r + e).collect()),
+    ];
+    draw_stacked(path, title, ("minute", "instances alive"), &stacks)
+}
+
+/// Stacked areas over a count of steps: each series already includes the ones below it.
+fn draw_stacked(
+    path: &Path,
+    title: &str,
+    axes: (&str, &str),
+    stacks: &[(&str, RGBColor, Vec<u32>)],
+) -> Result<(), String> {
+    let steps = stacks.iter().map(|(_, _, h)| h.len()).max().unwrap_or(0).max(1);
+    let peak = stacks.iter().flat_map(|(_, _, h)| h.iter().copied()).max().unwrap_or(1).max(1);
     let root = SVGBackend::new(path, (1100, 480)).into_drawing_area();
     let error = |e: &dyn std::fmt::Display| format!("drawing {}: {e}", path.display());
     root.fill(&WHITE).map_err(|e| error(&e))?;
@@ -136,17 +123,13 @@ pub fn draw_instances(path: &Path, title: &str, minutes: &[(u32, u32)]) -> Resul
         .margin(16)
         .x_label_area_size(44)
         .y_label_area_size(56)
-        .build_cartesian_2d(0u32..count as u32, 0u32..peak + peak / 10 + 1)
+        .build_cartesian_2d(0u32..steps as u32, 0u32..peak + peak / 10 + 1)
         .map_err(|e| error(&e))?;
-    chart.configure_mesh().x_desc("minute").y_desc("instances alive").draw().map_err(|e| error(&e))?;
-    let stacks = [
-        ("regular", COLORS[0], minutes.iter().map(|(r, _)| *r).collect::<Vec<_>>()),
-        ("emergency", COLORS[1], minutes.iter().map(|(r, e)| r + e).collect()),
-    ];
+    chart.configure_mesh().x_desc(axes.0).y_desc(axes.1).draw().map_err(|e| error(&e))?;
     for (label, color, heights) in stacks.iter().rev() {
         let color = *color;
         chart
-            .draw_series(AreaSeries::new(heights.iter().enumerate().map(|(m, h)| (m as u32, *h)), 0, color.filled()))
+            .draw_series(AreaSeries::new(heights.iter().enumerate().map(|(s, h)| (s as u32, *h)), 0, color.filled()))
             .map_err(|e| error(&e))?
             .label(*label)
             .legend(move |(x, y)| Rectangle::new([(x, y - 5), (x + 14, y + 5)], color.filled()));
