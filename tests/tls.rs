@@ -76,7 +76,7 @@ fn sni_picks_each_names_certificate_and_http1_and_http2_are_served_over_tls() {
     let answers = block_on(
         &runtime,
         "HTTP/2 over TLS",
-        http2(connection, "world.default.example.com", &["/?ms=1", "/?ms=1", "/"]),
+        http2(connection, "world.default.example.com", &["/?ms=1", "/?ms=1", "/?headers"]),
     )
     .expect("answers");
     assert_eq!(answers.len(), 3);
@@ -84,6 +84,9 @@ fn sni_picks_each_names_certificate_and_http1_and_http2_are_served_over_tls() {
         assert_eq!(*status, 200, "{body:?}");
         assert_eq!(headers["x-wavelink-instance"], "world");
     }
+    // An HTTP/2 stream has no connection of its own to look at: it still says HTTPS.
+    let seen = String::from_utf8_lossy(&answers[2].2).to_lowercase();
+    assert!(seen.contains("x-forwarded-proto: https"), "{seen}");
 
     // A client that names no host gets the first certificate listed (nginx's default server),
     // and a host no function serves is a 404 as on plaintext.
