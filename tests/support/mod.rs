@@ -68,8 +68,22 @@ impl Drop for Proc {
 }
 
 /// A free loopback port (bound, then released for the process under test to take).
+///
+/// Never the same port twice in one test process: the tests of a binary run in parallel, and two
+/// of them handed the same just-released port would start two components on it, one of them
+/// then talking to the other's (seen once: a proxy test found its client port refused after
+/// "its" admin port — another test's — said ready).
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("free port")
+    static HANDED_OUT: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    for _ in 0..100 {
+        let port = TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("free port");
+        let mut handed_out = HANDED_OUT.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        if !handed_out.contains(&port) {
+            handed_out.push(port);
+            return port;
+        }
+    }
+    panic!("no free loopback port not handed out before in 100 tries")
 }
 
 /// A `wavelink fn` instance on a kernel-chosen loopback port.
