@@ -90,10 +90,12 @@ impl ServedCertificate {
 
     /// Reads a chain and key from PEM files.
     pub fn from_files(cert: &Path, key: &Path) -> Result<Self, CertificateError> {
-        let read =
-            |path: &Path| std::fs::read(path).map_err(|source| CertificateError::Read { path: path.into(), source });
-        Self::from_pem(&cert.display().to_string(), &read(cert)?, &read(key)?)
+        Self::from_pem(&cert.display().to_string(), &read_pem(cert)?, &read_pem(key)?)
     }
+}
+
+fn read_pem(path: &Path) -> Result<Vec<u8>, CertificateError> {
+    std::fs::read(path).map_err(|source| CertificateError::Read { path: path.into(), source })
 }
 
 /// The DNS subject alternative names of a certificate, and its expiry.
@@ -318,9 +320,7 @@ impl CertificateFiles {
 impl FilePair {
     /// Whether the files changed (and now serve their new certificate).
     fn reload(&mut self) -> Result<bool, CertificateError> {
-        let read =
-            |path: &Path| std::fs::read(path).map_err(|source| CertificateError::Read { path: path.into(), source });
-        let (cert, key) = (read(&self.cert)?, read(&self.key)?);
+        let (cert, key) = (read_pem(&self.cert)?, read_pem(&self.key)?);
         if self.read.as_ref().is_some_and(|(c, k)| *c == cert && *k == key) {
             return Ok(false);
         }

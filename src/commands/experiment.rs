@@ -20,7 +20,7 @@ use nix::unistd::Pid;
 use serde::Serialize;
 use wavelink_core::ScalingMode;
 use wavelink_core::trace::Trace;
-use wavelink_core::trace::arrivals::{ArrivalPattern, ScheduleOptions, Work, schedule};
+use wavelink_core::trace::arrivals::{ArrivalPattern, Invocation, ScheduleOptions, Work, schedule};
 use wavelink_core::trace::report::{Record, Report, summarize};
 use wavelink_core::trace::synthetic::{SyntheticOptions, generate};
 use wavelink_loadtest::trace::replay::{ReplayPlan, ReplayProgress, replay};
@@ -127,6 +127,30 @@ pub struct SyntheticTraceArgs {
 }
 
 impl SyntheticTraceArgs {
+    /// What `experiment` and `simulate` check and build first: at least one mode, a speedup of at
+    /// least 1, then the trace (in `dir`, or this synthetic one) and its schedule, not empty
+    /// (`doing`: what would be done with it, for the message).
+    pub fn per_mode_schedule(
+        &self,
+        modes: &[ScalingMode],
+        dir: Option<&std::path::Path>,
+        options: &ScheduleOptions,
+        doing: &str,
+    ) -> anyhow::Result<(Trace, Vec<Invocation>)> {
+        if modes.is_empty() {
+            bail!("--modes: at least one mode");
+        }
+        if !(options.speedup.is_finite() && options.speedup >= 1.0) {
+            bail!("--speedup must be at least 1");
+        }
+        let trace = self.trace(dir, options.seed)?;
+        let invocations = schedule(&trace, options);
+        if invocations.is_empty() {
+            bail!("the trace has no invocation to {doing}");
+        }
+        Ok((trace, invocations))
+    }
+
     /// The trace in `dir`, or this synthetic one.
     pub fn trace(&self, dir: Option<&std::path::Path>, seed: u64) -> anyhow::Result<Trace> {
         match dir {
@@ -221,13 +245,6 @@ impl ModeResult {
 }
 
 pub fn run(args: ExperimentArgs) -> anyhow::Result<()> {
-    if args.modes.is_empty() {
-        bail!("--modes: at least one mode");
-    }
-    if !(args.speedup.is_finite() && args.speedup >= 1.0) {
-        bail!("--speedup must be at least 1");
-    }
-    let trace = args.synthetic.trace(args.trace.as_deref(), args.seed)?;
     let options = ScheduleOptions {
         pattern: args.arrivals,
         seed: args.seed,
@@ -236,10 +253,8 @@ pub fn run(args: ExperimentArgs) -> anyhow::Result<()> {
         max_runtime_ms: args.max_runtime_ms,
         max_memory_mb: 512,
     };
-    let invocations = schedule(&trace, &options);
-    if invocations.is_empty() {
-        bail!("the trace has no invocation to replay");
-    }
+    let (trace, invocations) =
+        args.synthetic.per_mode_schedule(&args.modes, args.trace.as_deref(), &options, "replay")?;
     std::fs::create_dir_all(&args.out).with_context(|| format!("creating {}", args.out.display()))?;
     let names: Vec<String> = trace.functions.iter().map(|f| f.name()).collect();
     let length = invocations.last().map_or(Duration::ZERO, |i| i.at);

@@ -133,15 +133,13 @@ fn follow_tls_secrets(proxy: &Proxy, cluster: &Cluster, secrets: &[String]) -> a
         let on_change = move |secret: &NamespacedName, state: SecretState| {
             let source = format!("secret {secret}");
             match state {
-                SecretState::Usable(tls) => {
-                    match ServedCertificate::from_pem(&format!("secret {secret}"), &tls.cert_pem, &tls.key_pem) {
-                        Ok(certificate) => {
-                            log_loaded(&certificate);
-                            store.set(&source, vec![Arc::new(certificate)]);
-                        }
-                        Err(e) => warn!(error = %e, "TLS Secret unusable; still serving its last good certificate"),
+                SecretState::Usable(tls) => match ServedCertificate::from_pem(&source, &tls.cert_pem, &tls.key_pem) {
+                    Ok(certificate) => {
+                        log_loaded(&certificate);
+                        store.set(&source, vec![Arc::new(certificate)]);
                     }
-                }
+                    Err(e) => warn!(error = %e, "TLS Secret unusable; still serving its last good certificate"),
+                },
                 SecretState::Unusable(why) => {
                     warn!(secret = %secret, why, "TLS Secret not served");
                     store.set(&source, Vec::new());

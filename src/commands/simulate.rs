@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use serde::Serialize;
 use wavelink_core::sim::{SimConfig, SimOutcome, StartDelay, simulate};
-use wavelink_core::trace::arrivals::{ArrivalPattern, Invocation, ScheduleOptions, schedule};
+use wavelink_core::trace::arrivals::{ArrivalPattern, Invocation, ScheduleOptions};
 use wavelink_core::trace::report::{Report, summarize};
 use wavelink_core::{FunctionSpec, ScalingMode};
 use wavelink_loadtest::trace::parse_pattern;
@@ -148,16 +148,9 @@ impl SimulatedMode {
 }
 
 pub fn run(args: SimulateArgs) -> anyhow::Result<()> {
-    if args.modes.is_empty() {
-        bail!("--modes: at least one mode");
-    }
-    if !(args.speedup.is_finite() && args.speedup >= 1.0) {
-        bail!("--speedup must be at least 1");
-    }
     if !(args.cores_per_node.is_finite() && args.cores_per_node > 0.0) {
         bail!("--cores-per-node must be more than 0");
     }
-    let trace = args.synthetic.trace(args.trace.as_deref(), args.seed)?;
     let options = ScheduleOptions {
         pattern: args.arrivals,
         seed: args.seed,
@@ -166,10 +159,8 @@ pub fn run(args: SimulateArgs) -> anyhow::Result<()> {
         max_runtime_ms: args.max_runtime_ms,
         max_memory_mb: args.max_memory_mb,
     };
-    let invocations = schedule(&trace, &options);
-    if invocations.is_empty() {
-        bail!("the trace has no invocation to simulate");
-    }
+    let (trace, invocations) =
+        args.synthetic.per_mode_schedule(&args.modes, args.trace.as_deref(), &options, "simulate")?;
     std::fs::create_dir_all(&args.out).with_context(|| format!("creating {}", args.out.display()))?;
     let config = SimConfig {
         nodes: args.nodes,
