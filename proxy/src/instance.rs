@@ -73,29 +73,18 @@ impl Instance {
     }
 }
 
-/// Picks an eligible instance with a free slot: the less loaded of two random candidates (power
-/// of two choices), then, if both are full or ejected, the first free one scanning from a random
-/// start, so a free slot anywhere is always found.
+/// Picks an eligible instance with a free slot by `core::routing::pick_instance` (the power of
+/// two choices, then a scan so a free slot anywhere is found): the simulator places requests on
+/// RIs with the same function.
 pub(crate) fn reserve_any(instances: &[std::sync::Arc<Instance>], capacity: u32) -> Option<&std::sync::Arc<Instance>> {
-    let n = instances.len();
-    match n {
-        0 => None,
-        1 => instances[0].try_reserve(capacity).then(|| &instances[0]),
-        _ => {
-            let a = fastrand::usize(..n);
-            let mut b = fastrand::usize(..n - 1);
-            if b >= a {
-                b += 1;
-            }
-            let (first, second) = if instances[a].in_flight() <= instances[b].in_flight() { (a, b) } else { (b, a) };
-            for i in [first, second] {
-                if instances[i].try_reserve(capacity) {
-                    return Some(&instances[i]);
-                }
-            }
-            (1..n).map(|offset| (a + offset) % n).find(|&i| instances[i].try_reserve(capacity)).map(|i| &instances[i])
-        }
-    }
+    let mut rng = fastrand::Rng::new();
+    let chosen = wavelink_core::routing::pick_instance(
+        instances.len(),
+        &mut rng,
+        |i| instances[i].in_flight(),
+        |i| instances[i].try_reserve(capacity),
+    )?;
+    Some(&instances[chosen])
 }
 
 #[cfg(test)]

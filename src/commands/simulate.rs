@@ -37,9 +37,10 @@ use super::parse_duration;
 ///     the most its invocations held at once in allocations of up to 32 MiB (the allocator keeps
 ///     those), plus larger invocations' memory while they run (from the trace's memory.csv);
 ///     touching an invocation's memory costs 0.68 ms per fresh MiB, 0.09 per kept one (measured);
-///   - invocations that start on a node running more than --cores-per-node are slowed by that
-///     ratio for their whole run (processor sharing, frozen at the start); --no-contention turns it
-///     off (what `--work sleep` does to a real replay);
+///   - a node's --cores-per-node are shared equally among the invocations running on it (processor
+///     sharing, as the kernel shares cores among busy threads): with more running than cores each
+///     progresses at cores/running; --no-contention turns it off (what `--work sleep` does to a
+///     real replay);
 ///   - --hop-latency on every request end to end (client, proxy, instance and back);
 ///   - functions are deployed before the trace starts: initial-scale RIs are warm at its start.
 ///
@@ -124,6 +125,9 @@ pub struct SimulatedMode {
     pub emergency_starts: u64,
     pub regular_memory_gib_s: f64,
     pub emergency_memory_gib_s: f64,
+    /// RIs' and EIs' lifetimes, summed.
+    pub regular_instance_s: f64,
+    pub emergency_instance_s: f64,
     pub events: u64,
     pub wall_seconds: f64,
 }
@@ -141,6 +145,8 @@ impl SimulatedMode {
             emergency_starts: outcome.emergency_starts,
             regular_memory_gib_s: outcome.regular_memory_mib_s / 1024.0,
             emergency_memory_gib_s: outcome.emergency_memory_mib_s / 1024.0,
+            regular_instance_s: outcome.regular_instance_s,
+            emergency_instance_s: outcome.emergency_instance_s,
             events: outcome.events,
             wall_seconds: wall.as_secs_f64(),
         }

@@ -1,8 +1,8 @@
 //! Emergency Instances per function: reuse a running one with a free slot, else start one, up to
 //! the node-wide cap; destroy them when idle past the function's `emergency-keepalive`.
 //!
-//! Reuse prefers the most recently started instance with a free slot, so load concentrates on
-//! few instances and the rest go idle and are destroyed. With keepalive 0 an instance serves
+//! Reuse prefers the most recently started instance with a free slot (`core::routing::
+//! reuse_newest`), so load concentrates on few instances and the rest go idle and are destroyed. With keepalive 0 an instance serves
 //! exactly one request. Destruction (SIGKILL to the process group, reaping, cgroup removal) runs
 //! on a dedicated thread, never on the request path.
 
@@ -352,17 +352,22 @@ impl Pools {
         let def = pool.def.load_full();
         let capacity = def.spec.container_concurrency;
         {
+            // In start order, so `reuse_newest` (the simulator's choice too) takes the newest.
             let instances = pool.instances.lock();
-            for ei in instances.iter().rev() {
+            let reused = wavelink_core::routing::reuse_newest(instances.len(), |i| {
+                let ei = &instances[i];
                 if ei.single_use || !ei.slots.try_reserve(capacity) {
-                    continue;
+                    return false;
                 }
                 if ei.retired.load(SeqCst) {
                     ei.slots.release();
-                    continue;
+                    return false;
                 }
+                true
+            });
+            if let Some(i) = reused {
                 pool.metrics().reused.inc();
-                return Ok(Lease { pools: self.clone(), pool: pool.clone(), ei: ei.clone(), cold: false });
+                return Ok(Lease { pools: self.clone(), pool: pool.clone(), ei: instances[i].clone(), cold: false });
             }
         }
         if let Some(retry_in) = pool.crashes.record.blocked_for() {

@@ -491,13 +491,13 @@ fn instances_path(id: &FunctionId) -> String {
     format!("/v1/functions/{}/{}/instances", id.namespace, id.name)
 }
 
-/// The RIs to retire to bring `live` (those not already retiring) down to `target`: the excess,
-/// not-yet-ready ones first (they cost nothing to drop), then the youngest.
-fn retirees(mut live: Vec<Arc<LocalRi>>, target: usize) -> Vec<Arc<LocalRi>> {
+/// The RIs to retire to bring `live` (those not already retiring) down to `target`, in
+/// `core::routing::retirees`' order (the simulator's too): not-yet-ready ones first, then the
+/// youngest.
+fn retirees(live: Vec<Arc<LocalRi>>, target: usize) -> Vec<Arc<LocalRi>> {
     let excess = live.len().saturating_sub(target);
-    live.sort_by_key(|ri| (ri.ready.load(SeqCst), std::cmp::Reverse(ri.born)));
-    live.truncate(excess);
-    live
+    let stamps: Vec<(bool, u64)> = live.iter().map(|ri| (ri.ready.load(SeqCst), ri.born)).collect();
+    wavelink_core::routing::retirees(&stamps, excess).into_iter().map(|i| live[i].clone()).collect()
 }
 
 #[async_trait]

@@ -1,7 +1,8 @@
 //! A discrete-event simulation, in virtual time, of a cluster running a trace through WaveLink's
 //! own policy code: the per-request choice of [`crate::routing`] (the proxy's), the autoscaler's
 //! [`Decider`] with the sporadic rule and `sync` pokes ([`poke_target`]), and a model of the
-//! Wavelets (reuse of idle EIs, keep-alive, a cap of instances per node). What the real stack
+//! Wavelets (reuse of the newest EI with room, keep-alive, a cap of instances per node), and the
+//! controller's choice of RIs to retire — each through the same function the component calls. What the real stack
 //! measures with processes and sockets, this computes for clusters and traces too large to run
 //! (`wavelink simulate`); `wavelink experiment --simulate` checks it against the real stack.
 //!
@@ -13,14 +14,15 @@
 //!   those; larger ones are unmapped when freed), plus what larger requests hold while they run;
 //!   touching an invocation's memory takes `touch_ms_per_mib` for fresh pages and
 //!   `retouch_ms_per_mib` for kept ones (measured on wavelink-fn: 0.68 and 0.09 ms per MiB);
-//! - CPU contention: an invocation that starts on a node running more invocations than it has
-//!   cores is slowed by that ratio for its whole run (processor sharing frozen at its start: exact
-//!   for a steady load, cheap to compute);
+//! - CPU contention: a node's cores are shared equally among the invocations running on it
+//!   (processor sharing, as the kernel's fair scheduler shares them among busy threads; see
+//!   `cpu.rs`): with more running than cores, each progresses at cores/running of real time;
 //! - `hop_latency` on every request, end to end (client → proxy → instance and back).
 //!
 //! Scope: one proxy (its queue bounds are the proxy's), one Wavelet per node, RIs placed on the
 //! node with the fewest instances. No network delay and no failure is modelled.
 
+mod cpu;
 mod queue;
 mod state;
 
@@ -151,6 +153,9 @@ pub struct SimOutcome {
     pub emergency_starts: u64,
     pub regular_memory_mib_s: f64,
     pub emergency_memory_mib_s: f64,
+    /// Lifetime of every RI and EI, summed (memory-time is this times the mean footprint).
+    pub regular_instance_s: f64,
+    pub emergency_instance_s: f64,
     pub minutes: Vec<Minute>,
     /// Events processed (for events per second).
     pub events: u64,

@@ -8,8 +8,9 @@ use std::collections::BinaryHeap;
 pub enum Event {
     /// Invocation `index` of the schedule arrives at the proxy.
     Arrive { index: u32 },
-    /// A request finishes on its instance.
-    Finish { request: u32 },
+    /// Look at a node's CPU: invocations that had all their work end (unless a later start or
+    /// end on the node made this `generation` stale).
+    NodeTick { node: u32, generation: u32 },
     /// An EI finished starting and runs the request it was started for.
     EmergencyReady { ei: u32 },
     /// An RI becomes routable.
@@ -47,9 +48,9 @@ mod tests {
     fn earliest_first_then_in_the_order_scheduled() {
         let mut queue = EventQueue::default();
         queue.push(20, Event::Decide);
-        queue.push(10, Event::Finish { request: 2 });
+        queue.push(10, Event::NodeTick { node: 2, generation: 1 });
         queue.push(10, Event::Arrive { index: 1 });
-        assert_eq!(queue.pop(), Some((10, Event::Finish { request: 2 })));
+        assert_eq!(queue.pop(), Some((10, Event::NodeTick { node: 2, generation: 1 })));
         assert_eq!(queue.pop(), Some((10, Event::Arrive { index: 1 })));
         assert_eq!(queue.pop(), Some((20, Event::Decide)));
         assert_eq!(queue.pop(), None);

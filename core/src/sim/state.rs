@@ -3,10 +3,11 @@
 use std::collections::VecDeque;
 use std::sync::Arc;
 
+use super::cpu::{CpuTick, SharedCpu};
 use super::queue::{Event, EventQueue};
 use super::{Minute, Placement, SimConfig, SimOutcome, Specs, check_schedule};
 use crate::autoscale::{Decider, Observation, Tick, poke_target};
-use crate::routing::{admit_to_queue, take_slot};
+use crate::routing::{admit_to_queue, pick_instance, retirees, reuse_newest, take_slot};
 use crate::spec::{FunctionSpec, ScalingMode, Track};
 use crate::trace::arrivals::Invocation;
 use crate::trace::report::Record;
@@ -116,10 +117,9 @@ impl Held {
     }
 }
 
-#[derive(Default)]
 struct Node {
-    /// Invocations running (for contention).
-    running: u32,
+    /// Invocations running, sharing the node's cores.
+    cpu: SharedCpu,
     regular_alive: u32,
     emergency_alive: u32,
     /// Requests on this node's Wavelet now (the proxy sends to the least busy).
@@ -242,6 +242,8 @@ struct Sim<'a> {
     regular_alive: u32,
     emergency_alive: u32,
     minute: Minute,
+    /// Reused for the invocations a node tick ends.
+    done: Vec<u32>,
 }
 
 impl<'a> Sim<'a> {
@@ -274,7 +276,14 @@ impl<'a> Sim<'a> {
             requests: Vec::with_capacity(invocations.len()),
             regular: Vec::new(),
             emergency: Vec::new(),
-            nodes: (0..config.nodes).map(|_| Node::default()).collect(),
+            nodes: (0..config.nodes)
+                .map(|_| Node {
+                    cpu: SharedCpu::new(config.cores_per_node, config.cpu_contention),
+                    regular_alive: 0,
+                    emergency_alive: 0,
+                    emergency_in_flight: 0,
+                })
+                .collect(),
             events,
             rng: fastrand::Rng::with_seed(config.seed),
             records: vec![None; invocations.len()],
@@ -285,6 +294,7 @@ impl<'a> Sim<'a> {
             regular_alive: 0,
             emergency_alive: 0,
             minute: Minute::default(),
+            done: Vec::new(),
         }
     }
 
@@ -306,7 +316,7 @@ impl<'a> Sim<'a> {
             self.out.events += 1;
             match event {
                 Event::Arrive { index } => self.arrive(index),
-                Event::Finish { request } => self.finish_request(request),
+                Event::NodeTick { node, generation } => self.node_tick(CpuTick { at_us: at, generation }, node),
                 Event::EmergencyReady { ei } => self.emergency_ready(ei),
                 Event::RegularReady { function, ri } => self.regular_ready(function, ri),
                 Event::EmergencyExpire { ei, idle_round } => {
@@ -397,19 +407,21 @@ impl<'a> Sim<'a> {
         }
     }
 
-    /// The ready RI with the fewest requests, below its concurrency.
+    /// A ready RI below its concurrency, picked as the proxy picks (`pick_instance`).
     fn take_regular(&mut self, fi: usize) -> Option<Placement> {
         let f = &self.functions[fi];
         let cc = f.spec.container_concurrency;
-        let ri = f
-            .regular
-            .iter()
-            .copied()
-            .filter(|&ri| {
-                let r = &self.regular[ri as usize];
+        let (list, regular) = (&f.regular, &self.regular);
+        let chosen = pick_instance(
+            list.len(),
+            &mut self.rng,
+            |i| regular[list[i] as usize].in_flight,
+            |i| {
+                let r = &regular[list[i] as usize];
                 r.ready && !r.leaving && r.in_flight < cc
-            })
-            .min_by_key(|&ri| self.regular[ri as usize].in_flight)?;
+            },
+        )?;
+        let ri = list[chosen];
         self.regular[ri as usize].in_flight += 1;
         Some(Placement::Regular { ri })
     }
@@ -429,10 +441,15 @@ impl<'a> Sim<'a> {
             let node = (0..self.config.nodes)
                 .filter(|n| !full.contains(n))
                 .min_by_key(|&n| (self.nodes[n as usize].emergency_in_flight, n))?;
-            let reusable = self.functions[fi].emergency.iter().copied().find(|&ei| {
-                let e = &self.emergency[ei as usize];
-                e.node == node && e.in_flight < cc
-            });
+            // The Wavelet's own choice among its instances of the function, in start order.
+            let on_node: Vec<u32> = self.functions[fi]
+                .emergency
+                .iter()
+                .copied()
+                .filter(|&ei| self.emergency[ei as usize].node == node)
+                .collect();
+            let reusable =
+                reuse_newest(on_node.len(), |i| self.emergency[on_node[i] as usize].in_flight < cc).map(|i| on_node[i]);
             let ei = match reusable {
                 Some(ei) => ei,
                 None if self.nodes[node as usize].emergency_alive < self.config.max_emergency_per_node => {
@@ -489,7 +506,7 @@ impl<'a> Sim<'a> {
         }
     }
 
-    /// The request runs from now, slowed if its node has more running than cores.
+    /// The request runs from now on its node's shared cores.
     fn run_on(&mut self, request: u32, node: u32) {
         let t = self.now_us;
         let (memory, placement) =
@@ -502,14 +519,24 @@ impl<'a> Sim<'a> {
         };
         // Touching the request's memory is work too: first-touched pages cost a fault each.
         let touch_ms = memory * if fresh { self.config.touch_ms_per_mib } else { self.config.retouch_ms_per_mib };
-        let n = &mut self.nodes[node as usize];
-        n.running += 1;
-        let factor =
-            if self.config.cpu_contention { (f64::from(n.running) / self.config.cores_per_node).max(1.0) } else { 1.0 };
         let r = &mut self.requests[request as usize];
         r.started_us = t;
-        let runtime = ((r.runtime_us as f64 + touch_ms * 1000.0) * factor).round() as u64;
-        self.events.push(t + runtime, Event::Finish { request });
+        let work_us = (r.runtime_us as f64 + touch_ms * 1000.0).round() as u64;
+        let tick = self.nodes[node as usize].cpu.start(t, request, work_us);
+        self.events.push(tick.at_us, Event::NodeTick { node, generation: tick.generation });
+    }
+
+    /// Invocations on `node` that have had all their work end.
+    fn node_tick(&mut self, tick: CpuTick, node: u32) {
+        let mut done = std::mem::take(&mut self.done);
+        if let Some(next) = self.nodes[node as usize].cpu.tick(tick, &mut done) {
+            self.events.push(next.at_us, Event::NodeTick { node, generation: next.generation });
+        }
+        for &request in &done {
+            self.finish_request(request);
+        }
+        done.clear();
+        self.done = done;
     }
 
     // --- completions ---
@@ -537,7 +564,6 @@ impl<'a> Sim<'a> {
             Placement::Regular { ri } => {
                 let reg = &mut self.regular[ri as usize];
                 reg.memory.end(t, memory, self.config.retained_max_mib);
-                self.nodes[reg.node as usize].running -= 1;
                 reg.in_flight -= 1;
                 if reg.leaving && reg.in_flight == 0 {
                     self.end_regular(ri);
@@ -547,7 +573,6 @@ impl<'a> Sim<'a> {
                 let keepalive = self.functions[fi].spec.emergency_keepalive;
                 let e = &mut self.emergency[ei as usize];
                 e.memory.end(t, memory, self.config.retained_max_mib);
-                self.nodes[e.node as usize].running -= 1;
                 self.nodes[e.node as usize].emergency_in_flight -= 1;
                 self.functions[fi].emergency_in_flight -= 1;
                 e.in_flight -= 1;
@@ -666,8 +691,9 @@ impl<'a> Sim<'a> {
         r.memory.account(t);
         self.nodes[node as usize].regular_alive -= 1;
         self.regular_alive -= 1;
-        self.out.regular_memory_mib_s +=
-            self.config.instance_base_mib * (t - since) as f64 / US as f64 + r.memory.mib_s;
+        let lived_s = (t - since) as f64 / US as f64;
+        self.out.regular_instance_s += lived_s;
+        self.out.regular_memory_mib_s += self.config.instance_base_mib * lived_s + r.memory.mib_s;
     }
 
     fn end_emergency(&mut self, ei: u32) {
@@ -680,17 +706,20 @@ impl<'a> Sim<'a> {
         let (fi, node, since) = (e.function as usize, e.node, e.since_us);
         e.memory.account(t);
         let held = e.memory.mib_s;
+        // Kept in start order: reuse takes the newest.
         let list = &mut self.functions[fi].emergency;
         if let Some(at) = list.iter().position(|&x| x == ei) {
-            list.swap_remove(at);
+            list.remove(at);
         }
         self.nodes[node as usize].emergency_alive -= 1;
         self.emergency_alive -= 1;
-        self.out.emergency_memory_mib_s += self.config.instance_base_mib * (t - since) as f64 / US as f64 + held;
+        let lived_s = (t - since) as f64 / US as f64;
+        self.out.emergency_instance_s += lived_s;
+        self.out.emergency_memory_mib_s += self.config.instance_base_mib * lived_s + held;
     }
 
-    /// Sets the RIs asked for: new ones start; surplus ones go, those not yet ready first, then
-    /// idle ones, then busy ones once their requests end.
+    /// Sets the RIs asked for: new ones start; surplus ones go in the controller's order
+    /// (`retirees`: not yet ready, then the youngest), busy ones once their requests end.
     fn scale_to(&mut self, fi: usize, desired: u32) {
         let asked = self.functions[fi].asked;
         if desired > asked {
@@ -698,13 +727,12 @@ impl<'a> Sim<'a> {
                 self.start_regular(fi);
             }
         } else if desired < asked {
-            let mut staying: Vec<u32> =
+            let staying: Vec<u32> =
                 self.functions[fi].regular.iter().copied().filter(|&ri| !self.regular[ri as usize].leaving).collect();
-            staying.sort_by_key(|&ri| {
-                let r = &self.regular[ri as usize];
-                (r.ready, r.in_flight)
-            });
-            for ri in staying.into_iter().take((asked - desired) as usize) {
+            // An RI's index is its start order.
+            let stamps: Vec<(bool, u64)> =
+                staying.iter().map(|&ri| (self.regular[ri as usize].ready, u64::from(ri))).collect();
+            for ri in retirees(&stamps, (asked - desired) as usize).into_iter().map(|i| staying[i]) {
                 if self.regular[ri as usize].in_flight == 0 {
                     self.end_regular(ri);
                 } else {

@@ -131,12 +131,15 @@ fn a_sync_function_pokes_for_an_ri_per_waiting_request() {
 }
 
 #[test]
-fn contention_slows_what_starts_on_a_busy_node() {
+fn contention_shares_a_nodes_cores_among_what_runs() {
     let specs = [spec(&[(keys::SCALING_MODE, "fast-only"), (keys::EMERGENCY_KEEPALIVE, "10s")])];
     let config = SimConfig { cpu_contention: true, ei_cold_start: Duration::ZERO, ..small_cluster() };
-    let outcome = simulate(&config, &specs, &[invocation(0, 100, 0), invocation(0, 100, 0)]).expect("simulated");
-    // One core: the first runs alone (100 ms), the second starts with two running (200 ms).
-    assert_eq!(e2e_ms(&outcome), [100, 200]);
+    let arrivals = [invocation(0, 100, 0), invocation(50, 100, 0), invocation(400, 100, 0)];
+    let outcome = simulate(&config, &specs, &arrivals).expect("simulated");
+    // One core: the first runs alone for 50 ms, then both at half speed: the first's last 50 ms
+    // take 100 (it ends at 150), the second has had 50 by then and runs its last 50 alone
+    // (ends at 200). The third finds the node idle.
+    assert_eq!(e2e_ms(&outcome), [150, 150, 100]);
 }
 
 #[test]
