@@ -427,6 +427,15 @@ impl Controller {
                 self.metrics.decisions.with_label_values(&[&label, decision.reason.as_str()]).inc();
             }
             if decision.desired != function.replicas && leader && !retry_blocked {
+                debug!(
+                    function = %function.id,
+                    from = function.replicas,
+                    to = decision.desired,
+                    ready = function.ready,
+                    reason = decision.reason.as_str(),
+                    panic = decision.panic,
+                    "scaling"
+                );
                 self.write(&function, decision.desired).await;
             }
         }

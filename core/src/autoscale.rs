@@ -130,6 +130,59 @@ pub enum PokeRefusal {
     NotSync(&'static str),
 }
 
+/// A proxy pokes for one function at most this often; each poke carries the need of that moment.
+pub const POKE_INTERVAL: std::time::Duration = std::time::Duration::from_millis(50);
+
+/// When a proxy pokes the controller for one `sync` function (the proxy and the simulator both
+/// pace pokes with it): at once when a request starts waiting, unless a poke went out less than
+/// [`POKE_INTERVAL`] ago; then once more at the end of that interval, carrying the need of that
+/// moment, so a burst's requests are all announced within an interval rather than one poke per
+/// interval for as long as requests keep arriving.
+#[derive(Debug, Default, Clone)]
+pub struct PokePacer {
+    /// When the last poke went out, µs on the caller's clock.
+    last_us: Option<u64>,
+    /// A trailing poke is due at this time.
+    trailing_at_us: Option<u64>,
+}
+
+/// What to do about a request that started waiting.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PokeWhen {
+    /// Poke now.
+    Now,
+    /// Poke at this time (µs), with the need of then: schedule it.
+    At(u64),
+    /// A poke is already due; it will carry this request's need too.
+    Pending,
+}
+
+impl PokePacer {
+    /// A request of the function started waiting at `now_us`.
+    pub fn request_waits(&mut self, now_us: u64) -> PokeWhen {
+        if self.trailing_at_us.is_some() {
+            return PokeWhen::Pending;
+        }
+        let interval = POKE_INTERVAL.as_micros() as u64;
+        match self.last_us {
+            Some(last) if now_us < last + interval => {
+                self.trailing_at_us = Some(last + interval);
+                PokeWhen::At(last + interval)
+            }
+            _ => {
+                self.last_us = Some(now_us);
+                PokeWhen::Now
+            }
+        }
+    }
+
+    /// The trailing poke scheduled by [`PokeWhen::At`] goes out now.
+    pub fn trailing_sent(&mut self, now_us: u64) {
+        self.trailing_at_us = None;
+        self.last_us = Some(now_us);
+    }
+}
+
 /// The RIs a poke may ask for: what it wants, at most `max-scale`, or `ceiling` when that is
 /// unbounded, so a caller cannot start more RIs than the function may have.
 pub fn poke_target(spec: &FunctionSpec, want: u32, ceiling: u32) -> Result<u32, PokeRefusal> {
@@ -738,5 +791,20 @@ mod tests {
         assert!(rests > 500, "the rule applies in the quiet stretches ({rests})");
         assert!(twin_decisions > rests, "rested deciders also decided through bursts ({twin_decisions})");
         assert!(!Decider::default().at_rest(&spec(&[]), 1000, false, 0), "never before a first decision");
+    }
+
+    #[test]
+    fn pokes_go_at_once_then_at_most_one_per_interval_with_a_trailing_one() {
+        let interval = POKE_INTERVAL.as_micros() as u64;
+        let mut pacer = PokePacer::default();
+        assert_eq!(pacer.request_waits(1_000), PokeWhen::Now);
+        // A burst within the interval: one trailing poke at its end, for all of them.
+        assert_eq!(pacer.request_waits(1_010), PokeWhen::At(1_000 + interval));
+        assert_eq!(pacer.request_waits(1_020), PokeWhen::Pending);
+        pacer.trailing_sent(1_000 + interval);
+        // The trailing poke counts as a poke: the next request within an interval of it waits.
+        assert_eq!(pacer.request_waits(1_000 + interval + 5), PokeWhen::At(1_000 + 2 * interval));
+        pacer.trailing_sent(1_000 + 2 * interval);
+        assert_eq!(pacer.request_waits(10 * interval), PokeWhen::Now);
     }
 }

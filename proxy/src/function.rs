@@ -23,6 +23,7 @@ use tokio::sync::oneshot;
 use wavelink_core::{FunctionId, FunctionSpec};
 
 use pingora_core::upstreams::peer::HttpPeer;
+use wavelink_core::autoscale::{PokePacer, PokeWhen};
 use wavelink_core::routing::{QueueRefusal, admit_to_queue, take_slot};
 use wavelink_core::spec::{ScalingMode, Track};
 
@@ -149,8 +150,8 @@ pub struct FunctionState {
     pub stats: Mutex<Option<Box<StatsWindow>>>,
     /// Wavelets and controller, shared with the router.
     links: Arc<Links>,
-    /// When the controller was last poked for this function (`sync` mode).
-    last_poke: AtomicU64,
+    /// Paces pokes of the controller for this function (`sync` mode).
+    poke_pacer: Mutex<PokePacer>,
 }
 
 impl FunctionState {
@@ -177,7 +178,7 @@ impl FunctionState {
             draining: Mutex::new(Vec::new()),
             stats: Mutex::new(None),
             links,
-            last_poke: AtomicU64::new(0),
+            poke_pacer: Mutex::new(PokePacer::default()),
         })
     }
 
@@ -282,10 +283,7 @@ impl FunctionState {
         // A slot freed between our failed reservation and the enqueue saw no waiter; look again.
         self.dispatch();
         if spec.scaling_mode == ScalingMode::Sync {
-            // Lambda-like: every waiting request wants an instance of its own, now.
-            let routing = self.routing.load();
-            let waiting = self.queued().div_ceil(spec.container_concurrency.max(1));
-            self.links.poke(&self.id, routing.regular.len() as u32 + waiting, &self.last_poke);
+            self.poke_for_waiters();
         }
         let outcome = tokio::time::timeout(wait, receive).await;
         self.metrics().queue_wait.observe(ticket.since.elapsed().as_secs_f64());
@@ -330,6 +328,35 @@ impl FunctionState {
                 None
             }
         }
+    }
+
+    /// `sync` mode: a request started waiting. Lambda-like, every waiting request wants an
+    /// instance of its own, now: poke at once, or, within an interval of the last poke, once at
+    /// its end for every request that waited since.
+    fn poke_for_waiters(self: &Arc<Self>) {
+        let when = self.poke_pacer.lock().request_waits(self.links.now_us());
+        match when {
+            PokeWhen::Now => self.poke(),
+            PokeWhen::At(at_us) => {
+                let this = self.clone();
+                tokio::spawn(async move {
+                    let wait = at_us.saturating_sub(this.links.now_us());
+                    tokio::time::sleep(std::time::Duration::from_micros(wait)).await;
+                    this.poke_pacer.lock().trailing_sent(this.links.now_us());
+                    if this.queued() > 0 {
+                        this.poke();
+                    }
+                });
+            }
+            PokeWhen::Pending => {}
+        }
+    }
+
+    /// Asks the controller for the routable RIs plus one per `container-concurrency` waiting.
+    fn poke(&self) {
+        let routing = self.routing.load();
+        let waiting = self.queued().div_ceil(routing.spec.container_concurrency.max(1));
+        self.links.poke(&self.id, routing.regular.len() as u32 + waiting);
     }
 
     /// Hands free slots to waiters, oldest first.
@@ -658,6 +685,64 @@ mod tests {
 
     fn runtime() -> tokio::runtime::Runtime {
         tokio::runtime::Builder::new_current_thread().enable_all().start_paused(true).build().unwrap()
+    }
+
+    /// A stand-in controller on loopback: answers every call with 200 and keeps each body.
+    async fn recording_controller() -> (SocketAddr, Arc<Mutex<Vec<String>>>) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let bodies = Arc::new(Mutex::new(Vec::new()));
+        let kept = bodies.clone();
+        tokio::spawn(async move {
+            while let Ok((mut stream, _)) = listener.accept().await {
+                let kept = kept.clone();
+                tokio::spawn(async move {
+                    let mut request = Vec::new();
+                    let mut buf = [0u8; 4096];
+                    // A poke's body is one small JSON object after the headers.
+                    while !request.ends_with(b"}") {
+                        match stream.read(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => request.extend_from_slice(&buf[..n]),
+                        }
+                    }
+                    let text = String::from_utf8_lossy(&request).into_owned();
+                    kept.lock().push(text.rsplit("\r\n\r\n").next().unwrap_or_default().to_owned());
+                    let _ = stream.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n{}").await;
+                });
+            }
+        });
+        (addr, bodies)
+    }
+
+    #[test]
+    fn in_sync_mode_a_burst_is_announced_whole_within_a_poke_interval() {
+        // Real time and sockets: the pacing interval must pass.
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        rt.block_on(async {
+            let (controller, pokes) = recording_controller().await;
+            let f = function(0, &[(keys::SCALING_MODE, "sync"), (keys::CONTAINER_CONCURRENCY, "1")]);
+            f.links.controllers.store(Arc::new(vec![controller]));
+            // Five requests start waiting at once: the first pokes for one RI at once; the others
+            // come within the interval and are announced by the trailing poke, for five.
+            let waiters: Vec<_> = (0..5)
+                .map(|_| {
+                    let f = f.clone();
+                    tokio::spawn(async move { f.acquire().await.map(|_| ()) })
+                })
+                .collect();
+            let deadline = std::time::Instant::now() + Duration::from_secs(10);
+            while !pokes.lock().iter().any(|p| p == r#"{"want":5}"#) {
+                assert!(std::time::Instant::now() < deadline, "no poke for all five: {:?}", pokes.lock());
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            assert_eq!(pokes.lock().first().map(String::as_str), Some(r#"{"want":1}"#));
+            for waiter in waiters {
+                waiter.abort();
+                let _ = waiter.await;
+            }
+        });
     }
 
     #[test]

@@ -2,7 +2,7 @@
 //! asks for Regular Instances in `sync` mode. Shared by the router and every function.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicU32, Ordering::Relaxed};
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
@@ -14,8 +14,6 @@ use wavelink_server::auth::InternalAuth;
 use crate::instance::PeerSettings;
 use crate::wavelets::Wavelets;
 
-/// Pokes for one function are at most this frequent; each carries the current need.
-const POKE_INTERVAL: Duration = Duration::from_millis(50);
 const POKE_TIMEOUT: Duration = Duration::from_secs(2);
 
 pub struct Links {
@@ -57,20 +55,17 @@ impl Links {
         self.queued.release();
     }
 
+    /// Microseconds since this proxy's links were made: the clock pokes are paced on.
+    pub fn now_us(&self) -> u64 {
+        self.epoch.elapsed().as_micros() as u64
+    }
+
     /// `sync` mode: asks the controller for `want` Regular Instances now, without waiting for
-    /// the answer (the request waits for the instance in the queue). `last_poke` (ms since the
-    /// epoch, per function) keeps pokes to one per [`POKE_INTERVAL`].
-    pub fn poke(&self, function: &FunctionId, want: u32, last_poke: &AtomicU64) {
+    /// the answer (the request waits for the instance in the queue). The caller paces pokes
+    /// (`core::autoscale::PokePacer`).
+    pub fn poke(&self, function: &FunctionId, want: u32) {
         let controllers = self.controllers.load_full();
         if controllers.is_empty() {
-            return;
-        }
-        let now = self.epoch.elapsed().as_millis() as u64;
-        let last = last_poke.load(Relaxed);
-        if last != 0 && now.saturating_sub(last) < POKE_INTERVAL.as_millis() as u64 {
-            return;
-        }
-        if last_poke.compare_exchange(last, now.max(1), Relaxed, Relaxed).is_err() {
             return;
         }
         let path = format!("/v1/functions/{}/{}/poke", function.namespace, function.name);

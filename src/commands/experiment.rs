@@ -559,6 +559,9 @@ fn run_mode(
     for (name, admin) in [("proxy", proxy_admin), ("wavelet", wavelet_admin), ("controller", controller_admin)] {
         admin_calls.block_on(super::up::wait_ready(&format!("stack (waiting for its {name})"), up_pid, admin))?;
     }
+    // Traffic comes to functions already deployed: their initial RIs are up first (what the
+    // simulator's `deployed_before` models), so no mode starts its replay with a cold queue.
+    admin_calls.block_on(wait_deployed(up_pid, controller_admin, names.len()))?;
     let before = Counters::read(&admin_calls, wavelet_admin, controller_admin);
     let plan = ReplayPlan {
         addr: listen,
@@ -659,6 +662,37 @@ struct Counters {
     emergency_starts: f64,
     regular_memory: f64,
     emergency_memory: f64,
+}
+
+/// How long the initial RIs of every function may take to be ready.
+const DEPLOY_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Waits until the controller lists all `functions` with every RI it asked for ready.
+async fn wait_deployed(up_pid: u32, controller_admin: SocketAddr, functions: usize) -> anyhow::Result<()> {
+    #[derive(serde::Deserialize)]
+    struct View {
+        replicas: u32,
+        ready: u32,
+    }
+    let deadline = Instant::now() + DEPLOY_TIMEOUT;
+    let mut last = String::from("no answer");
+    while Instant::now() < deadline {
+        if wait(up_pid, false).is_some() {
+            bail!("the stack exited while its functions were deploying (its log above says why)");
+        }
+        let call = client::call(controller_admin, http::Method::GET, "/v1/functions", None, ADMIN_TIMEOUT).await;
+        match call.map(|body| serde_json::from_slice::<Vec<View>>(&body)) {
+            Ok(Ok(view)) if view.len() == functions && view.iter().all(|f| f.ready >= f.replicas) => return Ok(()),
+            Ok(Ok(view)) => {
+                let waiting = view.iter().filter(|f| f.ready < f.replicas).count();
+                last = format!("{} of {functions} functions listed, {waiting} with RIs not ready", view.len());
+            }
+            Ok(Err(e)) => last = format!("unexpected answer: {e}"),
+            Err(e) => last = e.to_string(),
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    bail!("the functions' initial RIs were not ready after {DEPLOY_TIMEOUT:?} ({last})")
 }
 
 impl Counters {

@@ -17,6 +17,8 @@ pub enum Event {
     RegularReady { function: u32, ri: u32 },
     /// An idle EI's keep-alive ends, unless it served again since (`idle_round` changed).
     EmergencyExpire { ei: u32, idle_round: u32 },
+    /// A `sync` function's paced poke, for the requests that started waiting since the last.
+    TrailingPoke { function: u32 },
     /// A waiting request's queue-timeout.
     QueueTimeout { request: u32 },
     /// The autoscaler's round.

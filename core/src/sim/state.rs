@@ -6,7 +6,7 @@ use std::sync::Arc;
 use super::cpu::{CpuTick, SharedCpu};
 use super::queue::{Event, EventQueue};
 use super::{Minute, Placement, SimConfig, SimOutcome, Specs, check_schedule};
-use crate::autoscale::{Decider, Observation, Tick, poke_target};
+use crate::autoscale::{Decider, Observation, PokePacer, PokeWhen, Tick, poke_target};
 use crate::routing::{admit_to_queue, pick_instance, retirees, reuse_newest, take_slot};
 use crate::spec::{FunctionSpec, ScalingMode, Track};
 use crate::trace::arrivals::Invocation;
@@ -222,6 +222,8 @@ struct Function {
     demand: Demand,
     /// Has something for the autoscaler to decide.
     awake: bool,
+    /// Paces its pokes (`sync`), as the proxy does.
+    poke_pacer: PokePacer,
 }
 
 struct Sim<'a> {
@@ -261,6 +263,7 @@ impl<'a> Sim<'a> {
                 asked: 0,
                 demand: Demand::default(),
                 awake: true,
+                poke_pacer: PokePacer::default(),
             })
             .collect();
         let mut events = EventQueue::default();
@@ -326,6 +329,7 @@ impl<'a> Sim<'a> {
                     }
                 }
                 Event::QueueTimeout { request } => self.queue_timeout(request),
+                Event::TrailingPoke { function } => self.trailing_poke(function as usize),
                 Event::Decide => {
                     self.decide();
                     self.events.push(at + self.config.decide_interval.as_micros() as u64, Event::Decide);
@@ -392,7 +396,7 @@ impl<'a> Sim<'a> {
                 let timeout = f.spec.queue_timeout.as_micros() as u64;
                 self.events.push(t + timeout, Event::QueueTimeout { request });
                 if f.spec.scaling_mode == ScalingMode::Sync {
-                    self.poke(fi);
+                    self.request_waits(fi);
                 }
             }
             Err(_) => self.fail(request),
@@ -743,7 +747,24 @@ impl<'a> Sim<'a> {
         self.functions[fi].asked = desired;
     }
 
-    /// A `sync` function's waiting requests each want an RI now (the proxy's poke).
+    /// A `sync` function's request started waiting: a poke now or at the end of the pacing
+    /// interval, as the proxy sends them.
+    fn request_waits(&mut self, fi: usize) {
+        match self.functions[fi].poke_pacer.request_waits(self.now_us) {
+            PokeWhen::Now => self.poke(fi),
+            PokeWhen::At(at) => self.events.push(at, Event::TrailingPoke { function: fi as u32 }),
+            PokeWhen::Pending => {}
+        }
+    }
+
+    fn trailing_poke(&mut self, fi: usize) {
+        self.functions[fi].poke_pacer.trailing_sent(self.now_us);
+        if self.functions[fi].waiting > 0 {
+            self.poke(fi);
+        }
+    }
+
+    /// Waiting requests each want an RI now (the proxy's poke).
     fn poke(&mut self, fi: usize) {
         let f = &self.functions[fi];
         let ready = f.regular.iter().filter(|&&ri| self.regular[ri as usize].ready).count() as u32;
