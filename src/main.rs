@@ -71,6 +71,7 @@ enum Command {
     /// The proxy's per-request choice, the autoscaler and the Wavelets' reuse and keep-alive run
     /// in virtual time against modelled pod starts, EI cold starts, instance memory and CPU
     /// contention: traces and clusters too large for this machine. Same table as `experiment`.
+    #[command(after_long_help = commands::simulate::MODEL_HELP)]
     Simulate(Box<commands::simulate::SimulateArgs>),
     /// Print the annotation reference: every wavelink.dev/* key, its default and accepted values.
     Annotations,
@@ -108,6 +109,21 @@ fn main() -> std::process::ExitCode {
         Err(e) => {
             eprintln!("wavelink: {e:#}");
             std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    #[test]
+    fn simulate_help_teaches_the_model() {
+        let mut cli = super::Cli::command();
+        let simulate = cli.find_subcommand_mut("simulate").expect("a simulate subcommand");
+        let help = simulate.render_long_help().to_string();
+        for part in ["What is modelled", "--ri-start-delay", "processor", "sharing", "Not modelled"] {
+            assert!(help.contains(part), "`simulate --help` does not say {part:?}:\n{help}");
         }
     }
 }

@@ -21,36 +21,41 @@ use super::experiment::{
 };
 use super::parse_duration;
 
-/// Simulates a trace on a cluster of N nodes, once per scaling mode, through WaveLink's own
-/// policy code: the proxy's per-request choice (an RI slot, a spill to a Wavelet, or the
-/// queue), the autoscaler (Knative's KPA as the controller runs it, with the sporadic rule and
-/// sync-mode pokes), and the Wavelets' reuse, keep-alive and per-node cap. Time is virtual: a
-/// 500-function, 8-hour Azure sample takes minutes, not hours.
-///
-/// What is modelled, with where each default comes from:
-///   - an RI is routable --ri-start-delay after the autoscaler asks for it (the experiment's
-///     modelled pod start; give a range such as 1s..5s for a spread);
-///   - an EI serves its first request --ei-cold-start after it is asked for (the process runtime's
-///     first byte, bench/ei.py: about 2 ms; the containerd runtime's about 12 ms with prepared
-///     instances and 94 ms without, bench/ei_containerd.py);
-///   - an instance holds --instance-base-mib while alive (the RSS of an idle wavelink-fn), plus
-///     the most its invocations held at once in allocations of up to 32 MiB (the allocator keeps
-///     those), plus larger invocations' memory while they run (from the trace's memory.csv);
-///     touching an invocation's memory costs 0.68 ms per fresh MiB, 0.09 per kept one (measured);
-///   - a node's --cores-per-node are shared equally among the invocations running on it (processor
-///     sharing, as the kernel shares cores among busy threads): with more running than cores each
-///     progresses at cores/running; --no-contention turns it off (what `--work sleep` does to a
-///     real replay);
-///   - --hop-latency on every request end to end (client, proxy, instance and back);
-///   - functions are deployed before the trace starts: initial-scale RIs are warm at its start.
-///
-/// Not modelled: network delays, failures, more than one proxy.
-///
-/// The output is the table of `wavelink experiment` (without CPU, which is not simulated) with
-/// ratios to dual, per-minute instance timelines and latency/slowdown CDFs as SVG, and the
-/// simulated events per second.
+/// What `wavelink simulate --help` says after the options: the model, with where each default
+/// comes from (kept next to the flags it names).
+pub const MODEL_HELP: &str = "\
+Run as the components run them (the same functions, in core/): the proxy's per-request choice
+(an RI slot, a spill to a Wavelet, or the queue) and its pick of an RI (the better of two drawn
+at random); the autoscaler (Knative's KPA as the controller runs it, with the sporadic rule), the
+controller's scale-down order, and sync-mode pokes as the proxy paces them; the Wavelets' reuse
+(the newest EI with room), keep-alive and per-node cap. Time is virtual: the 500-function,
+8-hour Azure sample takes seconds.
+
+What is modelled, with where each default comes from:
+  - an RI is routable --ri-start-delay after the autoscaler asks for it (the experiment's
+    modelled pod start; give a range such as 1s..5s for a spread);
+  - an EI serves its first request --ei-cold-start after it is asked for (the process runtime's
+    first byte, bench/ei.py: about 2 ms; the containerd runtime's about 12 ms with prepared
+    instances and 94 ms without, bench/ei_containerd.py);
+  - an instance holds --instance-base-mib while alive (the RSS of an idle wavelink-fn), plus
+    the most its invocations held at once in allocations of up to 32 MiB (the allocator keeps
+    those), plus larger invocations' memory while they run (from the trace's memory.csv);
+    touching an invocation's memory costs 0.68 ms per fresh MiB, 0.09 per kept one (measured);
+  - a node's --cores-per-node are shared equally among the invocations running on it (processor
+    sharing, as the kernel shares cores among busy threads): with more running than cores each
+    progresses at cores/running; --no-contention turns it off (what `--work sleep` does to a
+    real replay);
+  - --hop-latency on every request end to end (client, proxy, instance and back);
+  - functions are deployed before the trace starts: initial-scale RIs are warm at its start.
+
+Not modelled: network delays, failures, more than one proxy.
+
+The output is the table of `wavelink experiment` (without CPU, which is not simulated) with
+ratios to dual, per-minute instance timelines and latency/slowdown CDFs as SVG, and the
+simulated events per second.";
+
+/// `wavelink simulate`'s flags (the model is described in [`MODEL_HELP`]).
 #[derive(Debug, clap::Args)]
-#[command(verbatim_doc_comment)]
 pub struct SimulateArgs {
     /// A trace directory in the Azure Functions layout [default: the synthetic trace of
     /// `wavelink experiment`].
