@@ -62,7 +62,8 @@ enum Command {
     /// Run the same trace through the local stack once per scaling mode and compare them.
     ///
     /// For each mode (dual, async, sync, fast-only) a fresh `wavelink up` on free loopback ports,
-    /// the same seeded replay, then a side-by-side table: geometric mean of per-function p99
+    /// the same seeded replay once every function's initial RIs are ready, then a side-by-side
+    /// table: geometric mean of per-function p99
     /// slowdown, latency, EI share, cold starts, instance memory-time, platform CPU, and ratios to
     /// dual. Results, records, logs and plots go to --out.
     Experiment(Box<commands::experiment::ExperimentArgs>),

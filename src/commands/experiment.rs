@@ -2,7 +2,9 @@
 //! scaling mode, side by side: slowdown, latency, EI share, cold starts, instance memory-time and
 //! platform CPU, with ratios to `dual`.
 //!
-//! Each mode gets a fresh stack on free loopback ports and the same seeded schedule. Counters are
+//! Each mode gets a fresh stack on free loopback ports and the same seeded schedule, replayed
+//! once the controller reports every function's initial RIs ready (traffic comes to deployed
+//! functions, as the simulator assumes). Counters are
 //! read from the components' `/metrics` when the replay starts and ends; CPU from `/proc` (each
 //! component's own time) and from `getrusage(RUSAGE_CHILDREN)` once the stack has exited (the
 //! whole tree, instances included).

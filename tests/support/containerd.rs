@@ -34,10 +34,22 @@ pub fn containerd(test: &str) -> Option<TestContainerd> {
         return None;
     }
     let dir = TempDir::new("containerd");
-    let containerd = PrivateContainerd::start(&dir.0).unwrap_or_else(|e| panic!("private containerd: {e}"));
+    // Named relative to the working directory, as `wavelink experiment --out target/...` names
+    // it: containerd must still find its root and state.
+    let containerd =
+        PrivateContainerd::start(&relative_to_cwd(&dir.0)).unwrap_or_else(|e| panic!("private containerd: {e}"));
     let namespace = format!("wl-test-{:06x}", super::nonce() & 0xff_ffff);
     containerd.import(&namespace, image_tar()).unwrap_or_else(|e| panic!("importing the test image: {e}"));
     Some(TestContainerd { namespace, socket: containerd.socket.clone(), containerd, _dir: dir })
+}
+
+/// `path` (absolute) as a path relative to the working directory (`../..` up to the root).
+fn relative_to_cwd(path: &Path) -> PathBuf {
+    let Ok(cwd) = std::env::current_dir() else { return path.to_owned() };
+    let up = cwd.components().filter(|c| matches!(c, std::path::Component::Normal(_))).count();
+    let mut relative: PathBuf = std::iter::repeat_n("..", up).collect();
+    relative.extend(path.components().filter(|c| matches!(c, std::path::Component::Normal(_))));
+    relative
 }
 
 /// The test image, built once per test binary run, in cargo's temporary directory for tests

@@ -58,6 +58,9 @@ impl PrivateContainerd {
             move |source| PrivateError::Io { what, source }
         };
         std::fs::create_dir_all(dir).map_err(io("creating the containerd directory"))?;
+        // containerd hands its root and state to shims that run elsewhere: a relative path (say
+        // `--out target/experiment`) would name another directory there.
+        let dir = &std::fs::canonicalize(dir).map_err(io("resolving the containerd directory"))?;
         let socket = dir.join("containerd.sock");
         let config = format!(
             "version = 2\nroot = \"{r}/root\"\nstate = \"{r}/state\"\n\
