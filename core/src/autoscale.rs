@@ -160,10 +160,15 @@ pub enum PokeWhen {
 impl PokePacer {
     /// A request of the function started waiting at `now_us`.
     pub fn request_waits(&mut self, now_us: u64) -> PokeWhen {
-        if self.trailing_at_us.is_some() {
-            return PokeWhen::Pending;
-        }
         let interval = POKE_INTERVAL.as_micros() as u64;
+        if let Some(due) = self.trailing_at_us {
+            if now_us < due + interval {
+                return PokeWhen::Pending;
+            }
+            // Long overdue: whoever was to send it never did (its task was dropped); a lost
+            // trailing poke must not silence the function's pokes for good.
+            self.trailing_at_us = None;
+        }
         match self.last_us {
             Some(last) if now_us < last + interval => {
                 self.trailing_at_us = Some(last + interval);
@@ -806,5 +811,9 @@ mod tests {
         assert_eq!(pacer.request_waits(1_000 + interval + 5), PokeWhen::At(1_000 + 2 * interval));
         pacer.trailing_sent(1_000 + 2 * interval);
         assert_eq!(pacer.request_waits(10 * interval), PokeWhen::Now);
+        // A trailing poke that never went out does not hold pokes back past another interval.
+        assert_eq!(pacer.request_waits(10 * interval + 1), PokeWhen::At(11 * interval));
+        assert_eq!(pacer.request_waits(12 * interval - 1), PokeWhen::Pending);
+        assert_eq!(pacer.request_waits(12 * interval), PokeWhen::Now);
     }
 }
