@@ -4,10 +4,9 @@
 //!
 //! Each mode gets a fresh stack on free loopback ports and the same seeded schedule, replayed
 //! once the controller reports every function's initial RIs ready (traffic comes to deployed
-//! functions, as the simulator assumes). Counters are
-//! read from the components' `/metrics` when the replay starts and ends; CPU from `/proc` (each
-//! component's own time) and from `getrusage(RUSAGE_CHILDREN)` once the stack has exited (the
-//! whole tree, instances included).
+//! functions, as the simulator assumes). Counters are read from the components' `/metrics` when
+//! the replay starts and ends; CPU from `/proc` (each component's own time) and from
+//! `getrusage(RUSAGE_CHILDREN)` once the stack has exited (the whole tree, instances included).
 
 use std::fmt::Write as _;
 use std::net::{SocketAddr, TcpListener};
@@ -443,8 +442,9 @@ pub fn mode_cells(report: &Report, starts: (f64, f64), memory_gib_s: f64, dual: 
 
 /// The side-by-side table (Markdown), with ratios to `dual` when it ran.
 pub fn results_table(results: &[ModeResult], ri_start_delay: Duration, runtime: RuntimeKind, work: Work) -> String {
-    let dual = results.iter().find(|r| r.mode == "dual").map(|d| (&d.report, d.memory_gib_s()));
-    let dual_cpu = results.iter().find(|r| r.mode == "dual").map(|d| d.cpu.platform());
+    let dual_result = results.iter().find(|r| r.mode == "dual");
+    let dual = dual_result.map(|d| (&d.report, d.memory_gib_s()));
+    let dual_cpu = dual_result.map(|d| d.cpu.platform());
     let mut out = String::new();
     let runtime = match runtime {
         RuntimeKind::Process => "process (instances are process groups of wavelink-fn)",

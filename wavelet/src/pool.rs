@@ -1,10 +1,11 @@
 //! Emergency Instances per function: reuse a running one with a free slot, else start one, up to
 //! the node-wide cap; destroy them when idle past the function's `emergency-keepalive`.
 //!
-//! Reuse prefers the most recently started instance with a free slot (`core::routing::
-//! reuse_newest`), so load concentrates on few instances and the rest go idle and are destroyed. With keepalive 0 an instance serves
-//! exactly one request. Destruction (SIGKILL to the process group, reaping, cgroup removal) runs
-//! on a dedicated thread, never on the request path.
+//! Reuse prefers the most recently started instance with a free slot
+//! (`core::routing::reuse_newest`), so load concentrates on few instances and the rest go idle
+//! and are destroyed. With keepalive 0 an instance serves exactly one request. Destruction
+//! (SIGKILL to the process group, reaping, cgroup removal) runs on a dedicated thread, never on
+//! the request path.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;

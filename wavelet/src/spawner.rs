@@ -10,12 +10,10 @@
 
 use std::sync::mpsc;
 
-use parking_lot::Mutex;
-
 type Job = Box<dyn FnOnce() + Send>;
 
 pub struct Spawner {
-    jobs: Mutex<mpsc::Sender<Job>>,
+    jobs: mpsc::Sender<Job>,
 }
 
 impl Spawner {
@@ -27,7 +25,7 @@ impl Spawner {
                 job();
             }
         })?;
-        Ok(Spawner { jobs: Mutex::new(jobs) })
+        Ok(Spawner { jobs })
     }
 
     /// Runs `job` on the spawner thread and waits for its result; `None` if the thread is gone.
@@ -36,7 +34,7 @@ impl Spawner {
         let job: Job = Box::new(move || {
             let _ = done.send(job());
         });
-        self.jobs.lock().send(job).ok()?;
+        self.jobs.send(job).ok()?;
         result.await.ok()
     }
 }

@@ -2,9 +2,10 @@
 //! own policy code: the per-request choice of [`crate::routing`] (the proxy's), the autoscaler's
 //! [`Decider`] with the sporadic rule and `sync` pokes ([`poke_target`]), and a model of the
 //! Wavelets (reuse of the newest EI with room, keep-alive, a cap of instances per node), and the
-//! controller's choice of RIs to retire — each through the same function the component calls. What the real stack
-//! measures with processes and sockets, this computes for clusters and traces too large to run
-//! (`wavelink simulate`); `wavelink experiment --simulate` checks it against the real stack.
+//! controller's choice of RIs to retire — each through the same function the component calls.
+//! What the real stack measures with processes and sockets, this computes for clusters and traces
+//! too large to run (`wavelink simulate`); `wavelink experiment --simulate` checks it against the
+//! real stack.
 //!
 //! Modelled costs (each a [`SimConfig`] field with a documented default):
 //! - an RI becomes routable `ri_start_delay` after the autoscaler asks for it (a pod start);

@@ -445,15 +445,14 @@ impl<'a> Sim<'a> {
             let node = (0..self.config.nodes)
                 .filter(|n| !full.contains(n))
                 .min_by_key(|&n| (self.nodes[n as usize].emergency_in_flight, n))?;
-            // The Wavelet's own choice among its instances of the function, in start order.
-            let on_node: Vec<u32> = self.functions[fi]
-                .emergency
-                .iter()
-                .copied()
-                .filter(|&ei| self.emergency[ei as usize].node == node)
-                .collect();
-            let reusable =
-                reuse_newest(on_node.len(), |i| self.emergency[on_node[i] as usize].in_flight < cc).map(|i| on_node[i]);
+            // The Wavelet's own choice among its instances of the function (those on its node),
+            // kept in start order.
+            let (list, emergency) = (&self.functions[fi].emergency, &self.emergency);
+            let reusable = reuse_newest(list.len(), |i| {
+                let e = &emergency[list[i] as usize];
+                e.node == node && e.in_flight < cc
+            })
+            .map(|i| list[i]);
             let ei = match reusable {
                 Some(ei) => ei,
                 None if self.nodes[node as usize].emergency_alive < self.config.max_emergency_per_node => {
@@ -557,7 +556,7 @@ impl<'a> Sim<'a> {
             function: fi,
             requested_ms: (r.runtime_us / 1000) as u32,
             exec_us: Some(ran_us),
-            e2e_us: t - r.arrival_us + self.config.hop_latency.as_micros() as u64,
+            e2e_us: self.end_to_end_us(r.arrival_us),
             status: Some(200),
             track: Some(placement.track()),
         };
@@ -627,6 +626,11 @@ impl<'a> Sim<'a> {
         self.fail(request);
     }
 
+    /// From a request's arrival to its answer now, with the way there and back.
+    fn end_to_end_us(&self, arrival_us: u64) -> u64 {
+        self.now_us - arrival_us + self.config.hop_latency.as_micros() as u64
+    }
+
     fn fail(&mut self, request: u32) {
         let r = &self.requests[request as usize];
         self.records[request as usize] = Some(Record {
@@ -634,7 +638,7 @@ impl<'a> Sim<'a> {
             function: r.function as usize,
             requested_ms: (r.runtime_us / 1000) as u32,
             exec_us: None,
-            e2e_us: self.now_us - r.arrival_us + self.config.hop_latency.as_micros() as u64,
+            e2e_us: self.end_to_end_us(r.arrival_us),
             status: Some(OVERLOADED),
             track: None,
         });
